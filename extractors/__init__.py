@@ -1,0 +1,1 @@
+"""Feature extractors: one `Extractor` contract, many backbones (see base.py)."""

@@ -1,0 +1,203 @@
+"""The `probekit` command: a thin click layer over the library.
+
+Nothing heavy is imported at module level: `probekit --help` and `probekit ls` never import torch.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import sys
+
+import click
+
+import probekit
+from probekit.errors import ProbekitError
+
+
+def _friendly_errors(fn):
+    """Show library errors (bad input, unknown names) as one clear line, not a traceback."""
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except (ProbekitError, FileNotFoundError) as exc:
+            raise click.ClickException(str(exc)) from None
+    return wrapper
+
+
+def parse_int_list(text: str) -> list[int]:
+    """'100,300,500' or '0:1000:250' (start:stop:step, stop excluded) or a mix: '0:500:250,900'."""
+    values: list[int] = []
+    for part in filter(None, (p.strip() for p in str(text).split(","))):
+        if ":" in part:
+            bits = [int(b) for b in part.split(":")]
+            if len(bits) not in (2, 3) or (len(bits) == 3 and bits[2] == 0):
+                raise click.BadParameter(f"{part!r} is not start:stop[:step]")
+            values.extend(range(*bits))
+        else:
+            try:
+                values.append(int(part))
+            except ValueError:
+                raise click.BadParameter(f"{part!r} is not an integer") from None
+    if not values:
+        raise click.BadParameter(f"{text!r} holds no integers")
+    return list(dict.fromkeys(values))
+
+
+class _IntList(click.ParamType):
+    name = "LIST"
+
+    def convert(self, value, param, ctx):
+        return value if isinstance(value, list) else parse_int_list(value)
+
+
+INT_LIST = _IntList()
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(probekit.__version__, prog_name="probekit")
+def cli() -> None:
+    """Probe what frozen vision backbones know, at which layer and which denoising step.
+
+    \b
+    Typical session:
+      probekit extract --extractor tiny-mmdit-random --dataset shapeworld --split train \\
+                       --timesteps 100,300,500,700 --layers 1,3 --limit 256 --out train.h5
+      probekit extract ... --split test --limit 128 --out test.h5
+      probekit probe --features train.h5 --eval-features test.h5 --task seg --timestep 300 --layer 1
+      probekit report results/ --out report/
+    Or run the whole chain on the embedded ShapeWorld default: probekit demo
+    """
+
+
+@cli.command("ls")
+@click.argument("kind", required=False, type=click.Choice(["extractors", "datasets", "tasks", "heads"]))
+def ls_command(kind: str | None) -> None:
+    """List registered extractors, datasets, tasks and heads."""
+    from probekit.registries import ALL
+
+    for name, registry in ALL.items():
+        if kind and name != kind:
+            continue
+        click.echo(click.style(f"{name}:", bold=True))
+        for entry in registry.entries():
+            click.echo(f"  {entry.name:<20} {entry.summary}")
+
+
+@cli.command()
+@click.option("--extractor", "-e", required=True, help="Registered extractor name (see `probekit ls extractors`).")
+@click.option("--dataset", "-d", default="shapeworld", show_default=True, help="Registered dataset name.")
+@click.option("--split", "-s", default="train", show_default=True, help="Dataset split.")
+@click.option("--timesteps", "-t", type=INT_LIST, default="250,500,750", show_default=True,
+              help="Timesteps in [0, 1000] (0 = clean image): '100,300' or '0:1000:250'.")
+@click.option("--layers", "-l", type=INT_LIST, default="0", show_default=True,
+              help="Block indices (0-based; FLUX counts double blocks then single blocks).")
+@click.option("--out", "-o", required=True, type=click.Path(dir_okay=False), help="Output HDF5 feature file.")
+@click.option("--weights", "-w", default=None, help="Local diffusers folder or hub id (overrides the registry's).")
+@click.option("--limit", type=int, default=None, help="Extract only the first N samples of the split.")
+@click.option("--batch-size", "-b", type=int, default=8, show_default=True, help="Images per forward.")
+@click.option("--device", default="auto", show_default=True, help="'auto', 'cpu', 'cuda', 'cuda:1', ...")
+@click.option("--dtype", default="auto", show_default=True,
+              type=click.Choice(["auto", "float32", "bfloat16", "float16"]), help="auto: bf16 on GPU, fp32 on CPU.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Noise seed (per-sample noise derives from it).")
+@click.option("--ensemble", type=int, default=1, show_default=True, help="Average features over K noise draws.")
+@click.option("--conditioning", type=click.Choice(["empty", "caption"]), default="empty", show_default=True,
+              help="Text prompt: the empty prompt, or each sample's caption.")
+@click.option("--resolution", type=int, default=None, help="Resize images to this square size before encoding.")
+@click.option("--overwrite", is_flag=True, help="Replace an existing output file.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+@_friendly_errors
+def extract(extractor, dataset, split, timesteps, layers, out, weights, limit, batch_size, device, dtype, seed,
+            ensemble, conditioning, resolution, overwrite, quiet):
+    """Extract per-timestep, per-layer features of a dataset split into an HDF5 feature file."""
+    from probekit.api import build_extractor, run_extraction
+
+    ex = build_extractor(extractor, weights=weights, timesteps=timesteps, layers=layers, seed=seed,
+                         ensemble=ensemble, conditioning=conditioning, resolution=resolution, device=device,
+                         dtype=dtype)
+    for note in ex.notes():
+        click.secho(f"note: {note}", fg="yellow", err=True)
+    path = run_extraction(ex, dataset, split, out, limit=limit, batch_size=batch_size, overwrite=overwrite,
+                          progress=not quiet)
+    click.echo(f"wrote {path}")
+
+
+@cli.command()
+@click.option("--features", "-f", required=True, type=click.Path(exists=True, dir_okay=False),
+              help="Feature file of the training split.")
+@click.option("--eval-features", "-E", required=True, type=click.Path(exists=True, dir_okay=False),
+              help="Feature file of the held-out split the probe is scored on.")
+@click.option("--task", default="seg", show_default=True, help="Task (see `probekit ls tasks`).")
+@click.option("--timestep", type=int, default=None, help="Timestep of the feature map to probe.")
+@click.option("--layer", type=int, default=None, help="Layer of the feature map to probe.")
+@click.option("--head", default="linear", show_default=True, help="Head (see `probekit ls heads`).")
+@click.option("--out", "-o", type=click.Path(file_okay=False), default=None,
+              help="Run directory; default results/<extractor>/<dataset>/<task>/<probe>.")
+@click.option("--results-root", default="results", show_default=True, help="Root of the default run directories.")
+@click.option("--epochs", type=int, default=10, show_default=True)
+@click.option("--batch-size", type=int, default=16, show_default=True)
+@click.option("--lr", type=float, default=1e-2, show_default=True)
+@click.option("--weight-decay", type=float, default=1e-4, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True, help="Seeds head initialisation and shuffling.")
+@click.option("--device", default="cpu", show_default=True)
+@click.option("--overwrite", "overwrite_mode", flag_value="overwrite", help="Replace an existing result.")
+@click.option("--skip-existing", "overwrite_mode", flag_value="skip", help="Keep an existing result, skip the run.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+@_friendly_errors
+def probe(features, eval_features, task, timestep, layer, head, out, results_root, epochs, batch_size, lr,
+          weight_decay, seed, device, overwrite_mode, quiet):
+    """Train a probe head on frozen features and score it on held-out features."""
+    from probekit.probes.trainer import train_probe
+
+    record = train_probe(features, eval_features, task=task, timestep=timestep, layer=layer, head=head, out=out,
+                         results_root=results_root, epochs=epochs, batch_size=batch_size, lr=lr,
+                         weight_decay=weight_decay, seed=seed, device=device, overwrite=overwrite_mode or "error",
+                         progress=not quiet)
+    if record is None:
+        click.echo("skipped: a result already exists (--skip-existing)")
+        return
+    click.echo(f"{record['task']} {record['main_score_name']} = {100 * record['main_score']:.2f}  "
+               f"({record['probe']['name']}) -> {record['_path']}")
+    for note in record.get("notes", []):
+        click.secho(f"note: {note}", fg="yellow", err=True)
+
+
+@cli.command()
+@click.argument("runs", nargs=-1, required=True, type=click.Path(exists=True))
+@click.option("--out", "-o", required=True, type=click.Path(file_okay=False), help="Directory for the tables.")
+@_friendly_errors
+def report(runs, out):
+    """Collect result records under RUNS (searched recursively) into Markdown and CSV tables."""
+    from probekit.reports.tables import write_tables
+
+    written = write_tables(list(runs), out)
+    click.echo(written["markdown"].read_text())
+    click.echo(f"{written['rows']} runs -> {written['markdown']} and {written['csv']}")
+
+
+@cli.command()
+@click.option("--out", "-o", default="probekit-demo", show_default=True, type=click.Path(file_okay=False))
+@click.option("--n-train", type=int, default=256, show_default=True, help="ShapeWorld training images.")
+@click.option("--n-test", type=int, default=128, show_default=True, help="ShapeWorld test images.")
+@click.option("--timesteps", type=INT_LIST, default="50,250,500,750", show_default=True)
+@click.option("--layers", type=INT_LIST, default="1,3", show_default=True)
+@click.option("--epochs", type=int, default=10, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
+@_friendly_errors
+def demo(out, n_train, n_test, timesteps, layers, epochs, seed, quiet):
+    """The main job on the embedded default: ShapeWorld -> extract -> probe every (t, layer) -> report."""
+    from probekit.demo import run_demo
+
+    run_demo(out, n_train=n_train, n_test=n_test, timesteps=timesteps, layers=layers, epochs=epochs, seed=seed,
+             progress=not quiet, echo=click.echo)
+
+
+def main() -> None:
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    cli(prog_name="probekit")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

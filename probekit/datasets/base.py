@@ -1,0 +1,61 @@
+"""The dataset contract shared by every stage."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+
+from probekit.errors import ProbekitError
+
+
+@dataclass
+class Sample:
+    """One image with its dense labels. Arrays are (H, W[, 3]); absent labels are None."""
+
+    id: str
+    index: int
+    image: np.ndarray  # uint8 (H, W, 3)
+    seg: np.ndarray | None = None  # uint8/int (H, W), class ids, background 0
+    depth: np.ndarray | None = None  # float32 (H, W), metres
+    saliency: np.ndarray | None = None  # uint8 (H, W), 0/1
+    caption: str = ""
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+def load_manifest(name_or_path: str | Path) -> tuple[dict[str, Any], str]:
+    """A manifest dict and the sha256 of its bytes. Bare names are looked up among the shipped manifests."""
+    path = Path(name_or_path)
+    if path.suffix in (".yaml", ".yml") and path.is_file():
+        raw = path.read_bytes()
+    else:
+        fname = name_or_path if str(name_or_path).endswith((".yaml", ".yml")) else f"{name_or_path}.yaml"
+        try:
+            raw = resources.files("probekit.data_manifests").joinpath(str(fname)).read_bytes()
+        except FileNotFoundError:
+            raise ProbekitError(f"no dataset manifest named {fname!r} among probekit's data manifests") from None
+    manifest = yaml.safe_load(raw)
+    if not isinstance(manifest, dict):
+        raise ProbekitError(f"dataset manifest {name_or_path} is not a YAML mapping")
+    return manifest, hashlib.sha256(raw).hexdigest()
+
+
+def load_dataset(name: str, split: str, **overrides: Any):
+    """Build a registered dataset by name (e.g. ``load_dataset("shapeworld", "train")``)."""
+    from probekit.registries import DATASETS
+
+    return DATASETS.build(name, split=split, **overrides)
+
+
+def params_hash(params: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(params, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def as_uint8_image(array: np.ndarray) -> np.ndarray:
+    return np.clip(np.rint(array), 0, 255).astype(np.uint8)

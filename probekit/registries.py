@@ -1,0 +1,55 @@
+"""The project's registries. Adding a backbone, dataset, task or head is one line here.
+
+Targets are strings, resolved only when an entry is built (see probekit.registry).
+"""
+
+from __future__ import annotations
+
+from probekit.registry import Registry
+
+EXTRACTORS = Registry("extractor")
+DATASETS = Registry("dataset")
+TASKS = Registry("task")
+HEADS = Registry("head")
+
+_DIT = "probekit.extractors.diffusers_dit:DiffusersDiTExtractor"
+
+EXTRACTORS.register(
+    "dit", _DIT,
+    "any diffusers DiT-family transformer (SD3, FLUX, PixArt, DiT); give --weights DIR_OR_HUB_ID",
+)
+EXTRACTORS.register(
+    "tiny-mmdit-random", "probekit.extractors.tiny:tiny_random_mmdit",
+    "randomly initialised small pixel-space SD3 MM-DiT (a control; no training)",
+)
+EXTRACTORS.register(
+    "sd3-medium", _DIT, "Stable Diffusion 3 Medium (MM-DiT), diffusers layout",
+    weights="stabilityai/stable-diffusion-3-medium-diffusers",
+)
+EXTRACTORS.register(
+    "flux-dev", _DIT, "FLUX.1-dev (MM-DiT with single-stream blocks), diffusers layout",
+    weights="black-forest-labs/FLUX.1-dev",
+)
+EXTRACTORS.register(
+    "pixart-alpha", _DIT, "PixArt-alpha 512px (cross-attention DiT), diffusers layout",
+    weights="PixArt-alpha/PixArt-XL-2-512x512",
+)
+EXTRACTORS.register(
+    "dit-xl-2-256", _DIT, "DiT-XL/2 256px, class-conditional (null class used), diffusers layout",
+    weights="facebook/DiT-XL-2-256",
+)
+
+DATASETS.register(
+    "shapeworld", "probekit.datasets.shapeworld:ShapeWorld",
+    "procedural scenes with segmentation, depth, saliency and captions (embedded, no download)",
+    manifest="shapeworld.yaml",
+)
+
+TASKS.register(
+    "seg", "probekit.probes.tasks:SegmentationTask",
+    "semantic segmentation: cross-entropy with ignore; mIoU, pixel accuracy, per-class IoU",
+)
+
+HEADS.register("linear", "probekit.probes.heads:LinearHead", "BatchNorm + 1x1 conv, logits upsampled bilinearly")
+
+ALL = {"extractors": EXTRACTORS, "datasets": DATASETS, "tasks": TASKS, "heads": HEADS}

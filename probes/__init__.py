@@ -1,0 +1,1 @@
+"""Probes: lightweight heads trained on frozen features, with task losses and metrics."""

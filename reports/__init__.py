@@ -1,0 +1,1 @@
+"""Reports: tables and figures built from result records only (never from probe internals)."""
