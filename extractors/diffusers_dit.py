@@ -12,6 +12,7 @@ transformer folder) or a hub id resolved through the local hub cache.
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import Sequence
 from pathlib import Path
@@ -197,6 +198,19 @@ def _component_class(config_dir: Path, kind: str):
     return cls
 
 
+@contextlib.contextmanager
+def _quiet_loading():
+    """Silence diffusers' loading chatter (e.g. the advice to install accelerate) but keep errors."""
+    from diffusers.utils import logging as dlog
+
+    level = dlog.get_verbosity()
+    dlog.set_verbosity_error()
+    try:
+        yield
+    finally:
+        dlog.set_verbosity(level)
+
+
 def _resolve_device(device: str) -> torch.device:
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -234,7 +248,8 @@ class DiffusersDiTExtractor(Extractor):
         for t in self._timesteps:
             if not 0 <= t <= 1000:
                 raise ProbekitError(f"timesteps are integers in [0, 1000] (0 = clean image); got {t}")
-        self._load()
+        with _quiet_loading():
+            self._load()
         n_blocks = len(self.family.blocks(self.transformer))
         self._layers = []
         for layer in layers:
@@ -279,8 +294,15 @@ class DiffusersDiTExtractor(Extractor):
         if self._pipe is None:
             from diffusers import DiffusionPipeline
 
-            # Only the text side is needed: skip the (large) transformer and VAE.
-            self._pipe = DiffusionPipeline.from_pretrained(self.root, transformer=None, vae=None, torch_dtype=self.dtype)
+            # Only the text side is needed: skip the VAE and reuse the already loaded transformer (SD3's
+            # encode_prompt reads transformer.config.joint_attention_dim when there is no T5 encoder).
+            # Components saved as [null, null] (e.g. SD3 without T5) must be passed as None explicitly,
+            # or from_pretrained refuses the folder.
+            absent = {name: None for name, entry in (_read_json(self.root / "model_index.json") or {}).items()
+                      if isinstance(entry, list) and entry and entry[0] is None}
+            with _quiet_loading():
+                self._pipe = DiffusionPipeline.from_pretrained(self.root, **absent, transformer=self.transformer,
+                                                               vae=None, torch_dtype=self.dtype)
             self._pipe.to(self.device)
         return self._pipe
 
@@ -391,7 +413,7 @@ class DiffusersDiTExtractor(Extractor):
                 for j, t in enumerate(self._timesteps):
                     key = feature_key(t, layer)
                     sums[key] = sums[key] + maps[:, j] if key in sums else maps[:, j].clone()
-        return {k: (v / self.ensemble).cpu() for k, v in sums.items()}
+        return {k: (sums[k] / self.ensemble).cpu() for k in self.feature_keys()}
 
     def _run_hooked(self, blocks, x_t, sigma, t_int, cond, extras, n_img: int) -> dict[int, torch.Tensor]:
         captured: dict[int, torch.Tensor] = {}

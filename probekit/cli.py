@@ -111,15 +111,17 @@ def ls_command(kind: str | None) -> None:
 def extract(extractor, dataset, split, timesteps, layers, out, weights, limit, batch_size, device, dtype, seed,
             ensemble, conditioning, resolution, overwrite, quiet):
     """Extract per-timestep, per-layer features of a dataset split into an HDF5 feature file."""
-    from probekit.api import build_extractor, run_extraction
+    from probekit.api import build_extractor
+    from probekit.datasets import load_dataset
+    from probekit.extractors.runner import extract_dataset
 
+    ds = load_dataset(dataset, split)  # a wrong dataset or split fails before a large model is loaded
     ex = build_extractor(extractor, weights=weights, timesteps=timesteps, layers=layers, seed=seed,
                          ensemble=ensemble, conditioning=conditioning, resolution=resolution, device=device,
                          dtype=dtype)
     for note in ex.notes():
         click.secho(f"note: {note}", fg="yellow", err=True)
-    path = run_extraction(ex, dataset, split, out, limit=limit, batch_size=batch_size, overwrite=overwrite,
-                          progress=not quiet)
+    path = extract_dataset(ex, ds, out, limit=limit, batch_size=batch_size, overwrite=overwrite, progress=not quiet)
     click.echo(f"wrote {path}")
 
 

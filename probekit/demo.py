@@ -32,7 +32,7 @@ def run_demo(out: str | Path = "probekit-demo", *, n_train: int = 256, n_test: i
         for layer in extractor.layers:
             record = train_probe(feats["train"], feats["test"], task="seg", key=feature_key(t, layer), head="linear",
                                  epochs=epochs, seed=seed, results_root=out / "results", overwrite="overwrite",
-                                 progress=progress)
+                                 progress=False)  # one line per probe below instead of a bar each
             echo(f"seg mIoU {100 * record['main_score']:6.2f}  t={t:<4} layer={layer}")
     written = write_tables([out / "results"], out / "report")
     echo("")

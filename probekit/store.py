@@ -132,21 +132,30 @@ class FeatureReader:
             self._file = h5py.File(self.path, "r")
         except OSError as exc:
             raise FeatureFileError(f"{self.path} cannot be read as HDF5 (truncated or not HDF5?): {exc}") from None
-        f = self._file
-        if f.attrs.get("format") != FORMAT:
+        try:
+            self._validate(allow_incomplete)
+        except (OSError, KeyError, ValueError) as exc:  # h5py raises these on damaged files
             self.close()
-            raise FeatureFileError(f"{self.path} is not a probekit feature file (attribute 'format' is "
-                                   f"{f.attrs.get('format')!r} if any, expected {FORMAT!r})")
+            raise FeatureFileError(f"{self.path} cannot be read as a feature file (truncated or damaged?): "
+                                   f"{exc}") from None
+        except FeatureFileError:
+            self.close()
+            raise
+
+    def _validate(self, allow_incomplete: bool) -> None:
+        f = self._file
+        fmt = f.attrs.get("format")
+        if fmt != FORMAT:
+            raise FeatureFileError(f"{self.path} is not a probekit feature file (attribute 'format' is {fmt!r}, "
+                                   f"expected {FORMAT!r})")
         version = int(f.attrs["format_version"])
         if version > FORMAT_VERSION:
-            self.close()
             raise FeatureFileError(f"{self.path} has feature-store format {version}; this probekit reads up to "
                                    f"{FORMAT_VERSION}: upgrade probekit")
         self.format_version = version
         self.num_samples = int(f.attrs["num_samples"])
         if not bool(f.attrs["complete"]) and not allow_incomplete:
             written = int(f["done"][...].sum())
-            self.close()
             raise FeatureFileError(f"{self.path} is incomplete: {written} of {self.num_samples} samples were "
                                    "written (the extraction was interrupted?). Rerun the extraction.")
         self.keys: list[str] = json.loads(f.attrs.get("feature_keys", "[]"))

@@ -129,15 +129,18 @@ class ShapeWorld:
             ))
         return objects
 
+    def _scene(self, index: int) -> tuple[float, float, float, list[ShapeObject]]:
+        """(horizon row, focal length in px, camera height in m, objects): every random draw of a sample."""
+        rng = self._rng(index)
+        cam = self.manifest["camera"]
+        focal = float(cam["focal_px_per_image_width"]) * self.image_size
+        horizon = float(rng.uniform(*cam["horizon_row_fraction"])) * self.image_size
+        return horizon, focal, float(cam["height_m"]), self._draw_objects(rng, focal)
+
     def render(self, index: int) -> Sample:
         m, n = self.manifest, self.image_size
-        rng = self._rng(index)
-        cam = m["camera"]
-        focal = float(cam["focal_px_per_image_width"]) * n
-        cam_h = float(cam["height_m"])
-        horizon = float(rng.uniform(*cam["horizon_row_fraction"])) * n
+        horizon, focal, cam_h, objects = self._scene(index)
         max_depth = float(m["max_depth_m"])
-        objects = self._draw_objects(rng, focal)
 
         rows = np.arange(n, dtype=np.float64)[:, None] + 0.5
         cols = np.arange(n, dtype=np.float64)[None, :] + 0.5
@@ -158,15 +161,11 @@ class ShapeWorld:
         instance = np.full((n, n), -1, dtype=np.int16)
 
         # Objects, z-buffered: a pixel shows whichever surface is nearest.
-        for k, obj in enumerate(objects):
-            half = 0.5 * focal * obj.size / obj.distance
-            base = horizon + focal * cam_h / obj.distance
-            u = (cols - obj.column) / half
-            v = (rows - (base - half)) / half
-            inside = _shape_mask(obj.shape, np.broadcast_to(u, (n, n)), np.broadcast_to(v, (n, n)))
+        for k, (obj, inside) in enumerate(zip(objects, self._object_masks(objects, horizon, focal, cam_h))):
             visible = inside & (obj.distance < depth)
             if not visible.any():
                 continue
+            u, v = self._object_coords(obj, horizon, focal, cam_h)
             colour = self.colours[obj.colour]
             shade = 1.0 - 0.18 * (v + 1.0) / 2.0  # lit from above
             tex = np.ones((n, n))
@@ -197,14 +196,34 @@ class ShapeWorld:
             depth=depth.astype(np.float32), saliency=saliency,
             caption=self._caption(visible_objects),
             meta={
-                "horizon_row": horizon, "salient_object": salient,
+                "horizon_row": horizon, "salient_object": salient, "instance": instance,
                 "objects": [
                     {"shape": o.shape, "class": o.cls, "colour": o.colour, "texture": o.texture,
-                     "distance_m": o.distance, "size_m": o.size, "visible_px": int((instance == k).sum())}
+                     "distance_m": o.distance, "size_m": o.size, "visible_px": int((instance == k).sum()),
+                     "base_row_px": horizon + focal * cam_h / o.distance, "size_px": focal * o.size / o.distance}
                     for k, o in enumerate(objects)
                 ],
             },
         )
+
+    def _object_coords(self, obj: ShapeObject, horizon: float, focal: float, cam_h: float):
+        """Object coordinates (u right, v down, [-1, 1] over the object's box) of every pixel."""
+        n = self.image_size
+        half = 0.5 * focal * obj.size / obj.distance
+        base = horizon + focal * cam_h / obj.distance  # the ground row at the object's distance
+        grid = np.arange(n, dtype=np.float64) + 0.5
+        u = np.broadcast_to((grid[None, :] - obj.column) / half, (n, n))
+        v = np.broadcast_to((grid[:, None] - (base - half)) / half, (n, n))
+        return u, v
+
+    def _object_masks(self, objects: list[ShapeObject], horizon: float, focal: float, cam_h: float):
+        return [_shape_mask(o.shape, *self._object_coords(o, horizon, focal, cam_h)) for o in objects]
+
+    def full_masks(self, index: int) -> np.ndarray:
+        """(K, H, W) silhouettes of every object before occlusion, in the order of meta["objects"]."""
+        horizon, focal, cam_h, objects = self._scene(index)
+        masks = self._object_masks(objects, horizon, focal, cam_h)
+        return np.stack(masks) if masks else np.zeros((0, self.image_size, self.image_size), dtype=bool)
 
     @staticmethod
     def _salient(visible: list[tuple[int, ShapeObject, int]]) -> int | None:
