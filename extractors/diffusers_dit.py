@@ -280,15 +280,25 @@ class DiffusersDiTExtractor(Extractor):
             self.vae = self.vae.to(self.device).eval().requires_grad_(False)
         scheduler_config = _read_json(root / "scheduler" / "scheduler_config.json")
         self.schedule = NoiseSchedule.from_scheduler_config(scheduler_config, self.family.noise_default)
-        self.has_text_encoder = (root / "model_index.json").is_file() and any(root.glob("text_encoder*/config.json"))
+        # Text comes from a diffusers pipeline (model_index.json: the pipeline's own encode_prompt) or from a
+        # plain text_encoder/ + tokenizer/ pair (TextConditioner: hidden states + pooled output).
+        if (root / "model_index.json").is_file() and any(root.glob("text_encoder*/config.json")):
+            self.text_source = "pipeline"
+        elif (root / "text_encoder" / "config.json").is_file() and (root / "tokenizer").is_dir():
+            self.text_source = "encoder"
+        else:
+            self.text_source = None
+        self.has_text_encoder = self.text_source is not None
         if self.conditioning == "caption" and not (self.family.text and self.has_text_encoder):
             raise ProbekitError(f"caption conditioning needs a text encoder, and {root} has none "
-                                "(a pipeline folder with model_index.json and text_encoder/)")
+                                "(a pipeline folder with model_index.json and text_encoder/, or text_encoder/ "
+                                "with tokenizer/)")
         in_ch = self.family.latent_channels(self.transformer)
         if self.vae is None and in_ch != 3:
             raise ProbekitError(f"{root}: the transformer expects {in_ch} latent channels but there is no vae/ folder; "
                                 "a model without a VAE must be pixel-space (3 input channels)")
         self._pipe = None
+        self._encoder = None
 
     def _text_pipeline(self):
         if self._pipe is None:
@@ -306,11 +316,22 @@ class DiffusersDiTExtractor(Extractor):
             self._pipe.to(self.device)
         return self._pipe
 
+    def _text_encoder(self):
+        if self._encoder is None:
+            from probekit.extractors.text_conditioning import TextConditioner
+
+            with _quiet_loading():
+                self._encoder = TextConditioner.from_folder(self.root, dtype=self.dtype).to(self.device)
+        return self._encoder
+
     def _condition(self, prompt: str) -> dict[str, torch.Tensor]:
         if prompt not in self._cond_cache:
             if self.family.text and self.has_text_encoder:
                 with torch.inference_mode():
-                    cond = self.family.encode(self._text_pipeline(), [prompt], self.device)
+                    if self.text_source == "pipeline":
+                        cond = self.family.encode(self._text_pipeline(), [prompt], self.device)
+                    else:
+                        cond = self._text_encoder()([prompt])
                 cond = {k: v.to(self.device, self.dtype) if v.is_floating_point() else v.to(self.device)
                         for k, v in cond.items()}
             else:
@@ -346,7 +367,7 @@ class DiffusersDiTExtractor(Extractor):
             "extractor": self.name, "weights": self.weights, "family": self.family.name,
             "transformer_class": self.transformer_class, "timesteps": self.timesteps, "layers": self.layers,
             "ensemble": self.ensemble, "seed": self.seed, "conditioning": self.conditioning,
-            "text_encoder": bool(self.family.text and self.has_text_encoder), "resolution": self.resolution,
+            "text_encoder": self.text_source if self.family.text else None, "resolution": self.resolution,
             "device": str(self.device), "dtype": str(self.dtype).replace("torch.", ""),
             "latent_space": "vae" if self.vae is not None else "pixels", "noise_schedule": self.schedule.describe(),
             "guidance": self.guidance if self.family.name == "flux" else None,

@@ -183,17 +183,72 @@ def report(runs, out):
 @click.option("--n-train", type=int, default=256, show_default=True, help="ShapeWorld training images.")
 @click.option("--n-test", type=int, default=128, show_default=True, help="ShapeWorld test images.")
 @click.option("--timesteps", type=INT_LIST, default="50,250,500,750", show_default=True)
-@click.option("--layers", type=INT_LIST, default="1,3", show_default=True)
+@click.option("--layers", type=INT_LIST, default="2,4", show_default=True)
 @click.option("--epochs", type=int, default=10, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--control/--no-control", default=True, show_default=True,
+              help="Also probe the same architecture with random weights, for contrast.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
 @_friendly_errors
-def demo(out, n_train, n_test, timesteps, layers, epochs, seed, quiet):
-    """The main job on the embedded default: ShapeWorld -> extract -> probe every (t, layer) -> report."""
+def demo(out, n_train, n_test, timesteps, layers, epochs, seed, control, quiet):
+    """The main job on the embedded default: ShapeWorld -> extract the shipped ShapeWorld MM-DiT ->
+    probe every (t, layer) -> report."""
     from probekit.demo import run_demo
 
     run_demo(out, n_train=n_train, n_test=n_test, timesteps=timesteps, layers=layers, epochs=epochs, seed=seed,
-             progress=not quiet, echo=click.echo)
+             control=control, progress=not quiet, echo=click.echo)
+
+
+@cli.command("train-backbone")
+@click.option("--out", "-o", required=True, type=click.Path(file_okay=False),
+              help="Run directory: checkpoint, train_log.csv, and the exported model in OUT/model.")
+@click.option("--steps", type=int, default=3000, show_default=True)
+@click.option("--batch-size", type=int, default=32, show_default=True)
+@click.option("--lr", type=float, default=3e-4, show_default=True, help="Peak learning rate (warm-up, then cosine).")
+@click.option("--caption-dropout", type=float, default=0.1, show_default=True,
+              help="Probability of training on the empty prompt (for classifier-free guidance).")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seeds initialisation, data order and noise.")
+@click.option("--checkpoint-every", type=int, default=100, show_default=True)
+@click.option("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice).")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+@_friendly_errors
+def train_backbone_command(out, steps, batch_size, lr, caption_dropout, seed, checkpoint_every, threads, quiet):
+    """Train the ShapeWorld MM-DiT (rectified flow, SD3 architecture); rerun the same command to resume."""
+    from probekit.extractors.train_backbone import train_backbone
+
+    train_backbone(out, steps=steps, batch_size=batch_size, lr=lr, caption_dropout=caption_dropout, seed=seed,
+                   checkpoint_every=checkpoint_every, threads=threads, progress=not quiet, log=click.echo)
+
+
+@cli.command()
+@click.option("--backbone", "-b", default="shapeworld-mmdit", show_default=True,
+              help="Registered flow-matching MM-DiT with a text encoder (or use --weights).")
+@click.option("--weights", "-w", default=None, help="Model folder (overrides the backbone's shipped weights).")
+@click.option("--prompt", "-p", "prompts", multiple=True, required=True,
+              help="Prompt; repeat for several (cycled over --n images).")
+@click.option("--n", type=int, default=16, show_default=True, help="Number of images.")
+@click.option("--steps", type=int, default=30, show_default=True, help="Euler steps.")
+@click.option("--guidance", type=float, default=4.0, show_default=True, help="Classifier-free guidance scale.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seeds each image's initial noise.")
+@click.option("--device", default="cpu", show_default=True)
+@click.option("--out", "-o", required=True, type=click.Path(dir_okay=False), help="Output PNG grid.")
+@_friendly_errors
+def sample(backbone, weights, prompts, n, steps, guidance, seed, device, out):
+    """Sample images from the backbone with its own sampler and save them as a grid."""
+    from probekit.extractors.sampling import FlowSampler, image_grid
+    from probekit.registries import EXTRACTORS
+
+    folder = weights or EXTRACTORS.get(backbone).kwargs.get("weights")
+    if folder is None:
+        from probekit.extractors.shapeworld_mmdit import shipped_weights
+
+        if backbone != "shapeworld-mmdit":
+            raise ProbekitError(f"{backbone!r} has no default weights for sampling; pass --weights")
+        folder = shipped_weights()
+    sampler = FlowSampler(folder, device=device)
+    images = sampler.sample([prompts[i % len(prompts)] for i in range(n)], steps=steps, guidance=guidance, seed=seed)
+    image_grid(images).save(out)
+    click.echo(f"wrote {n} samples ({steps} steps, guidance {guidance}, seed {seed}) -> {out}")
 
 
 def main() -> None:

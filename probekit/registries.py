@@ -19,6 +19,14 @@ EXTRACTORS.register(
     "any diffusers DiT-family transformer (SD3, FLUX, PixArt, DiT); give --weights DIR_OR_HUB_ID",
 )
 EXTRACTORS.register(
+    "shapeworld-mmdit", "probekit.extractors.shapeworld_mmdit:shapeworld_mmdit",
+    "the shipped ShapeWorld MM-DiT (SD3 architecture, pixel space, trained by probekit; the default backbone)",
+)
+EXTRACTORS.register(
+    "shapeworld-mmdit-random", "probekit.extractors.shapeworld_mmdit:shapeworld_mmdit_random",
+    "same architecture as shapeworld-mmdit, randomly initialised (a control)",
+)
+EXTRACTORS.register(
     "tiny-mmdit-random", "probekit.extractors.tiny:tiny_random_mmdit",
     "randomly initialised small pixel-space SD3 MM-DiT (a control; no training)",
 )

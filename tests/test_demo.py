@@ -5,13 +5,13 @@ from click.testing import CliRunner
 from probekit.cli import cli
 
 
-def test_demo_runs_end_to_end_and_says_the_backbone_is_random(tmp_path):
+def test_demo_runs_end_to_end_on_the_shipped_backbone_and_its_control(tmp_path):
     out = tmp_path / "demo"
     res = CliRunner().invoke(cli, ["demo", "--out", str(out), "--n-train", "16", "--n-test", "8",
-                                   "--timesteps", "100,700", "--layers", "1", "--epochs", "2", "-q"])
+                                   "--timesteps", "100,700", "--layers", "2", "--epochs", "2", "-q"])
     assert res.exit_code == 0, res.output
-    assert "RANDOMLY INITIALISED" in res.output
+    assert "RANDOMLY INITIALISED backbone (shapeworld-mmdit-random)" in res.output
     md = (out / "report" / "results.md").read_text()
-    assert md.count("| tiny-mmdit-random |") == 2
-    assert (out / "features" / "train.h5").is_file() and (out / "report" / "results.csv").is_file()
+    assert md.count("| shapeworld-mmdit |") == 2 and md.count("| shapeworld-mmdit-random |") == 2
+    assert (out / "features" / "shapeworld-mmdit" / "train.h5").is_file()
     assert str(out / "report" / "results.md") in res.output

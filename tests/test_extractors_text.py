@@ -123,7 +123,7 @@ def _images(ds, idx):
 def test_pipeline_folder_loads_offline_with_its_text_encoders(captioned, uncaptioned):
     for ex in (captioned, uncaptioned):
         cfg = ex.config()
-        assert cfg["text_encoder"] is True
+        assert cfg["text_encoder"] == "pipeline"
         assert cfg["family"] == "sd3" and cfg["latent_space"] == "vae" and cfg["num_blocks"] == 2
         assert not any("no text encoder" in n for n in ex.notes())
     pipe = captioned._text_pipeline()
@@ -188,5 +188,5 @@ def test_extract_dataset_stores_caption_conditioned_features(captioned, ds, tmp_
             assert stored.shape == (2, INNER, 8, 8) and np.isfinite(stored).all()
             np.testing.assert_allclose(stored, direct[key].numpy(), rtol=4e-3, atol=4e-3)
         prov = r.provenance["extractor"]
-        assert prov["conditioning"] == "caption" and prov["text_encoder"] is True
+        assert prov["conditioning"] == "caption" and prov["text_encoder"] == "pipeline"
         assert r.captions() == [ds[0].caption, ds[1].caption]

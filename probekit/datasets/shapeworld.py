@@ -20,7 +20,7 @@ import numpy as np
 from probekit.datasets.base import Sample, as_uint8_image, load_manifest, params_hash
 from probekit.errors import ProbekitError
 
-_SPLIT_CODES = {"train": 0, "val": 1, "test": 2}
+_SPLIT_CODES = {"train": 0, "val": 1, "test": 2, "pretrain": 3}
 _TEXTURE_WORDS = {"solid": "", "striped": "striped", "dotted": "dotted"}
 _SKY_TOP = np.array([110.0, 160.0, 235.0])
 _HAZE = np.array([200.0, 210.0, 225.0])

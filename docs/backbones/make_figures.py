@@ -1,0 +1,81 @@
+"""Regenerate the figures and numbers of docs/backbones/shapeworld-mmdit.md.
+
+    python docs/backbones/make_figures.py --run build/shapeworld-mmdit-run
+
+--run is the training run directory (it holds train_log.csv); the model evaluated is the shipped one.
+Writes loss_curve.png, denoising_loss.png, samples.png and numbers.json beside this script.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+from probekit.extractors.sampling import FlowSampler, image_grid  # noqa: E402
+from probekit.extractors.shapeworld_mmdit import random_folder, shipped_weights  # noqa: E402
+from probekit.extractors.train_backbone import denoising_loss_per_timestep  # noqa: E402
+
+HERE = Path(__file__).resolve().parent
+PROMPTS = [
+    "a red circle", "a blue square", "a green triangle", "a yellow star",
+    "a purple ring", "an orange cross", "a white striped circle", "a cyan dotted square",
+    "a red circle in front of a blue square", "a green star in front of a yellow ring",
+    "a blue triangle in front of an orange cross", "a purple dotted square in front of a white circle",
+]
+
+
+def loss_curve(run: Path) -> None:
+    with open(run / "train_log.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    steps = [int(r["step"]) for r in rows]
+    loss = [float(r["loss"]) for r in rows]
+    window = 50
+    smooth = [sum(loss[max(0, i - window + 1):i + 1]) / len(loss[max(0, i - window + 1):i + 1]) for i in range(len(loss))]
+    fig, ax = plt.subplots(figsize=(4.5, 3))
+    ax.plot(steps, loss, color="#bbbbbb", lw=0.6, label="per step")
+    ax.plot(steps, smooth, color="#0072B2", lw=1.5, label=f"mean of {window} steps")
+    ax.set(xlabel="training step (batch 32)", ylabel="velocity MSE", yscale="log", title="Training loss")
+    ax.legend(frameon=False)
+    fig.tight_layout()
+    fig.savefig(HERE / "loss_curve.png", dpi=150)
+
+
+def denoising(n: int) -> dict:
+    timesteps = tuple(range(50, 1000, 100))
+    trained = denoising_loss_per_timestep(shipped_weights(), timesteps=timesteps, n=n)
+    control = denoising_loss_per_timestep(random_folder(), timesteps=timesteps, n=n)
+    fig, ax = plt.subplots(figsize=(4.5, 3))
+    ax.plot(list(trained), list(trained.values()), "o-", color="#0072B2", label="shapeworld-mmdit")
+    ax.plot(list(control), list(control.values()), "s--", color="#D55E00", label="random init (control)")
+    ax.set(xlabel="timestep t (0 = clean)", ylabel="held-out velocity MSE", yscale="log",
+           title=f"Denoising loss, ShapeWorld test (n={n})")
+    ax.legend(frameon=False)
+    fig.tight_layout()
+    fig.savefig(HERE / "denoising_loss.png", dpi=150)
+    return {"n": n, "trained": trained, "control": control}
+
+
+def samples(seed: int) -> None:
+    images = FlowSampler(shipped_weights()).sample(PROMPTS, steps=30, guidance=4.0, seed=seed)
+    image_grid(images, columns=4, scale=3).save(HERE / "samples.png")
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--run", type=Path, required=True)
+    parser.add_argument("--n", type=int, default=256, help="held-out images per timestep")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    loss_curve(args.run)
+    numbers = denoising(args.n)
+    samples(args.seed)
+    numbers["prompts"] = PROMPTS
+    (HERE / "numbers.json").write_text(json.dumps(numbers, indent=2) + "\n")
+    print(json.dumps(numbers, indent=2))

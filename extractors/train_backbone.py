@@ -1,0 +1,195 @@
+"""Train the ShapeWorld MM-DiT: rectified flow with SD3-style shifted timestep sampling.
+
+x_t = (1 - s) x_0 + s eps, the model predicts the velocity eps - x_0, s = shift(u) with u ~ logit-normal
+(SD3's sampling) and shift 3.0. The text encoder trains jointly; captions are dropped to the empty prompt
+with probability ``caption_dropout`` so classifier-free guidance works at sampling time. Images come from
+ShapeWorld's ``pretrain`` split, disjoint from the train/val/test splits the probes use.
+
+Resumable: a checkpoint (model, EMA, optimizer, step) is written every ``checkpoint_every`` steps with
+safetensors + ``torch.load(weights_only=True)``-safe state; a rerun with the same ``out`` continues from it.
+The data stream is a pure function of (step, batch_size), so a resumed run sees the same images.
+"""
+
+from __future__ import annotations
+
+import copy
+import csv
+import json
+import math
+import os
+import platform
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from probekit.datasets.shapeworld import ShapeWorld
+from probekit.extractors.shapeworld_mmdit import SCHEDULER_CONFIG, build_models, save_folder
+from probekit.extractors.text_conditioning import TextConditioner
+from probekit.provenance import base_provenance
+
+CHECKPOINT = "checkpoint.pt"
+LOG_COLUMNS = ["step", "loss", "lr", "images_seen", "elapsed_s"]
+
+
+def _log_rows_up_to(path: Path, step: int) -> list[list[str]]:
+    if step == 0 or not path.is_file():
+        return []
+    with open(path, newline="") as fh:
+        rows = list(csv.reader(fh))[1:]
+    return [r for r in rows if r and int(r[0]) <= step]
+
+
+def images_to_tensor(images: list[np.ndarray]) -> torch.Tensor:
+    """uint8 (H, W, 3) images -> float (B, 3, H, W) in [-1, 1], the model's pixel space."""
+    return torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).float().div_(127.5).sub_(1.0)
+
+
+def shifted_sigmas(u: torch.Tensor, shift: float) -> torch.Tensor:
+    return shift * u / (1.0 + (shift - 1.0) * u)
+
+
+def flow_loss(transformer, conditioner: TextConditioner, x0: torch.Tensor, prompts: list[str], sigma: torch.Tensor,
+              eps: torch.Tensor) -> torch.Tensor:
+    """Per-sample MSE between predicted and true velocity at noise level ``sigma``."""
+    s = sigma.view(-1, 1, 1, 1)
+    x_t = (1.0 - s) * x0 + s * eps
+    cond = conditioner(prompts)
+    pred = transformer(hidden_states=x_t, timestep=sigma * 1000.0, return_dict=False, **cond)[0]
+    return ((pred.float() - (eps - x0)) ** 2).mean(dim=(1, 2, 3))
+
+
+def _batch(dataset: ShapeWorld, step: int, batch_size: int, caption_dropout: float, seed: int):
+    rng = np.random.default_rng([seed, step])
+    start = step * batch_size
+    samples = [dataset[(start + i) % len(dataset)] for i in range(batch_size)]
+    prompts = ["" if rng.random() < caption_dropout else s.caption for s in samples]
+    u = torch.from_numpy(1.0 / (1.0 + np.exp(-rng.normal(0.0, 1.0, batch_size)))).float()  # logit-normal
+    eps = torch.from_numpy(rng.standard_normal((batch_size, 3, dataset.image_size, dataset.image_size))).float()
+    return images_to_tensor([s.image for s in samples]), prompts, u, eps
+
+
+def train_backbone(out: str | Path, *, steps: int = 2000, batch_size: int = 32, lr: float = 3e-4,
+                   warmup: int = 100, weight_decay: float = 0.0, caption_dropout: float = 0.1, shift: float = 3.0,
+                   ema_decay: float = 0.999, seed: int = 0, checkpoint_every: int = 100, threads: int | None = None,
+                   config_overrides: dict[str, Any] | None = None, progress: bool = True, log=print) -> Path:
+    """Train (or resume) and export the EMA weights to ``out/model``; returns that folder."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    if threads:
+        torch.set_num_threads(threads)
+    params = {k: v for k, v in locals().items() if k not in ("out", "log", "progress", "checkpoint_every", "threads")}
+    dataset = ShapeWorld("pretrain")
+    transformer, text_encoder, tokenizer = build_models(dataset.manifest, seed=seed, overrides=config_overrides)
+    conditioner = TextConditioner(tokenizer, text_encoder)
+    trainable = torch.nn.ModuleDict({"transformer": transformer, "text_encoder": text_encoder})
+    ema = copy.deepcopy(trainable).requires_grad_(False)
+    optimizer = torch.optim.AdamW(trainable.parameters(), lr=lr, weight_decay=weight_decay, betas=(0.9, 0.99))
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda i: lr_factor(i, warmup, steps))
+    start_step, elapsed = 0, 0.0
+    ckpt = out / CHECKPOINT
+    if ckpt.is_file():
+        state = torch.load(ckpt, weights_only=True)
+        if state["params"] != json.dumps(params, sort_keys=True):
+            raise ValueError(f"{ckpt} was written with other settings; use another --out or the same settings")
+        trainable.load_state_dict(state["model"])
+        ema.load_state_dict(state["ema"])
+        optimizer.load_state_dict(state["optimizer"])
+        schedule.load_state_dict(state["schedule"])
+        start_step, elapsed = int(state["step"]), float(state["elapsed"])
+        log(f"resuming from step {start_step} ({elapsed / 60:.1f} min already trained)")
+    log_path = out / "train_log.csv"
+    kept = _log_rows_up_to(log_path, start_step)  # rows after the checkpoint are redone, not duplicated
+    with open(log_path, "w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(LOG_COLUMNS)
+        writer.writerows(kept)
+        trainable.train()
+        bar = tqdm(range(start_step, steps), initial=start_step, total=steps, desc="train-backbone",
+                   disable=not progress)
+        t0 = time.perf_counter() - elapsed
+        for step in bar:
+            x0, prompts, u, eps = _batch(dataset, step, batch_size, caption_dropout, seed)
+            loss = flow_loss(transformer, conditioner, x0, prompts, shifted_sigmas(u, shift), eps).mean()
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(trainable.parameters(), 1.0)
+            optimizer.step()
+            schedule.step()
+            with torch.no_grad():
+                decay = min(ema_decay, (1 + step) / (10 + step))  # short warm-up of the average
+                for p_ema, p in zip(ema.parameters(), trainable.parameters()):
+                    p_ema.lerp_(p.detach(), 1.0 - decay)
+                for b_ema, b in zip(ema.buffers(), trainable.buffers()):
+                    b_ema.copy_(b)
+            writer.writerow([step + 1, f"{float(loss.detach()):.5f}", f"{schedule.get_last_lr()[0]:.3g}",
+                             (step + 1) * batch_size, f"{time.perf_counter() - t0:.1f}"])
+            bar.set_postfix(loss=f"{float(loss.detach()):.4f}")
+            if (step + 1) % checkpoint_every == 0 or step + 1 == steps:
+                fh.flush()
+                _save_checkpoint(ckpt, trainable, ema, optimizer, schedule, step + 1, time.perf_counter() - t0,
+                                 params)
+        bar.close()
+    total = time.perf_counter() - t0
+    info = {
+        "recipe": params, "steps": steps, "images_seen": steps * batch_size, "wall_time_s": round(total, 1),
+        "machine": {"platform": platform.platform(), "processor": platform.processor(), "cpus": os.cpu_count(),
+                    "torch_threads": torch.get_num_threads()},
+        "parameters": {"transformer": sum(p.numel() for p in transformer.parameters()),
+                       "text_encoder": sum(p.numel() for p in text_encoder.parameters())},
+        "weights": "exponential moving average of the training weights",
+        "data": "ShapeWorld split 'pretrain' (disjoint from train/val/test)",
+        "scheduler": SCHEDULER_CONFIG, "provenance": base_provenance(),
+    }
+    folder = save_folder(out / "model", ema["transformer"], ema["text_encoder"], tokenizer, extra=info)
+    log(f"trained {steps} steps in {total / 60:.1f} min -> {folder}")
+    return folder
+
+
+def lr_factor(step: int, warmup: int, steps: int, floor: float = 0.1) -> float:
+    """Linear warm-up, then cosine decay to ``floor`` times the peak rate."""
+    if step < warmup:
+        return (step + 1) / max(1, warmup)
+    progress = min(1.0, (step - warmup) / max(1, steps - warmup))
+    return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def _save_checkpoint(path: Path, model, ema, optimizer, schedule, step: int, elapsed: float, params) -> None:
+    tmp = path.with_suffix(".tmp")
+    torch.save({"model": model.state_dict(), "ema": ema.state_dict(), "optimizer": optimizer.state_dict(),
+                "schedule": schedule.state_dict(), "step": step, "elapsed": elapsed,
+                "params": json.dumps(params, sort_keys=True)}, tmp)
+    os.replace(tmp, path)  # a kill mid-write never corrupts the last good checkpoint
+
+
+@torch.no_grad()
+def denoising_loss_per_timestep(folder: str | Path, timesteps=(50, 150, 250, 350, 450, 550, 650, 750, 850, 950),
+                                n: int = 128, split: str = "test", seed: int = 0, batch_size: int = 32,
+                                shift: float = 3.0) -> dict[int, float]:
+    """Held-out velocity MSE at each timestep (fixed noise), with empty prompts and with captions averaged."""
+    from diffusers import SD3Transformer2DModel
+
+    folder = Path(folder)
+    transformer = SD3Transformer2DModel.from_pretrained(folder / "transformer").eval()
+    conditioner = TextConditioner.from_folder(folder)
+    dataset = ShapeWorld(split)
+    out: dict[int, float] = {}
+    for t in timesteps:
+        total = 0.0
+        for start in range(0, n, batch_size):
+            idx = range(start, min(start + batch_size, n))
+            samples = [dataset[i] for i in idx]
+            gen = torch.Generator().manual_seed(seed * 100003 + start)
+            x0 = images_to_tensor([s.image for s in samples])
+            eps = torch.randn(x0.shape, generator=gen)
+            sigma = torch.full((len(samples),), float(shifted_sigmas(torch.tensor(t / 1000.0), shift)))
+            total += float(flow_loss(transformer, conditioner, x0, [s.caption for s in samples], sigma, eps).sum())
+        out[int(t)] = total / n
+    return out
+
+
+def steps_for_minutes(minutes: float, images_per_second: float, batch_size: int) -> int:
+    return int(math.floor(minutes * 60 * images_per_second / batch_size))

@@ -1,0 +1,73 @@
+"""Training the ShapeWorld MM-DiT: the loss falls, and an interrupted run resumes to the same weights."""
+
+import csv
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from probekit.extractors import train_backbone as tb
+
+# A much smaller transformer than the shipped one, so a few dozen steps take seconds.
+TINY = {"num_layers": 1, "num_attention_heads": 2, "attention_head_dim": 16, "caption_projection_dim": 32,
+        "patch_size": 8, "pos_embed_max_size": 8}
+
+
+def _rows(run):
+    with open(run / "train_log.csv", newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+def test_a_few_steps_lower_the_held_out_loss(tmp_path):
+    from probekit.datasets import load_manifest
+    from probekit.extractors.shapeworld_mmdit import build_models, save_folder
+
+    manifest, _ = load_manifest("shapeworld")
+    init = save_folder(tmp_path / "init", *build_models(manifest, seed=0, overrides=TINY))
+    trained = tb.train_backbone(tmp_path / "run", steps=40, batch_size=8, lr=2e-3, warmup=1, ema_decay=0.0,
+                                config_overrides=TINY, checkpoint_every=20, progress=False, log=lambda s: None)
+    kwargs = dict(timesteps=(250, 750), n=16, batch_size=16)
+    before = tb.denoising_loss_per_timestep(init, **kwargs)
+    after = tb.denoising_loss_per_timestep(trained, **kwargs)
+    assert sum(after.values()) < 0.8 * sum(before.values()), (before, after)
+    rows = _rows(tmp_path / "run")
+    assert [int(r["step"]) for r in rows] == list(range(1, 41))
+    info = (trained / "training_info.json").read_text()
+    assert '"steps": 40' in info and '"seed": 0' in info
+    assert {p.name for p in trained.iterdir()} >= {"transformer", "text_encoder", "tokenizer", "scheduler"}
+    assert not list(trained.rglob("*.bin")) and list(trained.rglob("*.safetensors"))
+
+
+def test_interrupted_training_resumes_to_the_same_weights(tmp_path, monkeypatch):
+    args = dict(steps=6, batch_size=4, lr=1e-3, warmup=1, config_overrides=TINY, checkpoint_every=3,
+                progress=False, log=lambda s: None)
+    straight = tb.train_backbone(tmp_path / "straight", **args)
+
+    real_save = tb._save_checkpoint
+
+    def killed_after_first_checkpoint(*a, **k):
+        real_save(*a, **k)
+        raise KeyboardInterrupt  # as if the job were killed right after step 3's checkpoint
+
+    monkeypatch.setattr(tb, "_save_checkpoint", killed_after_first_checkpoint)
+    with pytest.raises(KeyboardInterrupt):
+        tb.train_backbone(tmp_path / "resumed", **args)
+    monkeypatch.setattr(tb, "_save_checkpoint", real_save)
+    assert torch.load(tmp_path / "resumed" / tb.CHECKPOINT, weights_only=True)["step"] == 3
+    resumed = tb.train_backbone(tmp_path / "resumed", **args)
+
+    a = load_file(straight / "transformer" / "diffusion_pytorch_model.safetensors")
+    b = load_file(resumed / "transformer" / "diffusion_pytorch_model.safetensors")
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=1e-6)
+    assert [int(r["step"]) for r in _rows(tmp_path / "resumed")] == list(range(1, 7))
+
+    with pytest.raises(ValueError, match="other settings"):
+        tb.train_backbone(tmp_path / "resumed", **{**args, "lr": 5e-4})
+
+
+def test_learning_rate_warms_up_then_decays():
+    f = [tb.lr_factor(i, warmup=10, steps=100) for i in range(100)]
+    assert f[0] == pytest.approx(0.1) and f[9] == pytest.approx(1.0)
+    assert all(a >= b for a, b in zip(f[10:], f[11:])) and f[-1] == pytest.approx(0.1, abs=1e-3)
