@@ -125,42 +125,74 @@ def extract(extractor, dataset, split, timesteps, layers, out, weights, limit, b
     click.echo(f"wrote {path}")
 
 
+class _FloatList(click.ParamType):
+    name = "FLOATS"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, list):
+            return value
+        try:
+            return [float(v) for v in str(value).split(",") if v.strip()]
+        except ValueError:
+            self.fail(f"{value!r} is not a comma-separated list of numbers", param, ctx)
+
+
 @cli.command()
 @click.option("--features", "-f", required=True, type=click.Path(exists=True, dir_okay=False),
               help="Feature file of the training split.")
 @click.option("--eval-features", "-E", required=True, type=click.Path(exists=True, dir_okay=False),
               help="Feature file of the held-out split the probe is scored on.")
-@click.option("--task", default="seg", show_default=True, help="Task (see `probekit ls tasks`).")
-@click.option("--timestep", type=int, default=None, help="Timestep of the feature map to probe.")
-@click.option("--layer", type=int, default=None, help="Layer of the feature map to probe.")
-@click.option("--head", default="linear", show_default=True, help="Head (see `probekit ls heads`).")
+@click.option("--val-features", "-V", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="Feature file of the validation split (learning-rate selection); default: a seeded 15% of "
+                   "the training file.")
+@click.option("--task", default="seg", show_default=True, help="seg | saliency | depth (see `probekit ls tasks`).")
+@click.option("--fusion", default="single", show_default=True,
+              type=click.Choice(["single", "concat", "global", "spatial"]), help="How the feature maps are fused.")
+@click.option("--head", default="linear", show_default=True, help="linear | conv | deeplab | dpt.")
+@click.option("--timestep", type=int, default=None, help="Timestep of the feature map (single fusion).")
+@click.option("--layer", type=int, default=None, help="Layer of the feature map (single fusion).")
+@click.option("--grid", is_flag=True, help="Run the ablation grid: every single map, then concat, global, spatial.")
 @click.option("--out", "-o", type=click.Path(file_okay=False), default=None,
               help="Run directory; default results/<extractor>/<dataset>/<task>/<probe>.")
 @click.option("--results-root", default="results", show_default=True, help="Root of the default run directories.")
 @click.option("--epochs", type=int, default=10, show_default=True)
 @click.option("--batch-size", type=int, default=16, show_default=True)
-@click.option("--lr", type=float, default=1e-2, show_default=True)
+@click.option("--lrs", type=_FloatList(), default="1e-3,1e-2", show_default=True,
+              help="Learning rates swept; the best on validation is kept.")
 @click.option("--weight-decay", type=float, default=1e-4, show_default=True)
-@click.option("--seed", type=int, default=0, show_default=True, help="Seeds head initialisation and shuffling.")
+@click.option("--fusion-dim", type=int, default=64, show_default=True, help="Bottleneck width of fusion projections.")
+@click.option("--depth-output", type=click.Choice(["bins", "regression"]), default="bins", show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True, help="Seeds initialisation, shuffling, val split.")
 @click.option("--device", default="cpu", show_default=True)
 @click.option("--overwrite", "overwrite_mode", flag_value="overwrite", help="Replace an existing result.")
 @click.option("--skip-existing", "overwrite_mode", flag_value="skip", help="Keep an existing result, skip the run.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 @_friendly_errors
-def probe(features, eval_features, task, timestep, layer, head, out, results_root, epochs, batch_size, lr,
-          weight_decay, seed, device, overwrite_mode, quiet):
-    """Train a probe head on frozen features and score it on held-out features."""
+def probe(features, eval_features, val_features, task, fusion, head, timestep, layer, grid, out, results_root,
+          epochs, batch_size, lrs, weight_decay, fusion_dim, depth_output, seed, device, overwrite_mode, quiet):
+    """Train probe heads on frozen features, select on validation, score on held-out features."""
+    config = dict(task=task, head=head, epochs=epochs, batch_size=batch_size, lrs=lrs, weight_decay=weight_decay,
+                  fusion_dim=fusion_dim, depth_output=depth_output, seed=seed, device=device)
+    if grid:
+        from probekit.probes.grid import run_grid
+
+        if out:
+            raise click.UsageError("--grid writes one run per cell under --results-root; drop --out")
+        run_grid(features, eval_features, val_features=val_features, results_root=results_root,
+                 overwrite=overwrite_mode or "skip", progress=not quiet, echo=click.echo, **config)
+        return
     from probekit.probes.trainer import train_probe
 
-    record = train_probe(features, eval_features, task=task, timestep=timestep, layer=layer, head=head, out=out,
-                         results_root=results_root, epochs=epochs, batch_size=batch_size, lr=lr,
-                         weight_decay=weight_decay, seed=seed, device=device, overwrite=overwrite_mode or "error",
-                         progress=not quiet)
+    record = train_probe(features, eval_features, val_features=val_features, timestep=timestep, layer=layer,
+                         out=out, results_root=results_root, overwrite=overwrite_mode or "error",
+                         progress=not quiet, fusion=fusion, **config)
     if record is None:
         click.echo("skipped: a result already exists (--skip-existing)")
         return
-    click.echo(f"{record['task']} {record['main_score_name']} = {100 * record['main_score']:.2f}  "
-               f"({record['probe']['name']}) -> {record['_path']}")
+    score = record["main_score"]
+    shown = f"{100 * score:.2f}" if record["main_score_name"] in ("mIoU", "maxF") else f"{score:.4f}"
+    click.echo(f"{record['task']} {record['main_score_name']} = {shown}  ({record['probe']['name']}, "
+               f"lr {record['config']['selected_lr']:g}) -> {record['_path']}")
     for note in record.get("notes", []):
         click.secho(f"note: {note}", fg="yellow", err=True)
 

@@ -55,9 +55,20 @@ DATASETS.register(
 
 TASKS.register(
     "seg", "probekit.probes.tasks:SegmentationTask",
-    "semantic segmentation: cross-entropy with ignore; mIoU, pixel accuracy, per-class IoU",
+    "semantic segmentation: cross-entropy with ignore; mIoU (dataset-level), pixel accuracy, per-class IoU",
+)
+TASKS.register(
+    "saliency", "probekit.probes.tasks:SaliencyTask",
+    "salient object detection: BCE + soft IoU; MAE, max/mean/adaptive F (beta^2 0.3), S-measure, E-measure",
+)
+TASKS.register(
+    "depth", "probekit.probes.tasks:DepthTask",
+    "monocular depth: bins over the depth range (or regression), SigLoss; AbsRel, RMSE, delta<1.25^k, raw and aligned",
 )
 
-HEADS.register("linear", "probekit.probes.heads:LinearHead", "BatchNorm + 1x1 conv, logits upsampled bilinearly")
+HEADS.register("linear", "probekit.probes.heads:LinearHead", "BatchNorm + 1x1 conv")
+HEADS.register("conv", "probekit.probes.heads:ConvHead", "two 3x3 conv + BN + ReLU layers, then 1x1")
+HEADS.register("deeplab", "probekit.probes.heads:DeepLabHead", "DeepLabV3+-lite: ASPP + light decoder with skip")
+HEADS.register("dpt", "probekit.probes.heads:DPTHead", "DPT-lite: reassemble up to 4 layers + residual fusion blocks")
 
 ALL = {"extractors": EXTRACTORS, "datasets": DATASETS, "tasks": TASKS, "heads": HEADS}

@@ -217,15 +217,17 @@ class FeatureReader:
         return out
 
     def batches(self, keys: Sequence[str], batch_size: int, *, labels: Sequence[str] = (),
-                shuffle: bool = False, seed: int = 0, epoch: int = 0) -> Iterator[dict[str, Any]]:
+                shuffle: bool = False, seed: int = 0, epoch: int = 0,
+                subset: Sequence[int] | None = None) -> Iterator[dict[str, Any]]:
         """Minibatches {"positions", "features": {key: (B,C,h,w)}, "labels": {name: (B,H,W)}}.
 
-        Shuffling is a seeded permutation per (seed, epoch), so runs are reproducible.
+        ``subset`` restricts to those rows. Shuffling is a seeded permutation per (seed, epoch), so runs are
+        reproducible.
         """
-        order = np.arange(self.num_samples)
+        order = np.arange(self.num_samples) if subset is None else np.asarray(subset, dtype=np.int64)
         if shuffle:
-            order = np.random.default_rng([seed, epoch]).permutation(self.num_samples)
-        for start in range(0, self.num_samples, batch_size):
+            order = order[np.random.default_rng([seed, epoch]).permutation(len(order))]
+        for start in range(0, len(order), batch_size):
             pos = order[start:start + batch_size]
             yield {
                 "positions": pos,

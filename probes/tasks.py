@@ -1,12 +1,19 @@
-"""Tasks: what a head predicts, its loss and its metrics."""
+"""Tasks: what a head predicts, its loss, its metrics and its main score.
+
+A task is built from the dataset reference stored in the feature file (classes, ignore index, depth range),
+so a probe never needs the dataset itself.
+"""
 
 from __future__ import annotations
+
+from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from probekit.probes.metrics import ConfusionMatrix
+from probekit.probes.metrics_depth import LOWER_IS_BETTER, DepthMetrics
 
 
 class SegmentationTask:
@@ -15,27 +22,134 @@ class SegmentationTask:
     main_metric = "mIoU"
     higher_is_better = True
 
-    def __init__(self, classes: list[str], ignore_index: int | None = 255):
-        self.classes = list(classes)
-        self.ignore_index = ignore_index
+    def __init__(self, reference: dict[str, Any], **_: Any):
+        self.classes = list(reference.get("classes") or [])
+        if not self.classes:
+            raise ValueError("segmentation needs the class names in the feature file's dataset reference")
+        self.ignore_index = reference.get("ignore_index")
 
     @property
     def out_channels(self) -> int:
         return len(self.classes)
 
+    def target(self, labels: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(labels.astype(np.int64))
+
     def loss(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         ignore = -100 if self.ignore_index is None else self.ignore_index
-        return F.cross_entropy(logits, target.long(), ignore_index=ignore)
+        return F.cross_entropy(logits, target, ignore_index=ignore)
+
+    def predict(self, logits: torch.Tensor) -> torch.Tensor:
+        return logits.argmax(1)
 
     def new_metric(self) -> ConfusionMatrix:
         return ConfusionMatrix(len(self.classes), self.ignore_index)
 
     def update(self, metric: ConfusionMatrix, logits: torch.Tensor, target: torch.Tensor) -> None:
-        metric.update(logits.argmax(1), target)
+        metric.update(self.predict(logits), target)
 
-    def compute(self, metric: ConfusionMatrix) -> dict[str, object]:
+    def compute(self, metric: ConfusionMatrix) -> dict[str, Any]:
         return metric.compute(self.classes)
 
-    @staticmethod
-    def target(labels: np.ndarray) -> torch.Tensor:
-        return torch.from_numpy(labels.astype(np.int64))
+    def config(self) -> dict[str, Any]:
+        return {"classes": self.classes, "ignore_index": self.ignore_index, "loss": "cross-entropy with ignore"}
+
+
+class SaliencyTask:
+    name = "saliency"
+    label = "saliency"
+    main_metric = "maxF"
+    higher_is_better = True
+    out_channels = 1
+
+    def __init__(self, reference: dict[str, Any] | None = None, **_: Any):
+        pass
+
+    def target(self, labels: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy((labels > 0).astype(np.float32))
+
+    def loss(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """BCE + soft IoU, the usual pairing for salient-object detection."""
+        logits = logits[:, 0]
+        bce = F.binary_cross_entropy_with_logits(logits, target)
+        p = torch.sigmoid(logits)
+        inter = (p * target).sum((1, 2))
+        union = (p + target - p * target).sum((1, 2))
+        return bce + (1 - (inter + 1) / (union + 1)).mean()
+
+    def predict(self, logits: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(logits[:, 0])
+
+    def new_metric(self):
+        from probekit.probes.metrics_saliency import SaliencyMetrics
+
+        return SaliencyMetrics()
+
+    def update(self, metric, logits, target) -> None:
+        for p, g in zip(self.predict(logits).numpy(), target.numpy()):
+            metric.update(p, g)
+
+    def compute(self, metric) -> dict[str, Any]:
+        return metric.compute()
+
+    def config(self) -> dict[str, Any]:
+        return {"loss": "BCE + soft IoU"}
+
+
+class DepthTask:
+    """Depth as classification into bins over the depth range (output = softmax-weighted bin centres), as the
+    DINOv2 and probe3d depth probes do, or as bounded regression; trained with the scale-invariant log loss."""
+
+    name = "depth"
+    label = "depth"
+    main_metric = "RMSE"
+    higher_is_better = False
+
+    def __init__(self, reference: dict[str, Any], depth_output: str = "bins", bins: int = 256,
+                 silog_lambda: float = 0.85, crop: tuple[float, float, float, float] | None = None, **_: Any):
+        lo, hi = reference.get("depth_range") or (None, None)
+        if hi is None:
+            raise ValueError("depth needs 'depth_range' in the feature file's dataset reference")
+        if depth_output not in ("bins", "regression"):
+            raise ValueError(f"depth_output must be 'bins' or 'regression', got {depth_output!r}")
+        self.min_depth, self.max_depth = max(float(lo), 1e-3), float(hi)
+        self.depth_output, self.bins, self.silog_lambda, self.crop = depth_output, int(bins), silog_lambda, crop
+        self.centres = torch.linspace(self.min_depth, self.max_depth, self.bins + 1)
+        self.centres = 0.5 * (self.centres[1:] + self.centres[:-1])
+
+    @property
+    def out_channels(self) -> int:
+        return self.bins if self.depth_output == "bins" else 1
+
+    def target(self, labels: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(labels.astype(np.float32))
+
+    def predict(self, logits: torch.Tensor) -> torch.Tensor:
+        if self.depth_output == "bins":
+            probs = torch.softmax(logits, dim=1)
+            return (probs * self.centres.to(logits.device).view(1, -1, 1, 1)).sum(1)
+        return self.min_depth + (self.max_depth - self.min_depth) * torch.sigmoid(logits[:, 0])
+
+    def loss(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """SigLoss: sqrt(mean(d^2) - lambda * mean(d)^2), d = ln(pred) - ln(gt), over valid pixels."""
+        pred = self.predict(logits)
+        valid = (target > self.min_depth) & (target <= self.max_depth)
+        d = torch.log(pred[valid].clamp_min(1e-6)) - torch.log(target[valid])
+        return torch.sqrt((d**2).mean() - self.silog_lambda * d.mean() ** 2 + 1e-8)
+
+    def new_metric(self) -> DepthMetrics:
+        return DepthMetrics(self.min_depth, self.max_depth, crop=self.crop)
+
+    def update(self, metric: DepthMetrics, logits, target) -> None:
+        for p, g in zip(self.predict(logits).numpy(), target.numpy()):
+            metric.update(p, g)
+
+    def compute(self, metric: DepthMetrics) -> dict[str, Any]:
+        out = metric.compute()
+        out["lower_is_better"] = sorted(LOWER_IS_BETTER)
+        return out
+
+    def config(self) -> dict[str, Any]:
+        return {"depth_output": self.depth_output, "bins": self.bins if self.depth_output == "bins" else None,
+                "depth_range": [self.min_depth, self.max_depth], "loss": f"SigLoss (lambda {self.silog_lambda})",
+                "crop": self.crop}

@@ -1,9 +1,17 @@
-"""Train a probe head on frozen features streamed from feature files, evaluate it, record the result."""
+"""Train a probe on frozen features streamed from feature files, select it on val, score it on eval, record it.
+
+Training reads minibatches from the HDF5 files each epoch (never the whole file). Every learning rate of the
+sweep trains from the same seeded initialisation; the one with the best validation score is kept and scored
+once on the evaluation split. Every trial is recorded.
+"""
 
 from __future__ import annotations
 
+import copy
 import math
 import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -12,137 +20,278 @@ import torch
 from tqdm.auto import tqdm
 
 from probekit.errors import FeatureFileError, ProbekitError
+from probekit.probes.model import Probe
 from probekit.provenance import base_provenance
 from probekit.registries import HEADS, TASKS
 from probekit.results import ResultRecord, check_overwrite, default_run_dir
-from probekit.store import FeatureReader, feature_key
+from probekit.store import FeatureReader, feature_key, parse_key
+
+FUSION_MODES = ("single", "concat", "global", "spatial")
+SPATIAL_EXAMPLES = 8  # eval images whose per-location fusion weights are saved for the reports
 
 
-def check_compatible(train: FeatureReader, evaluation: FeatureReader, key: str) -> None:
+@dataclass
+class ProbeConfig:
+    task: str = "seg"
+    fusion: str = "single"
+    head: str = "linear"
+    keys: list[str] | None = None  # feature maps to fuse; None = all (single: exactly one)
+    epochs: int = 10
+    batch_size: int = 16
+    lrs: list[float] = field(default_factory=lambda: [1e-3, 1e-2])
+    weight_decay: float = 1e-4
+    seed: int = 0
+    device: str = "cpu"
+    fusion_dim: int = 64
+    depth_output: str = "bins"
+    val_fraction: float = 0.15  # of the training file, when no validation file is given
+
+
+def check_compatible(a: FeatureReader, b: FeatureReader, keys: Sequence[str]) -> None:
     """Refuse feature files that do not belong together, naming both files and what differs."""
-    a, b = train.provenance.get("extractor", {}), evaluation.provenance.get("extractor", {})
+    ea, eb = a.provenance.get("extractor", {}), b.provenance.get("extractor", {})
     ignore = {"device", "dtype"}  # the same features may be computed on different hardware
-    diffs = sorted(k for k in set(a) | set(b) if k not in ignore and a.get(k) != b.get(k))
+    diffs = sorted(k for k in set(ea) | set(eb) if k not in ignore and ea.get(k) != eb.get(k))
     if diffs:
-        raise FeatureFileError(f"{train.path} and {evaluation.path} come from different extractor settings "
+        raise FeatureFileError(f"{a.path} and {b.path} come from different extractor settings "
                                f"({', '.join(diffs)}); extract both with the same settings")
-    da, db = train.dataset, evaluation.dataset
-    for field in ("dataset", "manifest_sha256", "params_hash", "classes"):
-        if da.get(field) != db.get(field):
-            raise FeatureFileError(f"{train.path} and {evaluation.path} differ in dataset {field}: "
-                                   f"{da.get(field)!r} vs {db.get(field)!r}")
-    if train.shape(key) != evaluation.shape(key):
-        raise FeatureFileError(f"feature {key!r} has shape {train.shape(key)} in {train.path} but "
-                               f"{evaluation.shape(key)} in {evaluation.path}")
-    shared = set(train.sample_ids) & set(evaluation.sample_ids)
+    da, db = a.dataset, b.dataset
+    for name in ("dataset", "manifest_sha256", "params_hash", "classes"):
+        if da.get(name) != db.get(name):
+            raise FeatureFileError(f"{a.path} and {b.path} differ in dataset {name}: "
+                                   f"{da.get(name)!r} vs {db.get(name)!r}")
+    for key in keys:
+        if key not in b.keys:
+            raise FeatureFileError(f"{b.path} has no feature {key!r} (it has: {', '.join(b.keys)})")
+        if a.shape(key) != b.shape(key):
+            raise FeatureFileError(f"feature {key!r} has shape {a.shape(key)} in {a.path} but {b.shape(key)} "
+                                   f"in {b.path}")
+    shared = set(a.sample_ids) & set(b.sample_ids)
     if shared:
-        raise FeatureFileError(f"{train.path} and {evaluation.path} share {len(shared)} samples "
-                               f"(e.g. {sorted(shared)[0]}): evaluate on a held-out split")
+        raise FeatureFileError(f"{a.path} and {b.path} share {len(shared)} samples (e.g. {sorted(shared)[0]}): "
+                               "train, validate and evaluate on disjoint splits")
 
 
-def resolve_key(reader: FeatureReader, timestep: int | None, layer: int | None, key: str | None) -> str:
-    if key is None:
-        if layer is None:
+def resolve_keys(reader: FeatureReader, fusion: str, timestep: int | None = None, layer: int | None = None,
+                 keys: Sequence[str] | None = None) -> list[str]:
+    if fusion not in FUSION_MODES:
+        raise ProbekitError(f"unknown fusion {fusion!r}; choose from {', '.join(FUSION_MODES)}")
+    if keys is None and layer is not None:
+        keys = [feature_key(timestep, layer)]
+    if keys is None:
+        if fusion == "single":
             if len(reader.keys) == 1:
-                return reader.keys[0]
+                return list(reader.keys)
             raise ProbekitError(f"{reader.path} holds {len(reader.keys)} feature maps; choose one with --timestep "
                                 f"and --layer (available: {', '.join(reader.keys)})")
-        key = feature_key(timestep, layer)
-    if key not in reader.keys:
-        raise ProbekitError(f"{reader.path} has no feature {key!r}; available: {', '.join(reader.keys)}")
-    return key
+        return list(reader.keys)
+    missing = [k for k in keys if k not in reader.keys]
+    if missing:
+        raise ProbekitError(f"{reader.path} has no feature {missing[0]!r}; available: {', '.join(reader.keys)}")
+    if fusion == "single" and len(keys) != 1:
+        raise ProbekitError(f"single fusion probes exactly one feature map, got {len(keys)}")
+    return list(keys)
 
 
-def _seed_everything(seed: int) -> None:
-    torch.manual_seed(seed)
-    np.random.seed(seed % 2**32)
+def probe_name(cfg: ProbeConfig, keys: list[str]) -> str:
+    name = f"{cfg.head}-{cfg.fusion}"
+    if cfg.fusion == "single":
+        name += "-" + "-".join(f"{k[0]}{v}" for k, v in parse_key(keys[0]).items())
+    return name
 
 
-def train_probe(train_features: str | Path, eval_features: str | Path, *, task: str = "seg",
-                timestep: int | None = None, layer: int | None = None, key: str | None = None,
-                head: str = "linear", epochs: int = 10, batch_size: int = 16, lr: float = 1e-2,
-                weight_decay: float = 1e-4, seed: int = 0, device: str = "cpu", out: str | Path | None = None,
-                results_root: str | Path = "results", overwrite: str = "error",
-                progress: bool = True) -> dict[str, Any] | None:
-    """Train one probe; returns the result record as a dict (None when skipped as existing)."""
+def _batches(reader, keys, cfg, label, *, shuffle=False, epoch=0, subset=None):
+    for batch in reader.batches(keys, cfg.batch_size, labels=[label], shuffle=shuffle, seed=cfg.seed, epoch=epoch,
+                                subset=subset):
+        feats = {k: torch.from_numpy(v).to(cfg.device) for k, v in batch["features"].items()}
+        yield batch["positions"], feats, batch["labels"][label]
+
+
+def _evaluate(model, task, reader, keys, cfg, subset=None, capture_spatial=False):
+    model.eval()
+    metric = task.new_metric()
+    label_size = reader.label_shape(task.label)
+    sums, count, examples = None, 0, []
+    with torch.inference_mode():
+        for _, feats, labels in _batches(reader, keys, cfg, task.label, subset=subset):
+            logits = model(feats, label_size).cpu()
+            task.update(metric, logits, task.target(labels))
+            if capture_spatial:
+                maps = model.fusion.spatial_weights()
+                means = [m.mean(dim=(0, 2, 3)) * m.shape[0] for m in maps]
+                sums = means if sums is None else [s + m for s, m in zip(sums, means)]
+                count += maps[0].shape[0]
+                if sum(m.shape[0] for m in examples) < SPATIAL_EXAMPLES:
+                    examples.append(torch.cat([m.cpu() for m in maps], dim=1))  # (B, keys, h, w)
+    spatial = None
+    if capture_spatial and count:
+        spatial = {"mean": [(s / count).tolist() for s in sums],
+                   "examples": torch.cat(examples)[:SPATIAL_EXAMPLES]}
+    return task.compute(metric), spatial
+
+
+def _train_one(model, task, reader, keys, cfg, lr, subset, progress, desc):
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=cfg.weight_decay)
+    n = len(subset) if subset is not None else reader.num_samples
+    total_steps = max(1, cfg.epochs * math.ceil(n / cfg.batch_size))
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total_steps)
+    label_size = reader.label_shape(task.label)
+    history = []
+    bar = tqdm(range(cfg.epochs), desc=desc, unit="epoch", disable=not progress, leave=False)
+    for epoch in bar:
+        model.train()
+        total, count = 0.0, 0
+        for _, feats, labels in _batches(reader, keys, cfg, task.label, shuffle=True, epoch=epoch, subset=subset):
+            target = task.target(labels).to(cfg.device)
+            loss = task.loss(model(feats, label_size), target)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            schedule.step()
+            total += float(loss.detach()) * len(target)
+            count += len(target)
+        history.append(round(total / max(count, 1), 6))
+        bar.set_postfix(loss=f"{history[-1]:.4f}")
+    bar.close()
+    return history
+
+
+def _better(a: float, b: float | None, higher: bool) -> bool:
+    if b is None or (isinstance(b, float) and math.isnan(b)):
+        return True
+    return a > b if higher else a < b
+
+
+def train_probe(train_features: str | Path, eval_features: str | Path, *, val_features: str | Path | None = None,
+                timestep: int | None = None, layer: int | None = None, out: str | Path | None = None,
+                results_root: str | Path = "results", overwrite: str = "error", progress: bool = True,
+                **config: Any) -> dict[str, Any] | None:
+    """Train one probe; returns the result record as a dict (None when skipped as existing).
+
+    ``config`` fields are those of `ProbeConfig` (task, fusion, head, keys, epochs, lrs, seed, ...).
+    """
+    if "key" in config:  # a single feature map named directly
+        config["keys"] = [config.pop("key")]
+    if "lr" in config:
+        config["lrs"] = [config.pop("lr")]
+    cfg = ProbeConfig(**config)
     started = time.perf_counter()
-    task_entry, head_entry = TASKS.get(task), HEADS.get(head)  # unknown names fail before any work
-    with FeatureReader(train_features) as train, FeatureReader(eval_features) as evaluation:
-        key = resolve_key(train, timestep, layer, key)
-        check_compatible(train, evaluation, key)
-        ref = train.dataset
-        task_obj = task_entry.build(classes=ref.get("classes"), ignore_index=ref.get("ignore_index"))
-        if task_obj.label not in train.label_names:
-            raise FeatureFileError(f"{train.path} holds no {task_obj.label!r} labels (it has: "
-                                   f"{', '.join(train.label_names) or 'none'})")
-        parts = dict(p.split("=") for p in key.split("/"))
-        probe_name = f"{head}-single-" + "-".join(f"{k[0]}{v}" for k, v in parts.items())
+    task_entry, head_entry = TASKS.get(cfg.task), HEADS.get(cfg.head)  # unknown names fail before any work
+    readers = [FeatureReader(train_features), FeatureReader(eval_features)]
+    if val_features is not None:
+        readers.append(FeatureReader(val_features))
+    try:
+        train, evaluation = readers[0], readers[1]
+        val = readers[2] if len(readers) > 2 else None
+        keys = resolve_keys(train, cfg.fusion, timestep, layer, cfg.keys)
+        cfg.keys = keys
+        for other in readers[1:]:
+            check_compatible(train, other, keys)
+        if val is not None:
+            check_compatible(val, evaluation, keys)
+        reference = train.dataset
+        task = task_entry.build(reference=reference, depth_output=cfg.depth_output)
+        for r in readers:
+            if task.label not in r.label_names:
+                raise FeatureFileError(f"{r.path} holds no {task.label!r} labels (it has: "
+                                       f"{', '.join(r.label_names) or 'none'})")
+        name = probe_name(cfg, keys)
         extractor = train.attr("extractor")
-        run_dir = Path(out) if out else default_run_dir(results_root, extractor, ref.get("dataset"), task, probe_name)
+        run_dir = Path(out) if out else default_run_dir(results_root, extractor, reference.get("dataset"),
+                                                         cfg.task, name)
         if not check_overwrite(run_dir, overwrite):
             return None
 
-        _seed_everything(seed)
-        channels = train.shape(key)[0]
-        label_size = train.label_shape(task_obj.label)
-        model = head_entry.build(in_channels=channels, out_channels=task_obj.out_channels).to(device)
-        optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
-        steps_per_epoch = math.ceil(train.num_samples / batch_size)
-        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, epochs * steps_per_epoch))
-        history = []
-        bar = tqdm(range(epochs), desc=f"probe {probe_name}", unit="epoch", disable=not progress)
-        for epoch in bar:
-            model.train()
-            total, count = 0.0, 0
-            for batch in train.batches([key], batch_size, labels=[task_obj.label], shuffle=True, seed=seed, epoch=epoch):
-                x = torch.from_numpy(batch["features"][key]).to(device)
-                y = task_obj.target(batch["labels"][task_obj.label]).to(device)
-                loss = task_obj.loss(model(x, label_size), y)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                scheduler.step()
-                total += float(loss.detach()) * len(x)
-                count += len(x)
-            history.append(round(total / count, 6))
-            bar.set_postfix(loss=f"{history[-1]:.4f}")
-        bar.close()
+        # Validation: a given file, or a seeded slice of the training file (recorded either way).
+        if val is None:
+            order = np.random.default_rng([cfg.seed, 7]).permutation(train.num_samples)
+            n_val = max(1, int(round(cfg.val_fraction * train.num_samples)))
+            val_rows, train_rows = np.sort(order[:n_val]), np.sort(order[n_val:])
+            val_reader, val_source = train, {"from": "train", "fraction": cfg.val_fraction, "rows": int(n_val)}
+        else:
+            val_rows, train_rows, val_reader = None, None, val
+            val_source = {"from": str(Path(val.path).resolve()), "split": val.dataset.get("split"),
+                          "rows": val.num_samples}
 
-        model.eval()
-        metric = task_obj.new_metric()
-        with torch.inference_mode():
-            for batch in evaluation.batches([key], batch_size, labels=[task_obj.label]):
-                x = torch.from_numpy(batch["features"][key]).to(device)
-                y = task_obj.target(batch["labels"][task_obj.label])
-                task_obj.update(metric, model(x, label_size).cpu(), y)
-        metrics = task_obj.compute(metric)
+        channels = {k: train.shape(k)[0] for k in keys}
+        trials, best, best_state = [], None, None
+        for lr in cfg.lrs:
+            torch.manual_seed(cfg.seed)  # every trial starts from the same initialisation
+            model = Probe(cfg.fusion, head_entry.load(), keys, channels, task.out_channels, cfg.fusion_dim)
+            model.to(cfg.device)
+            t0 = time.perf_counter()
+            history = _train_one(model, task, train, keys, cfg, lr, train_rows, progress, f"{name} lr={lr:g}")
+            val_metrics, _ = _evaluate(model, task, val_reader, keys, cfg, subset=val_rows)
+            score = float(val_metrics[task.main_metric])
+            trials.append({"lr": lr, "val_score": score, "val_metric": task.main_metric,
+                           "train_loss_per_epoch": history, "wall_time_s": round(time.perf_counter() - t0, 3)})
+            if _better(score, best, task.higher_is_better):
+                best, best_state = score, copy.deepcopy(model.state_dict())
+        chosen = next(t for t in trials if t["val_score"] == best)
+
+        model = Probe(cfg.fusion, head_entry.load(), keys, channels, task.out_channels, cfg.fusion_dim)
+        model.load_state_dict(best_state)
+        model.to(cfg.device)
+        metrics, spatial = _evaluate(model, task, evaluation, keys, cfg, capture_spatial=cfg.fusion == "spatial")
 
         run_dir.mkdir(parents=True, exist_ok=True)
         from safetensors.torch import save_file
 
         save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()},
                   str(run_dir / "head.safetensors"))
-        notes = list(train.provenance.get("notes", []))
+        fusion_info = _fusion_weights(model, keys, spatial, run_dir)
         record = ResultRecord(
-            task=task, main_score_name=task_obj.main_metric, main_score=float(metrics[task_obj.main_metric]),
-            higher_is_better=task_obj.higher_is_better, metrics=metrics, extractor=extractor,
-            dataset=ref.get("dataset"),
-            probe={"name": probe_name, "fusion": "single", "head": head, "feature_keys": [key],
-                   "timestep": int(parts["t"]) if "t" in parts else None, "layer": parts.get("layer"),
-                   "in_channels": channels, "head_weights": "head.safetensors"},
-            config={"epochs": epochs, "batch_size": batch_size, "lr": lr, "weight_decay": weight_decay,
-                    "optimizer": "AdamW", "schedule": "cosine", "seed": seed, "device": device,
-                    "train_features": str(train_features), "eval_features": str(eval_features),
-                    "ignore_index": task_obj.ignore_index, "classes": task_obj.classes,
-                    "train_loss_per_epoch": history},
+            task=cfg.task, main_score_name=task.main_metric, main_score=float(metrics[task.main_metric]),
+            higher_is_better=task.higher_is_better, metrics=metrics, extractor=extractor,
+            dataset=reference.get("dataset"),
+            probe={"name": name, "fusion": cfg.fusion, "head": cfg.head, "feature_keys": keys,
+                   "timestep": int(parse_key(keys[0])["t"]) if cfg.fusion == "single" and "t" in parse_key(keys[0])
+                   else None,
+                   "layer": parse_key(keys[0]).get("layer") if cfg.fusion == "single" else None,
+                   "timesteps": sorted({int(parse_key(k)["t"]) for k in keys if "t" in parse_key(k)}),
+                   "layers": list(dict.fromkeys(parse_key(k).get("layer") for k in keys)),
+                   "in_channels": channels, "head_weights": "head.safetensors", "fusion_weights": fusion_info},
+            config={**asdict(cfg), "selected_lr": chosen["lr"], "val_score": best, "validation": val_source,
+                    "task_config": task.config(), "train_features": str(train_features),
+                    "eval_features": str(eval_features),
+                    "val_features": str(val_features) if val_features is not None else None},
             features={
-                name: {"path": str(Path(r.path).resolve()), "num_samples": r.num_samples,
+                role: {"path": str(Path(r.path).resolve()), "num_samples": r.num_samples,
                        "split": r.dataset.get("split"), "provenance": r.provenance}
-                for name, r in (("train", train), ("eval", evaluation))
+                for role, r in zip(("train", "eval", "val"), readers)
             },
             provenance={**base_provenance(), "stage": "probe"},
             wall_time_s=round(time.perf_counter() - started, 3),
-            notes=notes,
+            trials=trials,
+            notes=list(train.provenance.get("notes", [])),
         )
         record.write(run_dir)
         return {**record.to_dict(), "_path": str(run_dir / "result.json")}
+    finally:
+        for r in readers:
+            r.close()
+
+
+def _fusion_weights(model: Probe, keys: list[str], spatial, run_dir: Path) -> dict[str, Any] | None:
+    """Learned fusion weights for the reports: per key, plus a (timestep x layer) matrix when it is a grid."""
+    per_key = model.fusion.key_weights()
+    kind = "global"
+    if spatial is not None:
+        kind = "spatial-mean"
+        per_key = {}
+        for group, mean in zip(model.fusion.groups, spatial["mean"]):
+            per_key.update(dict(zip(group.keys, mean)))
+        from safetensors.torch import save_file
+
+        save_file({"weights": spatial["examples"].contiguous()}, str(run_dir / "spatial_weights.safetensors"),
+                  metadata={"keys": ",".join(keys), "layout": "(image, key, h, w) softmax weights on eval images"})
+    if per_key is None:
+        return None
+    timesteps = sorted({int(parse_key(k)["t"]) for k in keys if "t" in parse_key(k)})
+    layers = list(dict.fromkeys(parse_key(k).get("layer") for k in keys))
+    matrix = [[per_key.get(feature_key(t, layer)) for layer in layers] for t in timesteps] if timesteps else None
+    out = {"kind": kind, "per_key": per_key, "timesteps": timesteps, "layers": layers, "matrix": matrix,
+           "normalised_over": "each layer's timesteps" if len(model.fusion.groups) > 1 else "all maps"}
+    if spatial is not None:
+        out["examples_file"] = "spatial_weights.safetensors"
+    return out

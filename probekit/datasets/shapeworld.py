@@ -102,7 +102,7 @@ class ShapeWorld:
         return {
             "dataset": self.name, "split": self.split, "manifest_sha256": self.manifest_sha256,
             "params": params, "params_hash": params_hash(params), "size": self.size,
-            "classes": self.classes, "ignore_index": self.ignore_index,
+            "classes": self.classes, "ignore_index": self.ignore_index, "depth_range": list(self.depth_range),
         }
 
     # -- rendering --------------------------------------------------------------------------

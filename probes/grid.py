@@ -1,0 +1,43 @@
+"""The ablation grid: every single (t, layer), then concat, global and spatial fusion over all of them."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from probekit.probes.trainer import FUSION_MODES, train_probe
+from probekit.store import FeatureReader
+
+
+def grid_cells(keys: Sequence[str], fusions: Sequence[str] = FUSION_MODES) -> list[dict[str, Any]]:
+    cells = []
+    for fusion in fusions:
+        if fusion == "single":
+            cells.extend({"fusion": "single", "keys": [k]} for k in keys)
+        else:
+            cells.append({"fusion": fusion, "keys": list(keys)})
+    return cells
+
+
+def run_grid(train_features: str | Path, eval_features: str | Path, *, val_features: str | Path | None = None,
+             results_root: str | Path = "results", fusions: Sequence[str] = FUSION_MODES, overwrite: str = "skip",
+             progress: bool = True, echo=print, **config: Any) -> list[dict[str, Any]]:
+    """One result record per cell, at the default run directory of each; existing cells are kept by default."""
+    with FeatureReader(train_features) as reader:
+        keys = list(config.pop("keys", None) or reader.keys)
+    records = []
+    for cell in grid_cells(keys, fusions):
+        record = train_probe(train_features, eval_features, val_features=val_features, results_root=results_root,
+                             overwrite=overwrite, progress=progress, **{**config, **cell})
+        if record is None:
+            echo(f"kept existing {cell['fusion']} {','.join(cell['keys']) if cell['fusion'] == 'single' else ''}")
+            continue
+        echo(f"{record['task']} {record['main_score_name']} {_pct(record)}  {record['probe']['name']}")
+        records.append(record)
+    return records
+
+
+def _pct(record: dict[str, Any]) -> str:
+    v = record["main_score"]
+    return f"{100 * v:6.2f}" if abs(v) <= 1 else f"{v:8.4f}"

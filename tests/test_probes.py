@@ -1,0 +1,155 @@
+"""Fusion modes, heads and tasks on small synthetic feature files whose answer is known."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from probekit.probes.fusion import GroupedFusion
+from probekit.probes.heads import HEADS
+from probekit.probes.trainer import train_probe
+from probekit.store import FeatureWriter
+
+CLASSES = ["background", "a", "b"]
+REF = {"dataset": "synthetic", "split": None, "manifest_sha256": "0", "params_hash": "0", "classes": CLASSES,
+       "ignore_index": 255, "depth_range": [0.0, 10.0]}
+H = W = 16  # label size; features on an 8x8 grid
+
+
+def _labels(rng, n):
+    seg = np.zeros((n, H, W), dtype=np.uint8)
+    for i in range(n):
+        for cls in (1, 2):
+            r, c = 2 * rng.integers(0, 6, size=2)  # on the 8x8 feature grid, so features can be exact
+            seg[i, r:r + 6, c:c + 6] = cls
+    depth = np.where(seg > 0, 2.0 + seg, 8.0).astype(np.float32)
+    return seg, depth, (seg == 1).astype(np.uint8)
+
+
+def _write(path, split, n, maps_fn, seed):
+    """A feature file whose maps are maps_fn(onehot(seg) at 8x8, rng) -> {key: (n, C, 8, 8)}."""
+    rng = np.random.default_rng(seed)
+    seg, depth, sal = _labels(rng, n)
+    onehot = np.eye(3, dtype=np.float32)[seg[:, ::2, ::2]].transpose(0, 3, 1, 2)  # (n, 3, 8, 8)
+    feats = maps_fn(onehot, rng)
+    ids = [f"synthetic/{split}/{i:06d}" for i in range(n)]
+    with FeatureWriter(path, sample_ids=ids, indices=list(range(n)),
+                       attrs={"extractor": "synthetic", "dataset": {**REF, "split": split},
+                              "provenance": {"extractor": {"name": "synthetic"}}}) as w:
+        w.write_batch(list(range(n)), feats, {"seg": seg, "depth": depth, "saliency": sal}, [""] * n)
+        w.finalize()
+    return path
+
+
+def informative(onehot, rng):
+    return onehot * 3 + 0.3 * rng.standard_normal(onehot.shape).astype(np.float32)
+
+
+def noise(onehot, rng):
+    return rng.standard_normal(onehot.shape).astype(np.float32)
+
+
+def two_timesteps(onehot, rng):
+    # t=100 carries the labels, t=900 is pure noise, at two layers.
+    return {"t=100/layer=0": informative(onehot, rng), "t=900/layer=0": noise(onehot, rng),
+            "t=100/layer=1": informative(onehot, rng), "t=900/layer=1": noise(onehot, rng)}
+
+
+def half_and_half(onehot, rng):
+    # Key A is informative on the left half only, key B on the right half only.
+    left = np.zeros_like(onehot)
+    left[..., :4] = 1
+    a = np.where(left == 1, informative(onehot, rng), noise(onehot, rng))
+    b = np.where(left == 0, informative(onehot, rng), noise(onehot, rng))
+    return {"t=100/layer=0": a.astype(np.float32), "t=900/layer=0": b.astype(np.float32)}
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    root = tmp_path_factory.mktemp("synthetic")
+    out = {}
+    for name, fn in (("steps", two_timesteps), ("halves", half_and_half)):
+        out[name] = {split: _write(root / f"{name}-{split}.h5", split, n, fn, seed)
+                     for split, n, seed in (("train", 48, 0), ("val", 16, 1), ("test", 24, 2))}
+    return out
+
+
+def _run(files, tmp_path, **kw):
+    return train_probe(files["train"], files["test"], val_features=files["val"], out=tmp_path / "run",
+                       overwrite="overwrite", progress=False, **{"epochs": 30, "lrs": [3e-2], **kw})
+
+
+def test_linear_probe_reads_informative_features(files, tmp_path):
+    rec = _run(files["steps"], tmp_path, key="t=100/layer=0")
+    assert rec["main_score"] > 0.9
+    noisy = _run(files["steps"], tmp_path, key="t=900/layer=0")
+    assert noisy["main_score"] < 0.6
+
+
+def test_global_fusion_learns_to_weight_the_informative_timestep(files, tmp_path):
+    rec = _run(files["steps"], tmp_path, fusion="global", epochs=25)
+    fw = rec["probe"]["fusion_weights"]
+    assert fw["kind"] == "global" and fw["timesteps"] == [100, 900] and fw["layers"] == ["0", "1"]
+    assert sum(fw["per_key"].values()) == pytest.approx(1.0)
+    t100 = fw["per_key"]["t=100/layer=0"] + fw["per_key"]["t=100/layer=1"]
+    assert t100 > 0.6, fw
+    assert rec["main_score"] > 0.85
+
+
+def test_spatial_fusion_weights_vary_across_the_image(files, tmp_path):
+    rec = _run(files["halves"], tmp_path, fusion="spatial", epochs=30, lrs=[3e-3])
+    weights = load_file(tmp_path / "run" / "spatial_weights.safetensors")["weights"]  # (img, key, h, w)
+    assert weights.shape == (8, 2, 8, 8)
+    torch.testing.assert_close(weights.sum(1), torch.ones(8, 8, 8))
+    key_a_left, key_a_right = weights[:, 0, :, :4].mean(), weights[:, 0, :, 4:].mean()
+    assert key_a_left > 0.6 and key_a_right < 0.4, (key_a_left, key_a_right)
+    assert rec["probe"]["fusion_weights"]["kind"] == "spatial-mean"
+    # A single global mix cannot do this as well.
+    glob = _run(files["halves"], tmp_path, fusion="global", epochs=30, lrs=[3e-3])
+    assert rec["main_score"] > glob["main_score"]
+
+
+@pytest.mark.parametrize("head", sorted(HEADS))
+@pytest.mark.parametrize("fusion", ["single", "concat", "global", "spatial"])
+def test_every_head_and_fusion_trains_and_records(files, tmp_path, head, fusion):
+    kw = {"key": "t=100/layer=0"} if fusion == "single" else {}
+    rec = _run(files["steps"], tmp_path, head=head, fusion=fusion, epochs=2, lrs=[1e-3, 1e-2], **kw)
+    assert rec["probe"]["fusion"] == fusion and rec["probe"]["head"] == head
+    assert [t["lr"] for t in rec["trials"]] == [1e-3, 1e-2]
+    best = max(t["val_score"] for t in rec["trials"])
+    assert rec["config"]["val_score"] == best
+    assert rec["config"]["selected_lr"] == next(t["lr"] for t in rec["trials"] if t["val_score"] == best)
+    assert (tmp_path / "run" / "head.safetensors").is_file()
+    saved = json.loads((tmp_path / "run" / "result.json").read_text())
+    assert saved["probe"]["feature_keys"] == rec["probe"]["feature_keys"]
+
+
+def test_dpt_fuses_each_layer_separately(files):
+    channels = {k: 3 for k in ("t=100/layer=0", "t=900/layer=0", "t=100/layer=1", "t=900/layer=1")}
+    fusion = GroupedFusion("global", list(channels), channels, by_layer=True)
+    assert [g.keys for g in fusion.groups] == [["t=100/layer=0", "t=900/layer=0"], ["t=100/layer=1", "t=900/layer=1"]]
+    w = fusion.key_weights()
+    assert w["t=100/layer=0"] + w["t=900/layer=0"] == pytest.approx(1.0)
+
+
+def test_depth_probe_with_bins_and_regression(files, tmp_path):
+    rec = _run(files["steps"], tmp_path, task="depth", fusion="concat", epochs=20, lrs=[1e-2])
+    assert rec["main_score_name"] == "RMSE" and rec["higher_is_better"] is False
+    m = rec["metrics"]
+    assert m["delta1"] > 0.8 and m["RMSE"] < 1.5 and "AbsRel_aligned" in m
+    reg = _run(files["steps"], tmp_path, task="depth", fusion="concat", epochs=5, depth_output="regression")
+    assert reg["config"]["task_config"]["depth_output"] == "regression" and reg["metrics"]["RMSE"] > 0
+
+
+def test_lower_is_better_selection_for_depth(files, tmp_path):
+    rec = _run(files["steps"], tmp_path, task="depth", key="t=100/layer=0", epochs=3, lrs=[1e-4, 1e-2])
+    best = min(t["val_score"] for t in rec["trials"])
+    assert rec["config"]["val_score"] == best
+
+
+def test_validation_defaults_to_a_seeded_slice_of_train(files, tmp_path):
+    rec = train_probe(files["steps"]["train"], files["steps"]["test"], key="t=100/layer=0", epochs=1,
+                      out=tmp_path / "r", progress=False)
+    assert rec["config"]["validation"] == {"from": "train", "fraction": 0.15, "rows": 7}
