@@ -11,7 +11,11 @@ from probekit.registries import EXTRACTORS
 
 def build_extractor(name: str, weights: str | None = None, **params: Any):
     """A registered extractor; ``weights=None`` keeps the registry's default weights."""
-    entry = EXTRACTORS.get(name)
+    if name.startswith("timm:"):  # any timm model by name, like timm.create_model
+        entry = EXTRACTORS.get("timm")
+        params = {**params, "model": name.split(":", 1)[1], "name": name}
+    else:
+        entry = EXTRACTORS.get(name)
     overrides = {k: v for k, v in params.items() if v is not None}
     if weights is not None:
         overrides["weights"] = weights

@@ -27,6 +27,21 @@ EXTRACTORS.register(
     "same architecture as shapeworld-mmdit, randomly initialised (a control)",
 )
 EXTRACTORS.register(
+    "pixels", "probekit.extractors.pixels:PixelsExtractor",
+    "raw RGB patches + Fourier positional encoding: the floor every backbone must beat",
+)
+_TIMM = "probekit.extractors.timm_vit:TimmViTExtractor"
+EXTRACTORS.register("timm", _TIMM, "any timm ViT: --extractor timm:MODEL_NAME, weights from a local file (--weights)")
+for _name, _model, _tag in (
+    ("dinov3-vits16", "vit_small_patch16_dinov3", "lvd1689m"),
+    ("dinov3-vitb16", "vit_base_patch16_dinov3", "lvd1689m"),
+    ("dinov3-vitl16", "vit_large_patch16_dinov3", "lvd1689m"),
+    ("dinov2-vits14", "vit_small_patch14_dinov2", "lvd142m"),
+    ("dinov2-vitb14", "vit_base_patch14_dinov2", "lvd142m"),
+):
+    EXTRACTORS.register(_name, _TIMM, f"{_model}.{_tag} (timm); --weights FILE.safetensors offline",
+                        model=_model, weights=f"{_model}.{_tag}", name=_name)
+EXTRACTORS.register(
     "tiny-mmdit-random", "probekit.extractors.tiny:tiny_random_mmdit",
     "randomly initialised small pixel-space SD3 MM-DiT (a control; no training)",
 )

@@ -39,7 +39,7 @@ class Registry:
         self.kind = kind
         self._entries: dict[str, Entry] = {}
 
-    def register(self, name: str, target: str, summary: str, **kwargs: Any) -> Entry:
+    def register(self, name: str, target: str, summary: str, /, **kwargs: Any) -> Entry:
         if name in self._entries:
             raise ValueError(f"{self.kind} {name!r} is registered twice")
         entry = Entry(name=name, target=target, summary=summary, kwargs=kwargs)

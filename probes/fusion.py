@@ -23,7 +23,12 @@ from probekit.store import parse_key
 
 
 def _layer_of(key: str) -> str:
-    return parse_key(key).get("layer", key)
+    """The key without its timestep: maps of one (source, layer) share a projection across timesteps."""
+    return "/".join(f"{k}={v}" for k, v in parse_key(key).items() if k != "t")
+
+
+def _module_name(group: str) -> str:
+    return group.replace("=", "_").replace("/", "__").replace(".", "-")  # ModuleDict keys may not hold "."
 
 
 class Bottleneck(nn.Module):
@@ -48,7 +53,7 @@ class Fusion(nn.Module):
         self.dim = dim
         self.layers = list(dict.fromkeys(_layer_of(k) for k in self.keys))
         self.proj = nn.ModuleDict({
-            f"layer_{layer}": Bottleneck(channels[next(k for k in self.keys if _layer_of(k) == layer)], dim)
+            _module_name(layer): Bottleneck(channels[next(k for k in self.keys if _layer_of(k) == layer)], dim)
             for layer in self.layers})
 
     @staticmethod
@@ -63,7 +68,7 @@ class Fusion(nn.Module):
             x = feats[k]
             if tuple(x.shape[-2:]) != tuple(size):
                 x = F.interpolate(x, size=size, mode="bilinear", align_corners=False)
-            maps.append(self.proj[f"layer_{_layer_of(k)}"](x))
+            maps.append(self.proj[_module_name(_layer_of(k))](x))
         return torch.stack(maps, dim=1)
 
     def key_weights(self) -> dict[str, float] | None:

@@ -1,0 +1,108 @@
+"""Patch-token features of any timm ViT (DINOv3, DINOv2, plain ViT, ...) through ``forward_intermediates``.
+
+Prefix tokens (CLS plus register/storage tokens: 4 for DINOv3, 4 for DINOv2 "reg4") are removed by the count
+the model itself reports (``num_prefix_tokens``); inputs are normalised with the model's pretrained config;
+``dynamic_img_size`` lets any image size divisible by the patch size through. Weights come from a local file
+(``pretrained_cfg_overlay=dict(file=...)``) or, where the hub cache has them, the model's hub tag.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from probekit.errors import ProbekitError
+from probekit.extractors.base import Extractor
+from probekit.provenance import weights_identity
+from probekit.store import feature_key
+
+
+class TimmViTExtractor(Extractor):
+    name = "timm"
+
+    def __init__(self, model: str, weights: str | None = None, layers: Sequence[int] = (-1,),
+                 resolution: int | None = None, device: str = "cpu", dtype: str = "auto",
+                 model_kwargs: dict[str, Any] | None = None, name: str | None = None, **ignored: Any):
+        import timm
+
+        self.name = name or f"timm:{model}"
+        self.model_name, self.weights, self.resolution = model, weights, resolution
+        self.ignored = sorted(k for k, v in ignored.items() if v is not None)
+        self.model_kwargs = dict(model_kwargs or {})
+        self.device = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
+                                   ("cpu" if device == "auto" else device))
+        self.dtype = torch.bfloat16 if dtype == "auto" and self.device.type == "cuda" else (
+            torch.float32 if dtype == "auto" else getattr(torch, dtype))
+        kwargs: dict[str, Any] = {"dynamic_img_size": True, "num_classes": 0, **self.model_kwargs}
+        if weights is not None:
+            path = Path(weights)
+            if path.suffix in (".pth", ".pt", ".bin", ".pkl", ".ckpt"):
+                raise ProbekitError(f"{path}: pickled weight files are not loaded (they can run code); "
+                                    "convert them to .safetensors")
+            if path.exists():
+                kwargs.update(pretrained=True, pretrained_cfg_overlay={"file": str(path)})
+            else:  # a hub tag such as "vit_small_patch16_dinov3.lvd1689m", served from the local cache
+                kwargs.update(pretrained=True)
+                model = weights if "." in str(weights) else model
+        try:
+            self.model = timm.create_model(model, **kwargs)
+        except Exception as exc:  # unknown name, missing hub cache offline, mismatched state dict, ...
+            raise ProbekitError(f"timm could not build {model!r} with weights {weights!r} "
+                                f"({type(exc).__name__}: {str(exc)[:300]}). Offline, pass a local .safetensors "
+                                "file with --weights.") from None
+        self.model = self.model.to(self.device, self.dtype).eval().requires_grad_(False)
+        depth = len(self.model.blocks)
+        self._layers = []
+        for layer in layers:
+            if not -depth <= int(layer) < depth:
+                raise ProbekitError(f"layer {layer} is out of range: {model} has {depth} blocks (0..{depth - 1})")
+            self._layers.append(int(layer) % depth)
+        cfg = timm.data.resolve_data_config({}, model=self.model)
+        self.mean = torch.tensor(cfg["mean"]).view(1, 3, 1, 1)
+        self.std = torch.tensor(cfg["std"]).view(1, 3, 1, 1)
+        self.num_prefix_tokens = int(getattr(self.model, "num_prefix_tokens", 1))
+
+    @property
+    def layers(self) -> list[int]:
+        return list(self._layers)
+
+    def feature_keys(self) -> list[str]:
+        return [feature_key(None, layer) for layer in self._layers]
+
+    def weights_identity(self) -> dict[str, Any]:
+        if self.weights is None:
+            return {"source": None, "files": {}, "note": "random initialisation"}
+        return weights_identity(self.weights)
+
+    def notes(self) -> list[str]:
+        return [] if self.weights is not None else [f"{self.name}: no weights given, RANDOMLY INITIALISED"]
+
+    def config(self) -> dict[str, Any]:
+        return {"extractor": self.name, "model": self.model_name, "weights": self.weights, "layers": self.layers,
+                "resolution": self.resolution, "num_prefix_tokens": self.num_prefix_tokens,
+                "patch_size": _patch_size(self.model), "mean": self.mean.flatten().tolist(),
+                "std": self.std.flatten().tolist(), "model_kwargs": self.model_kwargs, "device": str(self.device),
+                "dtype": str(self.dtype).replace("torch.", ""), "ignored_options": self.ignored}
+
+    @torch.inference_mode()
+    def extract(self, images: torch.Tensor, captions: Sequence[str], indices: Sequence[int]) -> dict[str, torch.Tensor]:
+        x = images.float()
+        if self.resolution is not None and x.shape[-1] != self.resolution:
+            x = F.interpolate(x, size=(self.resolution, self.resolution), mode="bicubic", align_corners=False,
+                              antialias=True).clamp(0, 1)
+        patch = _patch_size(self.model)
+        if x.shape[-2] % patch or x.shape[-1] % patch:
+            raise ProbekitError(f"image size {tuple(x.shape[-2:])} is not divisible by the patch size {patch}; "
+                                "set --resolution")
+        x = ((x - self.mean) / self.std).to(self.device, self.dtype)
+        maps = self.model.forward_intermediates(x, indices=self._layers, output_fmt="NCHW", intermediates_only=True)
+        return {feature_key(None, layer): m.float().cpu() for layer, m in zip(self._layers, maps)}
+
+
+def _patch_size(model) -> int:
+    ps = model.patch_embed.patch_size
+    return int(ps[0] if isinstance(ps, (tuple, list)) else ps)
