@@ -138,12 +138,12 @@ class _FloatList(click.ParamType):
 
 
 @cli.command()
-@click.option("--features", "-f", required=True, type=click.Path(exists=True, dir_okay=False),
-              help="Feature file of the training split.")
-@click.option("--eval-features", "-E", required=True, type=click.Path(exists=True, dir_okay=False),
-              help="Feature file of the held-out split the probe is scored on.")
-@click.option("--val-features", "-V", type=click.Path(exists=True, dir_okay=False), default=None,
-              help="Feature file of the validation split (learning-rate selection); default: a seeded 15% of "
+@click.option("--features", "-f", required=True, multiple=True, type=click.Path(exists=True, dir_okay=False),
+              help="Feature file of the training split; repeat to combine backbones (samples aligned by id).")
+@click.option("--eval-features", "-E", required=True, multiple=True, type=click.Path(exists=True, dir_okay=False),
+              help="Feature file(s) of the held-out split the probe is scored on (same backbones, same order).")
+@click.option("--val-features", "-V", multiple=True, type=click.Path(exists=True, dir_okay=False),
+              help="Feature file(s) of the validation split (learning-rate selection); default: a seeded 15% of "
                    "the training file.")
 @click.option("--task", default="seg", show_default=True, help="seg | saliency | depth (see `probekit ls tasks`).")
 @click.option("--fusion", default="single", show_default=True,
@@ -171,6 +171,8 @@ class _FloatList(click.ParamType):
 def probe(features, eval_features, val_features, task, fusion, head, timestep, layer, grid, out, results_root,
           epochs, batch_size, lrs, weight_decay, fusion_dim, depth_output, seed, device, overwrite_mode, quiet):
     """Train probe heads on frozen features, select on validation, score on held-out features."""
+    features, eval_features = list(features), list(eval_features)
+    val_features = list(val_features) or None
     config = dict(task=task, head=head, epochs=epochs, batch_size=batch_size, lrs=lrs, weight_decay=weight_decay,
                   fusion_dim=fusion_dim, depth_output=depth_output, seed=seed, device=device)
     if grid:

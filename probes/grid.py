@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from probekit.probes.trainer import FUSION_MODES, train_probe
-from probekit.store import FeatureReader
+from probekit.combined import open_features
 
 
 def grid_cells(keys: Sequence[str], fusions: Sequence[str] = FUSION_MODES) -> list[dict[str, Any]]:
@@ -24,7 +24,7 @@ def run_grid(train_features: str | Path, eval_features: str | Path, *, val_featu
              results_root: str | Path = "results", fusions: Sequence[str] = FUSION_MODES, overwrite: str = "skip",
              progress: bool = True, echo=print, **config: Any) -> list[dict[str, Any]]:
     """One result record per cell, at the default run directory of each; existing cells are kept by default."""
-    with FeatureReader(train_features) as reader:
+    with open_features(train_features) as reader:
         keys = list(config.pop("keys", None) or reader.keys)
     records = []
     for cell in grid_cells(keys, fusions):

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from probekit.combined import open_features
 from probekit.errors import FeatureFileError, ProbekitError
 from probekit.probes.model import Probe
 from probekit.provenance import base_provenance
@@ -162,11 +163,17 @@ def _better(a: float, b: float | None, higher: bool) -> bool:
     return a > b if higher else a < b
 
 
-def train_probe(train_features: str | Path, eval_features: str | Path, *, val_features: str | Path | None = None,
+PathOrPaths = "str | Path | Sequence[str | Path]"
+
+
+def train_probe(train_features: PathOrPaths, eval_features: PathOrPaths, *, val_features: PathOrPaths | None = None,
                 timestep: int | None = None, layer: int | None = None, out: str | Path | None = None,
                 results_root: str | Path = "results", overwrite: str = "error", progress: bool = True,
                 **config: Any) -> dict[str, Any] | None:
     """Train one probe; returns the result record as a dict (None when skipped as existing).
+
+    Each ``*_features`` is one feature file, or several files of the same samples combined (keys prefixed
+    with their source, see probekit.combined).
 
     ``config`` fields are those of `ProbeConfig` (task, fusion, head, keys, epochs, lrs, seed, ...).
     """
@@ -177,9 +184,9 @@ def train_probe(train_features: str | Path, eval_features: str | Path, *, val_fe
     cfg = ProbeConfig(**config)
     started = time.perf_counter()
     task_entry, head_entry = TASKS.get(cfg.task), HEADS.get(cfg.head)  # unknown names fail before any work
-    readers = [FeatureReader(train_features), FeatureReader(eval_features)]
+    readers = [open_features(train_features), open_features(eval_features)]
     if val_features is not None:
-        readers.append(FeatureReader(val_features))
+        readers.append(open_features(val_features))
     try:
         train, evaluation = readers[0], readers[1]
         val = readers[2] if len(readers) > 2 else None
@@ -252,11 +259,11 @@ def train_probe(train_features: str | Path, eval_features: str | Path, *, val_fe
                    "layers": list(dict.fromkeys(parse_key(k).get("layer") for k in keys)),
                    "in_channels": channels, "head_weights": "head.safetensors", "fusion_weights": fusion_info},
             config={**asdict(cfg), "selected_lr": chosen["lr"], "val_score": best, "validation": val_source,
-                    "task_config": task.config(), "train_features": str(train_features),
-                    "eval_features": str(eval_features),
-                    "val_features": str(val_features) if val_features is not None else None},
+                    "task_config": task.config(), "train_features": _paths(train_features),
+                    "eval_features": _paths(eval_features),
+                    "val_features": _paths(val_features) if val_features is not None else None},
             features={
-                role: {"path": str(Path(r.path).resolve()), "num_samples": r.num_samples,
+                role: {"path": str(r.path), "num_samples": r.num_samples,
                        "split": r.dataset.get("split"), "provenance": r.provenance}
                 for role, r in zip(("train", "eval", "val"), readers)
             },
@@ -270,6 +277,10 @@ def train_probe(train_features: str | Path, eval_features: str | Path, *, val_fe
     finally:
         for r in readers:
             r.close()
+
+
+def _paths(p) -> list[str]:
+    return [str(p)] if isinstance(p, (str, Path)) else [str(x) for x in p]
 
 
 def _fusion_weights(model: Probe, keys: list[str], spatial, run_dir: Path) -> dict[str, Any] | None:
