@@ -105,11 +105,16 @@ def ls_command(kind: str | None) -> None:
 @click.option("--conditioning", type=click.Choice(["empty", "caption"]), default="empty", show_default=True,
               help="Text prompt: the empty prompt, or each sample's caption.")
 @click.option("--resolution", type=int, default=None, help="Resize images to this square size before encoding.")
+@click.option("--concept-attention", is_flag=True,
+              help="Store concept-attention maps (MM-DiT only) instead of block features.")
+@click.option("--concepts", default=None, help="Comma-separated concept words; default: the dataset's class names.")
+@click.option("--concept-layers", type=INT_LIST, default=None,
+              help="Joint blocks whose concept maps are averaged; default: every block with a text stream.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing output file.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 @_friendly_errors
 def extract(extractor, dataset, split, timesteps, layers, out, weights, limit, batch_size, device, dtype, seed,
-            ensemble, conditioning, resolution, overwrite, quiet):
+            ensemble, conditioning, resolution, concept_attention, concepts, concept_layers, overwrite, quiet):
     """Extract per-timestep, per-layer features of a dataset split into an HDF5 feature file."""
     from probekit.api import build_extractor
     from probekit.datasets import load_dataset
@@ -119,6 +124,11 @@ def extract(extractor, dataset, split, timesteps, layers, out, weights, limit, b
     ex = build_extractor(extractor, weights=weights, timesteps=timesteps, layers=layers, seed=seed,
                          ensemble=ensemble, conditioning=conditioning, resolution=resolution, device=device,
                          dtype=dtype)
+    if concept_attention:
+        from probekit.extractors.concept_attention import ConceptAttentionExtractor
+
+        words = [c.strip() for c in concepts.split(",") if c.strip()] if concepts else list(ds.classes)
+        ex = ConceptAttentionExtractor(ex, words, concept_layers)
     for note in ex.notes():
         click.secho(f"note: {note}", fg="yellow", err=True)
     path = extract_dataset(ex, ds, out, limit=limit, batch_size=batch_size, overwrite=overwrite, progress=not quiet)
@@ -197,6 +207,24 @@ def probe(features, eval_features, val_features, task, fusion, head, timestep, l
                f"lr {record['config']['selected_lr']:g}) -> {record['_path']}")
     for note in record.get("notes", []):
         click.secho(f"note: {note}", fg="yellow", err=True)
+
+
+@cli.command()
+@click.option("--features", "-f", required=True, type=click.Path(exists=True, dir_okay=False),
+              help="Concept-attention feature file (probekit extract --concept-attention).")
+@click.option("--mode", type=click.Choice(["output", "cross"]), default="output", show_default=True,
+              help="ConceptAttention output-space maps, or the cross-attention baseline.")
+@click.option("--out", "-o", type=click.Path(file_okay=False), default=None)
+@click.option("--results-root", default="results", show_default=True)
+@click.option("--overwrite", "overwrite_mode", flag_value="overwrite", help="Replace an existing result.")
+@_friendly_errors
+def zeroshot(features, mode, out, results_root, overwrite_mode):
+    """Zero-shot segmentation: argmax over concept maps (one concept per class), scored with the seg metrics."""
+    from probekit.probes.zeroshot import zero_shot_segmentation
+
+    record = zero_shot_segmentation(features, mode=mode, out=out, results_root=results_root,
+                                    overwrite=overwrite_mode or "error")
+    click.echo(f"zero-shot seg mIoU = {100 * record['main_score']:.2f} ({mode}) -> {record['_path']}")
 
 
 @cli.command()

@@ -1,0 +1,143 @@
+"""Concept attention on tiny SD3 and FLUX MM-DiTs with a text encoder, offline."""
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+from probekit.cli import cli
+from probekit.datasets import load_manifest
+from probekit.errors import ProbekitError
+from probekit.extractors.concept_attention import ConceptAttention, ConceptAttentionExtractor
+from probekit.extractors.diffusers_dit import DiffusersDiTExtractor
+from probekit.extractors.shapeworld_mmdit import build_tokenizer, save_folder
+from probekit.store import FeatureReader
+
+SD3_TINY = {"num_layers": 3, "num_attention_heads": 2, "attention_head_dim": 16, "caption_projection_dim": 32,
+            "patch_size": 8, "pos_embed_max_size": 8}
+
+
+@pytest.fixture(scope="module")
+def folders(tmp_path_factory):
+    from diffusers import FluxTransformer2DModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    from probekit.extractors.shapeworld_mmdit import build_models
+
+    root = tmp_path_factory.mktemp("concepts")
+    manifest, _ = load_manifest("shapeworld")
+    out = {"sd3": save_folder(root / "sd3", *build_models(manifest, seed=1, overrides=SD3_TINY))}
+    tok = build_tokenizer(manifest)
+    torch.manual_seed(2)
+    text = CLIPTextModel(CLIPTextConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                                        num_attention_heads=2, max_position_embeddings=32, pad_token_id=0,
+                                        bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id))
+    flux = FluxTransformer2DModel(patch_size=1, in_channels=12, num_layers=2, num_single_layers=1, attention_head_dim=16,
+                                  num_attention_heads=2, joint_attention_dim=32, pooled_projection_dim=32,
+                                  axes_dims_rope=(4, 6, 6))
+    out["flux"] = save_folder(root / "flux", flux, text, tok)
+    return out
+
+
+def _inputs(ex, n=2):
+    images = torch.rand(n, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    return ex.model_inputs(images, ["a red circle"] * n, list(range(n)))
+
+
+@pytest.mark.parametrize("family", ["sd3", "flux"])
+def test_the_transformer_output_is_bit_identical_with_concepts(folders, family):
+    ex = DiffusersDiTExtractor(folders[family], timesteps=[300, 800], layers=[0], conditioning="caption",
+                               device="cpu")
+    x_t, sigma, t_int, cond, extras, grid = _inputs(ex)
+    tr = ex.transformer
+    outs = []
+    with torch.no_grad():
+        tr_forward = lambda: outs.append(  # noqa: E731
+            ex.family.forward(_Capture(tr), x_t, sigma, t_int, cond, extras))
+        tr_forward()
+        ca = ConceptAttentionExtractor(ex, ["circle", "square", "background"])
+        tokens = ca._tokens.unsqueeze(0).expand(x_t.shape[0], -1, -1)
+        run = ca.attention.run(tokens, tr_forward, stop_early=False)
+        ca.close()
+        tr_forward()
+    assert run.maps["output"], "the concept stream did not run"
+    assert torch.equal(_Capture.outputs[0], _Capture.outputs[1]), "concepts changed the transformer output"
+    assert torch.equal(_Capture.outputs[0], _Capture.outputs[2]), "processors were not restored"
+    _Capture.outputs.clear()
+
+
+class _Capture:
+    """Calls the transformer and keeps its output (the family adapters discard it)."""
+
+    outputs: list = []
+
+    def __init__(self, tr):
+        self.tr = tr
+
+    def __call__(self, **kw):
+        out = self.tr(**kw)
+        _Capture.outputs.append(out[0].clone())
+        return out
+
+    def __getattr__(self, name):
+        return getattr(self.tr, name)
+
+
+@pytest.mark.parametrize("family", ["sd3", "flux"])
+def test_concepts_equal_to_the_text_tokens_reproduce_the_text_stream(folders, family):
+    """Fed the prompt's own embedded tokens as concepts, the concept stream must follow the text stream exactly:
+    the same attention outputs in every block, so the 'output' maps equal text-output x image-output products."""
+    ex = DiffusersDiTExtractor(folders[family], timesteps=[500], layers=[0], conditioning="caption", device="cpu")
+    x_t, sigma, t_int, cond, extras, _ = _inputs(ex)
+    tr = ex.transformer
+    blocks = list(tr.transformer_blocks)
+    captured = {}
+    hooks = [b.attn.register_forward_hook(lambda m, a, o, i=i: captured.__setitem__(i, (o[0].clone(), o[1].clone())))
+             for i, b in enumerate(blocks)]
+    with torch.no_grad():
+        ex.family.forward(tr, x_t, sigma, t_int, cond, extras)
+        for h in hooks:
+            h.remove()
+        ca = ConceptAttention(tr, blocks, [0, 1])
+        text_tokens = tr.context_embedder(cond["encoder_hidden_states"])
+        run = ca.run(text_tokens, lambda: ex.family.forward(tr, x_t, sigma, t_int, cond, extras))
+        ca.remove()
+    for layer in (0, 1):
+        image_out, text_out = captured[layer]
+        expected = torch.einsum("bcd,bnd->bcn", text_out, image_out)
+        torch.testing.assert_close(run.maps["output"][layer], expected, rtol=1e-4, atol=1e-4)
+
+
+def test_extractor_stores_normalised_concept_maps_and_zero_shot_scores_them(folders, tmp_path):
+    runner = CliRunner()
+    out = tmp_path / "c.h5"
+    res = runner.invoke(cli, ["extract", "-e", "dit", "--weights", str(folders["sd3"]), "--split", "val",
+                              "--limit", "4", "--timesteps", "200,600", "--concept-attention", "--concept-layers",
+                              "0,1", "--device", "cpu", "--out", str(out), "-q"])
+    assert res.exit_code == 0, res.output
+    with FeatureReader(out) as r:
+        assert r.keys == ["concepts=output", "concepts=cross"]
+        maps = r.read("concepts=output", [0, 1, 2, 3])
+        assert maps.shape == (4, 7, 8, 8)  # 7 ShapeWorld classes as concepts, 64 px / patch 8
+        np.testing.assert_allclose(maps.sum(1), 1.0, atol=3e-3)  # fp16 storage
+        cfg = r.provenance["extractor"]
+        assert cfg["concepts"][0] == "background" and cfg["concept_layers"] == [0, 1]
+    res = runner.invoke(cli, ["zeroshot", "-f", str(out), "--out", str(tmp_path / "zs")])
+    assert res.exit_code == 0, res.output
+    import json
+
+    rec = json.loads((tmp_path / "zs" / "result.json").read_text())
+    assert rec["probe"]["fusion"] == "zero-shot" and 0 <= rec["main_score"] <= 1
+    assert rec["config"]["concepts"] == rec["config"]["classes"]
+
+
+def test_concept_attention_refuses_what_it_cannot_do(folders, tiny_models):
+    ex = DiffusersDiTExtractor(folders["sd3"], timesteps=[500], layers=[0], device="cpu")
+    with pytest.raises(ProbekitError, match="context-pre-only"):
+        ConceptAttentionExtractor(ex, ["circle"], [2])  # SD3's last block has no text stream after it
+    no_text = DiffusersDiTExtractor(tiny_models["sd3"], timesteps=[500], layers=[0], device="cpu")
+    with pytest.raises(ProbekitError, match="needs the model's text encoder"):
+        ConceptAttentionExtractor(no_text, ["circle"])
+    dit = DiffusersDiTExtractor(tiny_models["dit"], timesteps=[500], layers=[0], device="cpu")
+    with pytest.raises(ProbekitError, match="needs an MM-DiT"):
+        ConceptAttentionExtractor(dit, ["circle"])
