@@ -155,6 +155,12 @@ class _FloatList(click.ParamType):
 @click.option("--val-features", "-V", multiple=True, type=click.Path(exists=True, dir_okay=False),
               help="Feature file(s) of the validation split (learning-rate selection); default: a seeded 15% of "
                    "the training file.")
+@click.option("--guidance", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="Concept-attention maps of the training split, appended as extra input channels.")
+@click.option("--eval-guidance", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="Concept-attention maps of the evaluation split (with --guidance).")
+@click.option("--val-guidance", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="Concept-attention maps of the validation split (with --guidance and --val-features).")
 @click.option("--task", default="seg", show_default=True, help="seg | saliency | depth (see `probekit ls tasks`).")
 @click.option("--fusion", default="single", show_default=True,
               type=click.Choice(["single", "concat", "global", "spatial"]), help="How the feature maps are fused.")
@@ -178,13 +184,14 @@ class _FloatList(click.ParamType):
 @click.option("--skip-existing", "overwrite_mode", flag_value="skip", help="Keep an existing result, skip the run.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 @_friendly_errors
-def probe(features, eval_features, val_features, task, fusion, head, timestep, layer, grid, out, results_root,
+def probe(features, eval_features, val_features, guidance, eval_guidance, val_guidance, task, fusion, head, timestep, layer, grid, out, results_root,
           epochs, batch_size, lrs, weight_decay, fusion_dim, depth_output, seed, device, overwrite_mode, quiet):
     """Train probe heads on frozen features, select on validation, score on held-out features."""
     features, eval_features = list(features), list(eval_features)
     val_features = list(val_features) or None
     config = dict(task=task, head=head, epochs=epochs, batch_size=batch_size, lrs=lrs, weight_decay=weight_decay,
-                  fusion_dim=fusion_dim, depth_output=depth_output, seed=seed, device=device)
+                  fusion_dim=fusion_dim, depth_output=depth_output, seed=seed, device=device, guidance=guidance,
+                  eval_guidance=eval_guidance, val_guidance=val_guidance)
     if grid:
         from probekit.probes.grid import run_grid
 

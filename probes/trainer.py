@@ -86,6 +86,7 @@ def resolve_keys(reader: FeatureReader, fusion: str, timestep: int | None = None
             raise ProbekitError(f"{reader.path} holds {len(reader.keys)} feature maps; choose one with --timestep "
                                 f"and --layer (available: {', '.join(reader.keys)})")
         return list(reader.keys)
+    keys = [_match_key(reader, k) for k in keys]
     missing = [k for k in keys if k not in reader.keys]
     if missing:
         raise ProbekitError(f"{reader.path} has no feature {missing[0]!r}; available: {', '.join(reader.keys)}")
@@ -94,10 +95,18 @@ def resolve_keys(reader: FeatureReader, fusion: str, timestep: int | None = None
     return list(keys)
 
 
+def _match_key(reader, key: str) -> str:
+    """A key as given, or the one key of a combined file that ends with it ("src=a/t=5/layer=2" for "t=5/layer=2")."""
+    if key in reader.keys:
+        return key
+    hits = [k for k in reader.keys if k.endswith("/" + key)]
+    return hits[0] if len(hits) == 1 else key
+
+
 def probe_name(cfg: ProbeConfig, keys: list[str]) -> str:
     name = f"{cfg.head}-{cfg.fusion}"
     if cfg.fusion == "single":
-        name += "-" + "-".join(f"{k[0]}{v}" for k, v in parse_key(keys[0]).items())
+        name += "-" + "-".join(f"{k[0]}{v}" for k, v in parse_key(keys[0]).items() if k != "src")
     return name
 
 
@@ -167,6 +176,8 @@ PathOrPaths = "str | Path | Sequence[str | Path]"
 
 
 def train_probe(train_features: PathOrPaths, eval_features: PathOrPaths, *, val_features: PathOrPaths | None = None,
+                guidance: PathOrPaths | None = None, eval_guidance: PathOrPaths | None = None,
+                val_guidance: PathOrPaths | None = None,
                 timestep: int | None = None, layer: int | None = None, out: str | Path | None = None,
                 results_root: str | Path = "results", overwrite: str = "error", progress: bool = True,
                 **config: Any) -> dict[str, Any] | None:
@@ -184,25 +195,35 @@ def train_probe(train_features: PathOrPaths, eval_features: PathOrPaths, *, val_
     cfg = ProbeConfig(**config)
     started = time.perf_counter()
     task_entry, head_entry = TASKS.get(cfg.task), HEADS.get(cfg.head)  # unknown names fail before any work
-    readers = [open_features(train_features), open_features(eval_features)]
+    if (guidance is None) != (eval_guidance is None) or (val_guidance is not None and val_features is None):
+        raise ProbekitError("guidance maps are needed for every split a probe reads: give --guidance with "
+                            "--eval-guidance (and --val-guidance with --val-features)")
+    if val_features is not None and guidance is not None and val_guidance is None:
+        raise ProbekitError("--val-features with --guidance needs --val-guidance too")
+    with_guidance = (lambda f, g: _paths(f) + _paths(g)) if guidance is not None else (lambda f, g: f)
+    readers = [open_features(with_guidance(train_features, guidance)),
+               open_features(with_guidance(eval_features, eval_guidance))]
     if val_features is not None:
-        readers.append(open_features(val_features))
+        readers.append(open_features(with_guidance(val_features, val_guidance)))
     try:
         train, evaluation = readers[0], readers[1]
         val = readers[2] if len(readers) > 2 else None
-        keys = resolve_keys(train, cfg.fusion, timestep, layer, cfg.keys)
+        guidance_keys = [k for k in train.keys if "/concepts=" in k] if guidance is not None else []
+        if guidance is not None and not guidance_keys:
+            raise FeatureFileError(f"{_paths(guidance)[0]} holds no concept maps to use as guidance")
+        keys = resolve_keys(_without(train, guidance_keys), cfg.fusion, timestep, layer, cfg.keys)
         cfg.keys = keys
         for other in readers[1:]:
-            check_compatible(train, other, keys)
+            check_compatible(train, other, keys + guidance_keys)
         if val is not None:
-            check_compatible(val, evaluation, keys)
+            check_compatible(val, evaluation, keys + guidance_keys)
         reference = train.dataset
         task = task_entry.build(reference=reference, depth_output=cfg.depth_output)
         for r in readers:
             if task.label not in r.label_names:
                 raise FeatureFileError(f"{r.path} holds no {task.label!r} labels (it has: "
                                        f"{', '.join(r.label_names) or 'none'})")
-        name = probe_name(cfg, keys)
+        name = probe_name(cfg, keys) + ("-guided" if guidance_keys else "")
         extractor = train.attr("extractor")
         run_dir = Path(out) if out else default_run_dir(results_root, extractor, reference.get("dataset"),
                                                          cfg.task, name)
@@ -220,15 +241,17 @@ def train_probe(train_features: PathOrPaths, eval_features: PathOrPaths, *, val_
             val_source = {"from": str(Path(val.path).resolve()), "split": val.dataset.get("split"),
                           "rows": val.num_samples}
 
-        channels = {k: train.shape(k)[0] for k in keys}
+        channels = {k: train.shape(k)[0] for k in keys + guidance_keys}
+        all_keys = keys + guidance_keys
         trials, best, best_state = [], None, None
         for lr in cfg.lrs:
             torch.manual_seed(cfg.seed)  # every trial starts from the same initialisation
-            model = Probe(cfg.fusion, head_entry.load(), keys, channels, task.out_channels, cfg.fusion_dim)
+            model = Probe(cfg.fusion, head_entry.load(), keys, channels, task.out_channels, cfg.fusion_dim,
+                          guidance_keys)
             model.to(cfg.device)
             t0 = time.perf_counter()
-            history = _train_one(model, task, train, keys, cfg, lr, train_rows, progress, f"{name} lr={lr:g}")
-            val_metrics, _ = _evaluate(model, task, val_reader, keys, cfg, subset=val_rows)
+            history = _train_one(model, task, train, all_keys, cfg, lr, train_rows, progress, f"{name} lr={lr:g}")
+            val_metrics, _ = _evaluate(model, task, val_reader, all_keys, cfg, subset=val_rows)
             score = float(val_metrics[task.main_metric])
             trials.append({"lr": lr, "val_score": score, "val_metric": task.main_metric,
                            "train_loss_per_epoch": history, "wall_time_s": round(time.perf_counter() - t0, 3)})
@@ -236,10 +259,11 @@ def train_probe(train_features: PathOrPaths, eval_features: PathOrPaths, *, val_
                 best, best_state = score, copy.deepcopy(model.state_dict())
         chosen = next(t for t in trials if t["val_score"] == best)
 
-        model = Probe(cfg.fusion, head_entry.load(), keys, channels, task.out_channels, cfg.fusion_dim)
+        model = Probe(cfg.fusion, head_entry.load(), keys, channels, task.out_channels, cfg.fusion_dim,
+                      guidance_keys)
         model.load_state_dict(best_state)
         model.to(cfg.device)
-        metrics, spatial = _evaluate(model, task, evaluation, keys, cfg, capture_spatial=cfg.fusion == "spatial")
+        metrics, spatial = _evaluate(model, task, evaluation, all_keys, cfg, capture_spatial=cfg.fusion == "spatial")
 
         run_dir.mkdir(parents=True, exist_ok=True)
         from safetensors.torch import save_file
@@ -257,7 +281,8 @@ def train_probe(train_features: PathOrPaths, eval_features: PathOrPaths, *, val_
                    "layer": parse_key(keys[0]).get("layer") if cfg.fusion == "single" else None,
                    "timesteps": sorted({int(parse_key(k)["t"]) for k in keys if "t" in parse_key(k)}),
                    "layers": list(dict.fromkeys(parse_key(k).get("layer") for k in keys)),
-                   "in_channels": channels, "head_weights": "head.safetensors", "fusion_weights": fusion_info},
+                   "in_channels": channels, "guidance_keys": guidance_keys, "head_weights": "head.safetensors",
+                   "fusion_weights": fusion_info},
             config={**asdict(cfg), "selected_lr": chosen["lr"], "val_score": best, "validation": val_source,
                     "task_config": task.config(), "train_features": _paths(train_features),
                     "eval_features": _paths(eval_features),
@@ -277,6 +302,14 @@ def train_probe(train_features: PathOrPaths, eval_features: PathOrPaths, *, val_
     finally:
         for r in readers:
             r.close()
+
+
+class _without:
+    """A reader view that hides some keys (guidance maps are not fused)."""
+
+    def __init__(self, reader, hidden: list[str]):
+        self._reader, self.keys = reader, [k for k in reader.keys if k not in hidden]
+        self.path = reader.path
 
 
 def _paths(p) -> list[str]:

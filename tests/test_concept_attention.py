@@ -141,3 +141,33 @@ def test_concept_attention_refuses_what_it_cannot_do(folders, tiny_models):
     dit = DiffusersDiTExtractor(tiny_models["dit"], timesteps=[500], layers=[0], device="cpu")
     with pytest.raises(ProbekitError, match="needs an MM-DiT"):
         ConceptAttentionExtractor(dit, ["circle"])
+
+
+def test_concept_maps_as_guidance_channels_for_a_probe(folders, tmp_path):
+    runner = CliRunner()
+    paths = {}
+    for split, n in (("train", 8), ("test", 4)):
+        for kind, extra in (("feat", []), ("concept", ["--concept-attention", "--concept-layers", "0,1"])):
+            paths[kind, split] = tmp_path / f"{kind}-{split}.h5"
+            res = runner.invoke(cli, ["extract", "-e", "dit", "--weights", str(folders["sd3"]), "--split", split,
+                                      "--limit", str(n), "--timesteps", "200", "--layers", "1", "--device", "cpu",
+                                      "--out", str(paths[kind, split]), "-q", *extra])
+            assert res.exit_code == 0, res.output
+    res = runner.invoke(cli, ["probe", "-f", str(paths["feat", "train"]), "-E", str(paths["feat", "test"]),
+                              "--guidance", str(paths["concept", "train"]), "--eval-guidance",
+                              str(paths["concept", "test"]), "--timestep", "200", "--layer", "1", "--epochs", "1",
+                              "--lrs", "1e-2", "--out", str(tmp_path / "run"), "-q"])
+    assert res.exit_code == 0, res.output
+    import json
+
+    rec = json.loads((tmp_path / "run" / "result.json").read_text())
+    assert rec["probe"]["name"].endswith("-guided")
+    assert len(rec["probe"]["guidance_keys"]) == 2
+    assert sum(rec["probe"]["in_channels"][k] for k in rec["probe"]["guidance_keys"]) == 14
+    from safetensors.torch import load_file
+
+    head = load_file(tmp_path / "run" / "head.safetensors")
+    assert head["head.proj.weight"].shape[1] == 32 + 14  # block channels + 2 x 7 concept maps
+    res = runner.invoke(cli, ["probe", "-f", str(paths["feat", "train"]), "-E", str(paths["feat", "test"]),
+                              "--guidance", str(paths["concept", "train"]), "--timestep", "200", "--layer", "1"])
+    assert res.exit_code != 0 and "needed for every split" in res.output
