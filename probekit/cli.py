@@ -236,15 +236,41 @@ def zeroshot(features, mode, out, results_root, overwrite_mode):
 
 @cli.command()
 @click.argument("runs", nargs=-1, required=True, type=click.Path(exists=True))
-@click.option("--out", "-o", required=True, type=click.Path(file_okay=False), help="Directory for the tables.")
+@click.option("--out", "-o", required=True, type=click.Path(file_okay=False), help="Directory for the report.")
+@click.option("--concepts", multiple=True, type=click.Path(exists=True, dir_okay=False),
+              help="Concept-attention feature file(s) to draw as concept-map grids.")
 @_friendly_errors
-def report(runs, out):
-    """Collect result records under RUNS (searched recursively) into Markdown and CSV tables."""
-    from probekit.reports.tables import write_tables
+def report(runs, out, concepts):
+    """Tables, leaderboard, figures (PNG + PDF) and one self-contained HTML page from the result records
+    under RUNS (searched recursively)."""
+    from probekit.reports.report import write_report
 
-    written = write_tables(list(runs), out)
+    written = write_report(list(runs), out, list(concepts))
     click.echo(written["markdown"].read_text())
-    click.echo(f"{written['rows']} runs -> {written['markdown']} and {written['csv']}")
+    click.echo(f"{written['records'].summary()}")
+    click.echo(f"{written['rows']} runs -> {written['markdown']}, {written['csv']}, {written['leaderboard']}, "
+               f"{len(written['figures'])} figures, {written['html']}")
+
+
+@cli.command()
+@click.argument("results", nargs=-1, required=True, type=click.Path(exists=True))
+@click.option("--format", "fmt", type=click.Choice(["md", "csv", "latex", "html"]), default="md", show_default=True)
+@click.option("--secondary", is_flag=True, help="Add secondary metrics (pixel acc, MAE, S-measure, AbsRel, ...).")
+@click.option("--out", "-o", type=click.Path(dir_okay=False), default=None, help="Write to a file, not stdout.")
+@_friendly_errors
+def leaderboard(results, fmt, secondary, out):
+    """One row per (extractor, fusion, head), one column per task's main metric, best marked, ranked."""
+    from probekit.reports.tables import leaderboard as build
+
+    body, recset = build(list(results), fmt=fmt, secondary=secondary)
+    if out:
+        from pathlib import Path
+
+        Path(out).write_text(body)
+        click.echo(f"{recset.summary()} -> {out}")
+    else:
+        click.echo(body)
+        click.echo(recset.summary(), err=True)
 
 
 @cli.command()

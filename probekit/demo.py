@@ -14,12 +14,13 @@ def run_demo(out: str | Path = "probekit-demo", *, n_train: int = 256, n_test: i
              timesteps: Sequence[int] = (50, 250, 500, 750), layers: Sequence[int] = (2, 4), epochs: int = 10,
              seed: int = 0, control: bool = True, progress: bool = True,
              echo: Callable[[str], None] = print) -> dict[str, Path]:
-    """ShapeWorld -> extract the shipped MM-DiT (and its random-init control) at every (t, layer)
-    -> a linear segmentation probe on each -> Markdown/CSV tables."""
+    """ShapeWorld -> extract the shipped MM-DiT (and its random-init control) at every (t, layer) -> linear
+    probes: the segmentation grid (each map, concat, global, spatial) and fused saliency and depth probes
+    -> report (HTML page, tables, figures)."""
     from probekit.api import build_extractor, run_extraction
+    from probekit.probes.grid import run_grid
     from probekit.probes.trainer import train_probe
-    from probekit.reports.tables import write_tables
-    from probekit.store import feature_key
+    from probekit.reports.report import write_report
 
     started = time.perf_counter()
     out = Path(out)
@@ -32,15 +33,21 @@ def run_demo(out: str | Path = "probekit-demo", *, n_train: int = 256, n_test: i
         for split, n in (("train", n_train), ("test", n_test)):
             feats[split] = run_extraction(extractor, "shapeworld", split, out / "features" / name / f"{split}.h5",
                                           limit=n, batch_size=16, overwrite=True, progress=progress)
-        for t in extractor.timesteps:
-            for layer in extractor.layers:
-                record = train_probe(feats["train"], feats["test"], task="seg", key=feature_key(t, layer),
-                                     head="linear", epochs=epochs, seed=seed, results_root=out / "results",
-                                     overwrite="overwrite", progress=False)  # one line per probe, not a bar each
-                echo(f"{name:<24} seg mIoU {100 * record['main_score']:6.2f}  t={t:<4} layer={layer}")
-    written = write_tables([out / "results"], out / "report")
+        # Segmentation: the whole ablation grid; saliency and depth: the fused probes (for the heatmaps).
+        run_grid(feats["train"], feats["test"], task="seg", head="linear", epochs=epochs, seed=seed,
+                 results_root=out / "results", overwrite="overwrite", progress=False,
+                 echo=lambda line, name=name: echo(f"{name:<24} {line}"))
+        for task in ("saliency", "depth"):
+            for fusion in ("global", "spatial"):
+                rec = train_probe(feats["train"], feats["test"], task=task, fusion=fusion, head="linear",
+                                  epochs=epochs, seed=seed, results_root=out / "results", overwrite="overwrite",
+                                  progress=False)
+                shown = f"{100 * rec['main_score']:6.2f}" if task == "saliency" else f"{rec['main_score']:.3f} m"
+                echo(f"{name:<24} {task} {rec['main_score_name']} {shown}  {rec['probe']['name']}")
+    written = write_report([out / "results"], out / "report")
     echo("")
-    echo(written["markdown"].read_text())
-    echo(f"done in {time.perf_counter() - started:.0f} s. Table: {written['markdown']}  CSV: {written['csv']}  "
-         f"runs: {out / 'results'}")
+    echo(written["leaderboard"].read_text())
+    echo(f"done in {time.perf_counter() - started:.0f} s.\n  report:      {written['html']}\n"
+         f"  tables:      {written['markdown']}  {written['csv']}  {written['leaderboard']}\n"
+         f"  figures:     {out / 'report' / 'figures'}\n  runs:        {out / 'results'}")
     return written

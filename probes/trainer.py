@@ -117,15 +117,20 @@ def _batches(reader, keys, cfg, label, *, shuffle=False, epoch=0, subset=None):
         yield batch["positions"], feats, batch["labels"][label]
 
 
-def _evaluate(model, task, reader, keys, cfg, subset=None, capture_spatial=False):
+def _evaluate(model, task, reader, keys, cfg, subset=None, capture_spatial=False, predictions=None):
+    """Metrics over ``reader`` (rows ``subset``); optionally spatial fusion weights and the first predictions."""
     model.eval()
     metric = task.new_metric()
     label_size = reader.label_shape(task.label)
     sums, count, examples = None, 0, []
     with torch.inference_mode():
-        for _, feats, labels in _batches(reader, keys, cfg, task.label, subset=subset):
+        for positions, feats, labels in _batches(reader, keys, cfg, task.label, subset=subset):
             logits = model(feats, label_size).cpu()
             task.update(metric, logits, task.target(labels))
+            if predictions is not None and len(predictions["rows"]) < SPATIAL_EXAMPLES:
+                take = SPATIAL_EXAMPLES - len(predictions["rows"])
+                predictions["rows"].extend(int(p) for p in positions[:take])
+                predictions["pred"].append(task.predict(logits[:take]).float())
             if capture_spatial:
                 maps = model.fusion.spatial_weights()
                 means = [m.mean(dim=(0, 2, 3)) * m.shape[0] for m in maps]
@@ -263,10 +268,18 @@ def train_probe(train_features: PathOrPaths, eval_features: PathOrPaths, *, val_
                       guidance_keys)
         model.load_state_dict(best_state)
         model.to(cfg.device)
-        metrics, spatial = _evaluate(model, task, evaluation, all_keys, cfg, capture_spatial=cfg.fusion == "spatial")
+        predictions = {"rows": [], "pred": []}
+        metrics, spatial = _evaluate(model, task, evaluation, all_keys, cfg, capture_spatial=cfg.fusion == "spatial",
+                                     predictions=predictions)
 
         run_dir.mkdir(parents=True, exist_ok=True)
         from safetensors.torch import save_file
+
+        # The first evaluation images' predictions, for the reports' qualitative panels.
+        save_file({"pred": torch.cat(predictions["pred"]).contiguous()}, str(run_dir / "predictions.safetensors"),
+                  metadata={"sample_ids": ",".join(evaluation.sample_ids[r] for r in predictions["rows"]),
+                            "dataset_indices": ",".join(str(int(evaluation.indices[r])) for r in predictions["rows"]),
+                            "task": cfg.task, "layout": "(image, H, W): class ids | saliency probability | depth (m)"})
 
         save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()},
                   str(run_dir / "head.safetensors"))
@@ -282,6 +295,7 @@ def train_probe(train_features: PathOrPaths, eval_features: PathOrPaths, *, val_
                    "timesteps": sorted({int(parse_key(k)["t"]) for k in keys if "t" in parse_key(k)}),
                    "layers": list(dict.fromkeys(parse_key(k).get("layer") for k in keys)),
                    "in_channels": channels, "guidance_keys": guidance_keys, "head_weights": "head.safetensors",
+                   "predictions": "predictions.safetensors",
                    "fusion_weights": fusion_info},
             config={**asdict(cfg), "selected_lr": chosen["lr"], "val_score": best, "validation": val_source,
                     "task_config": task.config(), "train_features": _paths(train_features),

@@ -1,0 +1,66 @@
+"""Reading result records for reports: every schema version this project has written, duplicates resolved.
+
+Reports read records only (never probe or extractor internals). A duplicate is a second record of the same
+(dataset, extractor, task, probe name, eval split); the newest (by creation time) wins and the others are
+listed, so a table never silently mixes reruns.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from probekit.results import SCHEMA_VERSION, find_records, read_record
+
+READABLE_VERSIONS = tuple(range(1, SCHEMA_VERSION + 1))
+
+
+@dataclass
+class RecordSet:
+    records: list[dict[str, Any]]
+    versions: Counter = field(default_factory=Counter)
+    duplicates: list[tuple[str, str]] = field(default_factory=list)  # (kept, dropped) paths
+
+    def summary(self) -> str:
+        versions = ", ".join(f"schema v{v}: {n}" for v, n in sorted(self.versions.items()))
+        dup = (f"; {len(self.duplicates)} duplicate(s) resolved newest-first" if self.duplicates
+               else "; no duplicates")
+        return f"{len(self.records)} result records ({versions}){dup}"
+
+
+def identity(rec: dict[str, Any]) -> tuple:
+    eval_split = rec.get("features", {}).get("eval", {}).get("split")
+    return (rec.get("dataset"), rec.get("extractor"), rec.get("task"), rec.get("probe", {}).get("name"), eval_split)
+
+
+def load_records(paths: list[str | Path]) -> RecordSet:
+    """All records under ``paths`` (searched recursively), upgraded to the newest schema's field names."""
+    found = find_records(paths)
+    if not found:
+        raise FileNotFoundError(f"no result.json under {', '.join(map(str, paths))}")
+    versions: Counter = Counter()
+    newest: dict[tuple, dict[str, Any]] = {}
+    duplicates = []
+    for path in found:
+        rec = upgrade(read_record(path))
+        versions[rec["schema_version"]] += 1
+        key = identity(rec)
+        if key in newest:
+            old = newest[key]
+            keep, drop = (rec, old) if _created(rec) >= _created(old) else (old, rec)
+            duplicates.append((keep["_path"], drop["_path"]))
+            newest[key] = keep
+        else:
+            newest[key] = rec
+    return RecordSet(records=list(newest.values()), versions=versions, duplicates=duplicates)
+
+
+def upgrade(rec: dict[str, Any]) -> dict[str, Any]:
+    """Bring an older record to the current field layout (v1 is current; later versions add steps here)."""
+    return rec
+
+
+def _created(rec: dict[str, Any]) -> str:
+    return str(rec.get("provenance", {}).get("created", ""))
