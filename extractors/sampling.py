@@ -32,12 +32,14 @@ class FlowSampler:
 
     @torch.no_grad()
     def sample(self, prompts: Sequence[str], *, steps: int = 30, guidance: float = 4.0, seed: int = 0,
-               callback: StepCallback | None = None) -> np.ndarray:
-        """uint8 images (N, H, W, 3) for ``prompts``; image i's initial noise is seeded by (seed, i)."""
+               callback: StepCallback | None = None, noise_ids: Sequence[int] | None = None) -> np.ndarray:
+        """uint8 images (N, H, W, 3) for ``prompts``; image i's initial noise is seeded by (seed, noise_ids[i]),
+        noise_ids defaulting to 0..N-1, so a resumed or re-batched run draws the same images."""
         n = len(prompts)
+        ids = list(range(n)) if noise_ids is None else [int(i) for i in noise_ids]
         noise = torch.stack([
             torch.randn(self.channels, self.size, self.size, generator=torch.Generator().manual_seed(seed * 1_000_003 + i))
-            for i in range(n)]).to(self.device)
+            for i in ids]).to(self.device)
         cond = self.conditioner(list(prompts))
         uncond = self.conditioner([""] * n)
         both = {k: torch.cat([uncond[k], cond[k]]) for k in cond}

@@ -180,17 +180,22 @@ class _FloatList(click.ParamType):
 @click.option("--depth-output", type=click.Choice(["bins", "regression"]), default="bins", show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True, help="Seeds initialisation, shuffling, val split.")
 @click.option("--device", default="cpu", show_default=True)
+@click.option("--cross-dataset", is_flag=True,
+              help="Allow training and evaluation features from different datasets with the same classes "
+                   "(e.g. train on generated data, test on real).")
 @click.option("--overwrite", "overwrite_mode", flag_value="overwrite", help="Replace an existing result.")
 @click.option("--skip-existing", "overwrite_mode", flag_value="skip", help="Keep an existing result, skip the run.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 @_friendly_errors
 def probe(features, eval_features, val_features, guidance, eval_guidance, val_guidance, task, fusion, head, timestep, layer, grid, out, results_root,
-          epochs, batch_size, lrs, weight_decay, fusion_dim, depth_output, seed, device, overwrite_mode, quiet):
+          epochs, batch_size, lrs, weight_decay, fusion_dim, depth_output, seed, device, cross_dataset, overwrite_mode,
+          quiet):
     """Train probe heads on frozen features, select on validation, score on held-out features."""
     features, eval_features = list(features), list(eval_features)
     val_features = list(val_features) or None
     config = dict(task=task, head=head, epochs=epochs, batch_size=batch_size, lrs=lrs, weight_decay=weight_decay,
-                  fusion_dim=fusion_dim, depth_output=depth_output, seed=seed, device=device, guidance=guidance,
+                  fusion_dim=fusion_dim, depth_output=depth_output, seed=seed, device=device,
+                  cross_dataset=cross_dataset, guidance=guidance,
                   eval_guidance=eval_guidance, val_guidance=val_guidance)
     if grid:
         from probekit.probes.grid import run_grid
@@ -344,6 +349,44 @@ def sample(backbone, weights, prompts, n, steps, guidance, seed, device, out):
     images = sampler.sample([prompts[i % len(prompts)] for i in range(n)], steps=steps, guidance=guidance, seed=seed)
     image_grid(images).save(out)
     click.echo(f"wrote {n} samples ({steps} steps, guidance {guidance}, seed {seed}) -> {out}")
+
+
+@cli.command()
+@click.option("--backbone", "-b", default="shapeworld-mmdit", show_default=True,
+              help="Flow-matching MM-DiT with a text encoder (or --weights).")
+@click.option("--weights", "-w", default=None, help="Model folder (overrides the backbone's shipped weights).")
+@click.option("--heads", "-H", "heads", multiple=True, required=True, type=click.Path(exists=True, file_okay=False),
+              help="Probe run directory (seg, saliency and/or depth); repeat for several.")
+@click.option("--prompts", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="Text file, one prompt per line.")
+@click.option("--n", type=int, default=None, help="Number of images (prompts drawn in ShapeWorld's caption grammar).")
+@click.option("--steps", type=int, default=30, show_default=True)
+@click.option("--guidance", type=float, default=4.0, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--batch-size", type=int, default=8, show_default=True)
+@click.option("--device", default="cpu", show_default=True)
+@click.option("--out", "-o", required=True, type=click.Path(file_okay=False), help="Dataset folder to write.")
+@click.option("--quiet", "-q", is_flag=True)
+@_friendly_errors
+def generate(backbone, weights, heads, prompts, n, steps, guidance, seed, batch_size, device, out, quiet):
+    """Sample images and label them with trained heads from the trajectory's own block outputs; rerun to resume."""
+    from probekit.extractors.generate import generate_dataset
+    from probekit.extractors.shapeworld_mmdit import shipped_weights
+
+    if (prompts is None) == (n is None):
+        raise click.UsageError("give exactly one of --prompts FILE and --n N")
+    if weights is None:
+        if backbone != "shapeworld-mmdit":
+            raise click.UsageError(f"{backbone!r} needs --weights")
+        weights = shipped_weights()
+    lines = None
+    if prompts:
+        with open(prompts) as fh:
+            lines = [line.strip() for line in fh if line.strip()]
+    summary = generate_dataset(weights, list(heads), out, prompts=lines, n=n, steps=steps, guidance=guidance,
+                               seed=seed, batch_size=batch_size, device=device, progress=not quiet)
+    click.echo(f"generated {summary['generated']} images ({summary['skipped']} already there) in "
+               f"{summary['wall_time_s']:.1f} s: {summary['images_per_second']:.2f} images/s -> {summary['out']}")
 
 
 def main() -> None:

@@ -68,6 +68,11 @@ DATASETS.register(
     manifest="shapeworld.yaml",
 )
 
+DATASETS.register(
+    "generated", "probekit.datasets.generated:GeneratedDataset",
+    "a folder written by `probekit generate` (pass the folder as --dataset, or root=...)",
+)
+
 TASKS.register(
     "seg", "probekit.probes.tasks:SegmentationTask",
     "semantic segmentation: cross-entropy with ignore; mIoU (dataset-level), pixel accuracy, per-class IoU",

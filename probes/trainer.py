@@ -46,9 +46,10 @@ class ProbeConfig:
     fusion_dim: int = 64
     depth_output: str = "bins"
     val_fraction: float = 0.15  # of the training file, when no validation file is given
+    cross_dataset: bool = False  # allow train and eval features from different datasets with the same classes
 
 
-def check_compatible(a: FeatureReader, b: FeatureReader, keys: Sequence[str]) -> None:
+def check_compatible(a: FeatureReader, b: FeatureReader, keys: Sequence[str], cross_dataset: bool = False) -> None:
     """Refuse feature files that do not belong together, naming both files and what differs."""
     ea, eb = a.provenance.get("extractor", {}), b.provenance.get("extractor", {})
     ignore = {"device", "dtype"}  # the same features may be computed on different hardware
@@ -57,7 +58,7 @@ def check_compatible(a: FeatureReader, b: FeatureReader, keys: Sequence[str]) ->
         raise FeatureFileError(f"{a.path} and {b.path} come from different extractor settings "
                                f"({', '.join(diffs)}); extract both with the same settings")
     da, db = a.dataset, b.dataset
-    for name in ("dataset", "manifest_sha256", "params_hash", "classes"):
+    for name in (("classes",) if cross_dataset else ("dataset", "manifest_sha256", "params_hash", "classes")):
         if da.get(name) != db.get(name):
             raise FeatureFileError(f"{a.path} and {b.path} differ in dataset {name}: "
                                    f"{da.get(name)!r} vs {db.get(name)!r}")
@@ -219,9 +220,9 @@ def train_probe(train_features: PathOrPaths, eval_features: PathOrPaths, *, val_
         keys = resolve_keys(_without(train, guidance_keys), cfg.fusion, timestep, layer, cfg.keys)
         cfg.keys = keys
         for other in readers[1:]:
-            check_compatible(train, other, keys + guidance_keys)
+            check_compatible(train, other, keys + guidance_keys, cfg.cross_dataset)
         if val is not None:
-            check_compatible(val, evaluation, keys + guidance_keys)
+            check_compatible(val, evaluation, keys + guidance_keys, cfg.cross_dataset)
         reference = train.dataset
         task = task_entry.build(reference=reference, depth_output=cfg.depth_output)
         for r in readers:

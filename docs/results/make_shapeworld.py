@@ -41,13 +41,35 @@ def extract_all(work: Path, args) -> dict[str, dict[str, Path]]:
     return files
 
 
+def concept_zero_shot(work: Path, args) -> list[dict]:
+    """Concept-attention zero-shot segmentation on the test split, both map modes, trained and control."""
+    from probekit.datasets import load_dataset
+    from probekit.extractors.concept_attention import ConceptAttentionExtractor
+    from probekit.extractors.runner import extract_dataset
+    from probekit.probes.zeroshot import zero_shot_segmentation
+
+    rows = []
+    ds = load_dataset("shapeworld", "test")
+    for name in ("shapeworld-mmdit", "shapeworld-mmdit-random"):
+        path = work / "features" / name / "test-concepts.h5"
+        if not path.is_file():
+            base = build_extractor(name, timesteps=args.concept_timesteps, layers=[0], seed=0, device="cpu")
+            extract_dataset(ConceptAttentionExtractor(base, ds.classes), ds, path, limit=args.n_test, batch_size=16,
+                            overwrite=True)
+        for mode in ("output", "cross"):
+            rec = zero_shot_segmentation(path, mode=mode, results_root=work / "zeroshot", overwrite="overwrite")
+            rows.append({"backbone": name, "mode": mode, "mIoU": rec["main_score"],
+                         "pixel_acc": rec["metrics"]["pixel_acc"], "per_class": rec["metrics"]["per_class_iou"]})
+    return rows
+
+
 def _fmt(v: float, metric: str) -> str:
     if v is None or (isinstance(v, float) and math.isnan(v)):
         return "-"
     return f"{100 * v:.1f}" if metric in ("mIoU", "maxF") else f"{v:.3f}"
 
 
-def render(work: Path, args, wall: float) -> str:
+def render(work: Path, args, wall: float, zeroshot: list[dict]) -> str:
     rows = []
     for path in find_records([work / "results"]):
         r = read_record(path)
@@ -97,6 +119,17 @@ def render(work: Path, args, wall: float) -> str:
             lines.append(f"- {backbone}: spatial fusion {_fmt(spatial.score.iloc[0], metric)} vs best single "
                          f"({best_cell}) {_fmt(best, metric)}: gain {shown:+.2f}{unit}.")
         lines.append("")
+    if zeroshot:
+        lines += ["## Concept attention: zero-shot segmentation (no training)", "",
+                  f"Concept words = the class names (background included), encoded by each model's own text encoder; "
+                  f"maps averaged over every joint block with a text stream and timesteps {args.concept_timesteps}; "
+                  f"argmax over concepts, scored on the first {args.n_test} test images.", "",
+                  "| backbone | maps | mIoU | pixel acc | " + " | ".join(zeroshot[0]["per_class"]) + " |",
+                  "|---|---|---|---|" + "---|" * len(zeroshot[0]["per_class"])]
+        for r in zeroshot:
+            per = " | ".join("-" if v is None else f"{100 * v:.1f}" for v in r["per_class"].values())
+            lines.append(f"| {r['backbone']} | {r['mode']} | {100 * r['mIoU']:.1f} | {100 * r['pixel_acc']:.1f} | {per} |")
+        lines.append("")
     return "\n".join(lines) + "\n"
 
 
@@ -111,6 +144,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=8)
     parser.add_argument("--lrs", type=float, nargs="+", default=[1e-3, 1e-2])
     parser.add_argument("--tasks", nargs="+", default=TASKS)
+    parser.add_argument("--concept-timesteps", type=int, nargs="+", default=[250, 500])
     args = parser.parse_args()
     start = time.perf_counter()
     files = extract_all(args.work, args)
@@ -119,7 +153,8 @@ def main() -> None:
             run_grid(files[name]["train"], files[name]["test"], val_features=files[name]["val"],
                      results_root=args.work / "results", task=task, head="linear", epochs=args.epochs,
                      lrs=args.lrs, seed=0, progress=False)
-    page = render(args.work, args, time.perf_counter() - start)
+    zeroshot = concept_zero_shot(args.work, args)
+    page = render(args.work, args, time.perf_counter() - start, zeroshot)
     (HERE / "shapeworld.md").write_text(page)
     print(page)
 

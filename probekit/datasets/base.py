@@ -50,6 +50,13 @@ def load_dataset(name: str, split: str, **overrides: Any):
     """Build a registered dataset by name (e.g. ``load_dataset("shapeworld", "train")``)."""
     from probekit.registries import DATASETS
 
+    folder = Path(name)
+    if folder.is_dir() and (folder / "manifest.yaml").is_file():  # a dataset folder with its own manifest
+        loader = (yaml.safe_load((folder / "manifest.yaml").read_text()) or {}).get("loader")
+        if loader not in DATASETS:
+            raise ProbekitError(f"{folder / 'manifest.yaml'} names loader {loader!r}, which is not a dataset "
+                                f"probekit knows ({', '.join(DATASETS.names())})")
+        return DATASETS.build(loader, root=folder, split=split, **overrides)
     return DATASETS.build(name, split=split, **overrides)
 
 

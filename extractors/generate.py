@@ -1,0 +1,228 @@
+"""A data engine: sample images with the DiT and label them with trained probe heads, from the block outputs
+computed along the sampling trajectory (no extra forward passes).
+
+Each head was trained on features at timesteps t (noised real images). During sampling, each t is snapped to
+the sampler step whose noise level is nearest to t's, and the block outputs of that step are what the head
+reads; the mapping actually used is recorded in the dataset manifest. The half of the classifier-free-guidance
+batch whose conditioning matches the head's training features (empty prompt, or the caption) is used.
+
+Output folder::
+
+    manifest.yaml             loader "generated", classes, palette, depth scale, heads, sampler, snapped steps
+    images/000000.png         RGB
+    seg/000000.png            palette PNG of class ids
+    depth/000000.png          16-bit PNG; depth in metres = value * depth_scale
+    saliency/000000.png       0 / 255
+
+A sample counts as written once its image PNG exists (written last, atomically), so an interrupted run resumes
+without duplicating or half-writing samples.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import yaml
+from PIL import Image
+from tqdm.auto import tqdm
+
+from probekit.errors import ProbekitError
+from probekit.probes.model import Probe
+from probekit.provenance import base_provenance, weights_identity
+from probekit.store import parse_key
+
+PALETTE = [(34, 34, 34), (0, 114, 178), (230, 159, 0), (0, 158, 115), (213, 94, 0), (204, 121, 167),
+           (86, 180, 233), (240, 228, 66), (0, 0, 0)]
+
+
+class TrainedHead:
+    """A probe (fusion + head) rebuilt from its run directory."""
+
+    def __init__(self, run_dir: str | Path):
+        from safetensors.torch import load_file
+
+        from probekit.registries import HEADS, TASKS
+
+        self.run_dir = Path(run_dir)
+        rec_path = self.run_dir / "result.json"
+        if not rec_path.is_file():
+            raise ProbekitError(f"{self.run_dir} holds no result.json (a probe run directory is needed)")
+        self.record = json.loads(rec_path.read_text())
+        probe, cfg = self.record["probe"], self.record["config"]
+        if probe.get("guidance_keys") or probe.get("fusion") == "zero-shot":
+            raise ProbekitError(f"{self.run_dir}: guided and zero-shot probes cannot label generated images")
+        self.task_name = self.record["task"]
+        reference = {"classes": cfg["task_config"].get("classes"), "ignore_index": cfg["task_config"].get("ignore_index"),
+                     "depth_range": cfg["task_config"].get("depth_range")}
+        self.task = TASKS.build(self.task_name, reference=reference, depth_output=cfg.get("depth_output", "bins"))
+        self.keys = list(probe["feature_keys"])
+        self.model = Probe(probe["fusion"], HEADS.get(probe["head"]).load(), self.keys, probe["in_channels"],
+                           self.task.out_channels, cfg.get("fusion_dim", 64))
+        self.model.load_state_dict(load_file(str(self.run_dir / probe.get("head_weights", "head.safetensors"))))
+        self.model.eval()
+        extractor = self.record["features"]["train"]["provenance"].get("extractor", {})
+        self.extractor = extractor
+        self.conditioning = extractor.get("conditioning", "empty")
+        self.weights_files = self.record["features"]["train"]["provenance"].get("weights", {}).get("files", {})
+
+    def predict(self, feats: dict[str, torch.Tensor], size: tuple[int, int]) -> np.ndarray:
+        with torch.inference_mode():
+            return self.task.predict(self.model(feats, size)).cpu().numpy()
+
+
+def _shift_sigma(t: int, schedule: dict[str, Any]) -> float:
+    from probekit.extractors.noise import NoiseSchedule
+
+    return NoiseSchedule(kind="flow", shift=float(schedule.get("shift", 1.0)),
+                         dynamic_shift=schedule.get("dynamic_shift")).sigma(t)
+
+
+def default_prompts(n: int, seed: int) -> list[str]:
+    """Scene descriptions in ShapeWorld's caption grammar, from its pretrain split (never probed)."""
+    from probekit.datasets.shapeworld import ShapeWorld
+
+    ds = ShapeWorld("pretrain")
+    start = (seed * 7919) % (len(ds) - n)
+    return [ds[start + i].caption for i in range(n)]
+
+
+def generate_dataset(weights: str | Path, heads: Sequence[str | Path], out: str | Path, *,
+                     prompts: Sequence[str] | None = None, n: int | None = None, steps: int = 30,
+                     guidance: float = 4.0, seed: int = 0, batch_size: int = 8, device: str = "cpu",
+                     progress: bool = True, name: str | None = None) -> dict[str, Any]:
+    from probekit.extractors.sampling import FlowSampler
+
+    out = Path(out)
+    if prompts is None:
+        if n is None:
+            raise ProbekitError("give prompts or a number of images")
+        prompts = default_prompts(n, seed)
+    prompts = list(prompts)
+    trained = [TrainedHead(h) for h in heads]
+    if not trained:
+        raise ProbekitError("no heads given")
+    sampler = FlowSampler(weights, device=device)
+    ident = weights_identity(weights)
+    for h in trained:
+        if h.weights_files and ident["files"] and h.weights_files != ident["files"]:
+            raise ProbekitError(f"{h.run_dir} was trained on features of other weights than {weights}")
+
+    # Snap every head timestep to the sampler's grid (nearest noise level).
+    sampler.scheduler.set_timesteps(steps)
+    grid = [float(s) for s in sampler.scheduler.sigmas[:-1]]
+    snapped: dict[int, dict[str, Any]] = {}
+    for h in trained:
+        schedule = h.extractor.get("noise_schedule", {"shift": 3.0})
+        for key in h.keys:
+            t = int(parse_key(key)["t"])
+            if t not in snapped:
+                sigma = _shift_sigma(t, schedule)
+                step = int(np.argmin([abs(g - sigma) for g in grid]))
+                snapped[t] = {"step": step, "sigma_probe": sigma, "sigma_used": grid[step]}
+    layers = sorted({int(parse_key(k)["layer"]) for h in trained for k in h.keys})
+    halves = {h.conditioning for h in trained}
+
+    manifest = {
+        "name": name or out.name, "loader": "generated", "version": 1,
+        "description": "images sampled by the backbone, labelled by trained probe heads from trajectory features",
+        "classes": next((h.task.classes for h in trained if h.task_name == "seg"), None),
+        "ignore_index": 255, "palette": [list(c) for c in PALETTE],
+        "depth_range": next((list(h.record["config"]["task_config"]["depth_range"]) for h in trained
+                             if h.task_name == "depth"), None),
+        "tasks": sorted(h.task_name for h in trained), "size": len(prompts), "prompts": prompts,
+        "sampler": {"steps": steps, "guidance": guidance, "seed": seed, "scheduler": "FlowMatchEulerDiscreteScheduler"},
+        "snapped_timesteps": {str(t): v for t, v in sorted(snapped.items())},
+        "heads": [{"task": h.task_name, "run": str(h.run_dir.resolve()), "probe": h.record["probe"]["name"],
+                   "conditioning": h.conditioning} for h in trained],
+        "backbone": {"weights": str(weights), "identity": ident}, "provenance": base_provenance(),
+    }
+    if manifest["depth_range"]:
+        manifest["depth_scale"] = manifest["depth_range"][1] / 65535.0
+    for sub in ("images", "seg", "depth", "saliency"):
+        (out / sub).mkdir(parents=True, exist_ok=True)
+    old = out / "manifest.yaml"
+    if old.is_file():
+        prev = yaml.safe_load(old.read_text())
+        for field in ("sampler", "heads", "size", "prompts"):
+            if prev.get(field) != manifest[field]:
+                raise ProbekitError(f"{out} was generated with other settings ({field} differs); use a new folder")
+    _write_atomic(old, yaml.safe_dump(manifest, sort_keys=False))
+
+    todo = [i for i in range(len(prompts)) if not (out / "images" / f"{i:06d}.png").is_file()]
+    blocks = list(sampler.transformer.transformer_blocks)
+    state: dict[str, Any] = {"step": -1, "captured": {}}
+    needed_steps = {v["step"] for v in snapped.values()}
+
+    def make_hook(layer: int):
+        def hook(module, args, kwargs, output):
+            if state["step"] in needed_steps:
+                tokens = output[-1] if isinstance(output, tuple) else output
+                state["captured"][(state["step"], layer)] = tokens.detach()
+        return hook
+
+    handles = [blocks[layer].register_forward_hook(make_hook(layer), with_kwargs=True) for layer in layers]
+    started, made = time.perf_counter(), 0
+    bar = tqdm(total=len(prompts), initial=len(prompts) - len(todo), desc=f"generate -> {out.name}", unit="img",
+               disable=not progress)
+    try:
+        for start in range(0, len(todo), batch_size):
+            idx = todo[start:start + batch_size]
+            state["captured"] = {}
+            images = sampler.sample([prompts[i] for i in idx], steps=steps, guidance=guidance, seed=seed,
+                                    noise_ids=idx, callback=lambda i, sigma, x: state.__setitem__("step", i))
+            b = len(idx)
+            gh = gw = sampler.size // sampler.transformer.config.patch_size
+            labels: dict[str, np.ndarray] = {}
+            for h in trained:
+                half = slice(0, b) if h.conditioning == "empty" else slice(b, 2 * b)  # [uncond, cond] batches
+                feats = {}
+                for key in h.keys:
+                    p = parse_key(key)
+                    tokens = state["captured"][(snapped[int(p["t"])]["step"], int(p["layer"]))][half]
+                    feats[key] = tokens.float().reshape(b, gh, gw, -1).permute(0, 3, 1, 2)
+                labels[h.task_name] = h.predict(feats, images.shape[1:3])
+            for row, i in enumerate(idx):
+                _write_sample(out, i, images[row], {t: v[row] for t, v in labels.items()}, manifest)
+            made += b
+            bar.update(b)
+    finally:
+        bar.close()
+        for hnd in handles:
+            hnd.remove()
+    wall = time.perf_counter() - started
+    rate = made / wall if wall > 0 else float("nan")
+    return {"out": out, "generated": made, "skipped": len(prompts) - len(todo), "wall_time_s": wall,
+            "images_per_second": rate, "halves": sorted(halves)}
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def _save_png(image: Image.Image, path: Path) -> None:
+    tmp = path.with_name(path.stem + ".tmp.png")
+    image.save(tmp)
+    os.replace(tmp, path)
+
+
+def _write_sample(out: Path, i: int, image: np.ndarray, labels: dict[str, np.ndarray], manifest) -> None:
+    name = f"{i:06d}.png"
+    if "seg" in labels:
+        seg = Image.fromarray(labels["seg"].astype(np.uint8), mode="P")
+        seg.putpalette([c for rgb in manifest["palette"] for c in rgb])
+        _save_png(seg, out / "seg" / name)
+    if "depth" in labels:
+        scaled = np.clip(np.rint(labels["depth"] / manifest["depth_scale"]), 0, 65535).astype(np.uint16)
+        _save_png(Image.fromarray(scaled), out / "depth" / name)
+    if "saliency" in labels:
+        _save_png(Image.fromarray(((labels["saliency"] > 0.5) * 255).astype(np.uint8)), out / "saliency" / name)
+    _save_png(Image.fromarray(image), out / "images" / name)  # last: marks the sample as written
