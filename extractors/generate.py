@@ -199,7 +199,8 @@ def generate_dataset(weights: str | Path, heads: Sequence[str | Path], out: str 
     wall = time.perf_counter() - started
     rate = made / wall if wall > 0 else float("nan")
     return {"out": out, "generated": made, "skipped": len(prompts) - len(todo), "wall_time_s": wall,
-            "images_per_second": rate, "halves": sorted(halves)}
+            "images_per_second": rate, "halves": sorted(halves),
+            "snapped": {t: v["step"] for t, v in sorted(snapped.items())}}
 
 
 def _write_atomic(path: Path, text: str) -> None:

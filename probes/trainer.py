@@ -47,6 +47,7 @@ class ProbeConfig:
     depth_output: str = "bins"
     val_fraction: float = 0.15  # of the training file, when no validation file is given
     cross_dataset: bool = False  # allow train and eval features from different datasets with the same classes
+    train_limit: int | None = None  # train on the first N training rows only (learning curves)
 
 
 def check_compatible(a: FeatureReader, b: FeatureReader, keys: Sequence[str], cross_dataset: bool = False) -> None:
@@ -247,6 +248,11 @@ def train_probe(train_features: PathOrPaths, eval_features: PathOrPaths, *, val_
             val_source = {"from": str(Path(val.path).resolve()), "split": val.dataset.get("split"),
                           "rows": val.num_samples}
 
+        if cfg.train_limit is not None:
+            rows = np.arange(train.num_samples) if train_rows is None else train_rows
+            if cfg.train_limit > len(rows):
+                raise ProbekitError(f"train_limit {cfg.train_limit} exceeds the {len(rows)} training rows of {train.path}")
+            train_rows = rows[: cfg.train_limit]
         channels = {k: train.shape(k)[0] for k in keys + guidance_keys}
         all_keys = keys + guidance_keys
         trials, best, best_state = [], None, None

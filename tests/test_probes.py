@@ -153,3 +153,10 @@ def test_validation_defaults_to_a_seeded_slice_of_train(files, tmp_path):
     rec = train_probe(files["steps"]["train"], files["steps"]["test"], key="t=100/layer=0", epochs=1,
                       out=tmp_path / "r", progress=False)
     assert rec["config"]["validation"] == {"from": "train", "fraction": 0.15, "rows": 7}
+
+
+def test_train_limit_uses_the_first_rows_only(files, tmp_path):
+    rec = _run(files["steps"], tmp_path, key="t=100/layer=0", epochs=1, train_limit=10)
+    assert rec["config"]["train_limit"] == 10
+    with pytest.raises(Exception, match="exceeds the 48 training rows"):
+        _run(files["steps"], tmp_path, key="t=100/layer=0", epochs=1, train_limit=100)
