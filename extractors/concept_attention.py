@@ -83,15 +83,17 @@ def _split(x: torch.Tensor, heads: int, dim: int) -> torch.Tensor:
     return x.view(x.shape[0], -1, heads, dim).transpose(1, 2)  # (B, H, S, D)
 
 
+def _qkv(attn, x, projections: tuple[str, str, str], norms: tuple[str, str]) -> tuple[torch.Tensor, ...]:
+    """Multi-head q, k, v of tokens ``x`` through the named projections, with the named q/k norms (if any)."""
+    heads, dim = _heads(attn)
+    q, k, v = (_split(getattr(attn, name)(x), heads, dim) for name in projections)
+    norm_q, norm_k = (getattr(attn, name, None) for name in norms)
+    return (norm_q(q) if norm_q is not None else q), (norm_k(k) if norm_k is not None else k), v
+
+
 def _concept_attention(run: ConceptRun, layer: int, attn, image_normed, image_out, rotary) -> None:
     heads, dim = _heads(attn)
-    q_x = _split(attn.to_q(image_normed), heads, dim)
-    k_x = _split(attn.to_k(image_normed), heads, dim)
-    v_x = _split(attn.to_v(image_normed), heads, dim)
-    if attn.norm_q is not None:
-        q_x = attn.norm_q(q_x)
-    if attn.norm_k is not None:
-        k_x = attn.norm_k(k_x)
+    q_x, k_x, v_x = _qkv(attn, image_normed, ("to_q", "to_k", "to_v"), ("norm_q", "norm_k"))
     if rotary is not None:  # FLUX: rotate the image tokens by their positions (the last N rows of the table)
         from diffusers.models.embeddings import apply_rotary_emb
 
@@ -99,13 +101,7 @@ def _concept_attention(run: ConceptRun, layer: int, attn, image_normed, image_ou
         table = tuple(t[-n:] for t in rotary)
         q_x, k_x = apply_rotary_emb(q_x, table, sequence_dim=2), apply_rotary_emb(k_x, table, sequence_dim=2)
     c = run.normed
-    q_c = _split(attn.add_q_proj(c), heads, dim)
-    k_c = _split(attn.add_k_proj(c), heads, dim)
-    v_c = _split(attn.add_v_proj(c), heads, dim)
-    if attn.norm_added_q is not None:
-        q_c = attn.norm_added_q(q_c)
-    if attn.norm_added_k is not None:
-        k_c = attn.norm_added_k(k_c)
+    q_c, k_c, v_c = _qkv(attn, c, ("add_q_proj", "add_k_proj", "add_v_proj"), ("norm_added_q", "norm_added_k"))
     # Concept tokens sit at position 0 like text tokens: rotary is the identity for them.
     o_c = F.scaled_dot_product_attention(q_c, torch.cat([k_c, k_x], 2), torch.cat([v_c, v_x], 2))
     o_c = o_c.transpose(1, 2).reshape(c.shape[0], -1, heads * dim).to(c.dtype)

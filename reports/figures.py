@@ -195,14 +195,20 @@ def qualitative_panels(task_records: dict[str, dict[str, Any]], n: int = 4):
             dmax = (task_records[task]["config"].get("task_config", {}).get("depth_range") or [0, None])[1]
             _show_label(axes[r, 1 + 2 * j], task, getattr(sample, task), ncls, dmax)
             _show_label(axes[r, 2 + 2 * j], task, pred[k], ncls, dmax)
-    titles = ["image"] + [f"{TASK_LABEL[t]} {w}" for t in tasks for w in ("truth", "prediction")]
+    _grid_finish(fig, axes, ["image"] + [f"{TASK_LABEL[t]} {w}" for t in tasks for w in ("truth", "prediction")])
+    fig.tight_layout()
+    return fig
+
+
+def _grid_finish(fig, axes, titles: list[str], image=None, first_map_col: int = 0, label: str = "") -> None:
+    """Column titles, no ticks, and one colour bar for the map columns (from ``first_map_col`` on)."""
     for c, title in enumerate(titles):
         axes[0, c].set_title(title)
     for ax in axes.flat:
         ax.set_xticks([])
         ax.set_yticks([])
-    fig.tight_layout()
-    return fig
+    if image is not None:
+        fig.colorbar(image, ax=axes[:, first_map_col:].ravel().tolist(), fraction=0.02, pad=0.01, label=label)
 
 
 def spatial_weight_maps(rec: dict[str, Any], n: int = 3):
@@ -232,12 +238,8 @@ def spatial_weight_maps(rec: dict[str, Any], n: int = 3):
         _show_label(axes[r, 2], task, pred[r], ncls, dmax)
         for j in range(len(timesteps)):
             im = axes[r, 3 + j].imshow(per_t[r, j], cmap="viridis", vmin=0, vmax=1)
-    for c, title in enumerate(["image", "truth", "prediction"] + [f"w(t={t})" for t in timesteps]):
-        axes[0, c].set_title(title)
-    for ax in axes.flat:
-        ax.set_xticks([])
-        ax.set_yticks([])
-    fig.colorbar(im, ax=axes[:, 3:].ravel().tolist(), fraction=0.02, pad=0.01, label="fusion weight")
+    _grid_finish(fig, axes, ["image", "truth", "prediction"] + [f"w(t={t})" for t in timesteps], im, 3,
+                 "fusion weight")
     fig.suptitle(f"Spatial fusion weights, {TASK_LABEL.get(task, task)}, {rec['extractor']}", fontsize=8)
     return fig
 
@@ -263,11 +265,6 @@ def concept_maps_grid(features: str | Path, n: int = 3, mode: str = "output"):
         axes[i, 0].imshow(ds[idx].image)
         for j in range(len(concepts)):
             im = axes[i, 1 + j].imshow(maps[i, j], cmap="viridis", vmin=0, vmax=1)
-    for c, title in enumerate(["image"] + concepts):
-        axes[0, c].set_title(title)
-    for ax in axes.flat:
-        ax.set_xticks([])
-        ax.set_yticks([])
-    fig.colorbar(im, ax=axes[:, 1:].ravel().tolist(), fraction=0.02, pad=0.01, label="concept probability")
+    _grid_finish(fig, axes, ["image"] + concepts, im, 1, "concept probability")
     fig.suptitle(f"Concept attention ({mode}), {extractor}", fontsize=8)
     return fig
