@@ -178,6 +178,8 @@ class _FloatList(click.ParamType):
 @click.option("--weight-decay", type=float, default=1e-4, show_default=True)
 @click.option("--fusion-dim", type=int, default=64, show_default=True, help="Bottleneck width of fusion projections.")
 @click.option("--depth-output", type=click.Choice(["bins", "regression"]), default="bins", show_default=True)
+@click.option("--eval-crop", type=_FloatList(), default=None,
+              help="Depth evaluation crop as TOP,BOTTOM,LEFT,RIGHT fractions of the image (e.g. an Eigen-style crop).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seeds initialisation, shuffling, val split.")
 @click.option("--device", default="cpu", show_default=True)
 @click.option("--cross-dataset", is_flag=True,
@@ -188,14 +190,14 @@ class _FloatList(click.ParamType):
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 @_friendly_errors
 def probe(features, eval_features, val_features, guidance, eval_guidance, val_guidance, task, fusion, head, timestep, layer, grid, out, results_root,
-          epochs, batch_size, lrs, weight_decay, fusion_dim, depth_output, seed, device, cross_dataset, overwrite_mode,
-          quiet):
+          epochs, batch_size, lrs, weight_decay, fusion_dim, depth_output, eval_crop, seed, device, cross_dataset,
+          overwrite_mode, quiet):
     """Train probe heads on frozen features, select on validation, score on held-out features."""
     features, eval_features = list(features), list(eval_features)
     val_features = list(val_features) or None
     config = dict(task=task, head=head, epochs=epochs, batch_size=batch_size, lrs=lrs, weight_decay=weight_decay,
                   fusion_dim=fusion_dim, depth_output=depth_output, seed=seed, device=device,
-                  cross_dataset=cross_dataset, guidance=guidance,
+                  cross_dataset=cross_dataset, eval_crop=eval_crop, guidance=guidance,
                   eval_guidance=eval_guidance, val_guidance=val_guidance)
     if grid:
         from probekit.probes.grid import run_grid

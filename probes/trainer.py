@@ -48,6 +48,7 @@ class ProbeConfig:
     val_fraction: float = 0.15  # of the training file, when no validation file is given
     cross_dataset: bool = False  # allow train and eval features from different datasets with the same classes
     train_limit: int | None = None  # train on the first N training rows only (learning curves)
+    eval_crop: list[float] | None = None  # depth: (top, bottom, left, right) fractions kept for evaluation
 
 
 def check_compatible(a: FeatureReader, b: FeatureReader, keys: Sequence[str], cross_dataset: bool = False) -> None:
@@ -225,7 +226,8 @@ def train_probe(train_features: PathOrPaths, eval_features: PathOrPaths, *, val_
         if val is not None:
             check_compatible(val, evaluation, keys + guidance_keys, cfg.cross_dataset)
         reference = train.dataset
-        task = task_entry.build(reference=reference, depth_output=cfg.depth_output)
+        task = task_entry.build(reference=reference, depth_output=cfg.depth_output,
+                                crop=tuple(cfg.eval_crop) if cfg.eval_crop else None)
         for r in readers:
             if task.label not in r.label_names:
                 raise FeatureFileError(f"{r.path} holds no {task.label!r} labels (it has: "

@@ -160,3 +160,10 @@ def test_train_limit_uses_the_first_rows_only(files, tmp_path):
     assert rec["config"]["train_limit"] == 10
     with pytest.raises(Exception, match="exceeds the 48 training rows"):
         _run(files["steps"], tmp_path, key="t=100/layer=0", epochs=1, train_limit=100)
+
+
+def test_depth_evaluation_crop_is_applied_and_recorded(files, tmp_path):
+    full = _run(files["steps"], tmp_path, task="depth", key="t=900/layer=0", epochs=1)
+    crop = _run(files["steps"], tmp_path, task="depth", key="t=900/layer=0", epochs=1, eval_crop=[0.5, 1.0, 0.0, 0.5])
+    assert crop["config"]["task_config"]["crop"] == [0.5, 1.0, 0.0, 0.5]
+    assert crop["metrics"]["RMSE"] != full["metrics"]["RMSE"]
