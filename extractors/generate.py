@@ -64,7 +64,8 @@ class TrainedHead:
         self.task = TASKS.build(self.task_name, reference=reference, depth_output=cfg.get("depth_output", "bins"))
         self.keys = list(probe["feature_keys"])
         self.model = Probe(probe["fusion"], HEADS.get(probe["head"]).load(), self.keys, probe["in_channels"],
-                           self.task.out_channels, cfg.get("fusion_dim", 64))
+                           self.task.out_channels, cfg.get("fusion_dim", 64),
+                           head_transform=getattr(self.task, "head_transform", None))
         self.model.load_state_dict(load_file(str(self.run_dir / probe.get("head_weights", "head.safetensors"))))
         self.model.eval()
         extractor = self.record["features"]["train"]["provenance"].get("extractor", {})

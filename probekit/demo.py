@@ -12,7 +12,7 @@ CONTROL = "shapeworld-mmdit-random"
 
 def run_demo(out: str | Path = "probekit-demo", *, n_train: int = 256, n_test: int = 128,
              timesteps: Sequence[int] = (50, 250, 500, 750), layers: Sequence[int] = (2, 4), epochs: int = 10,
-             seed: int = 0, control: bool = True, progress: bool = True,
+             lrs: Sequence[float] = (1e-2,), seed: int = 0, control: bool = True, progress: bool = True,
              echo: Callable[[str], None] = print) -> dict[str, Path]:
     """ShapeWorld -> extract the shipped MM-DiT (and its random-init control) at every (t, layer) -> linear
     probes: the segmentation grid (each map, concat, global, spatial) and fused saliency and depth probes
@@ -34,13 +34,13 @@ def run_demo(out: str | Path = "probekit-demo", *, n_train: int = 256, n_test: i
             feats[split] = run_extraction(extractor, "shapeworld", split, out / "features" / name / f"{split}.h5",
                                           limit=n, batch_size=16, overwrite=True, progress=progress)
         # Segmentation: the whole ablation grid; saliency and depth: the fused probes (for the heatmaps).
-        run_grid(feats["train"], feats["test"], task="seg", head="linear", epochs=epochs, seed=seed,
+        run_grid(feats["train"], feats["test"], task="seg", head="linear", epochs=epochs, lrs=list(lrs), seed=seed,
                  results_root=out / "results", overwrite="overwrite", progress=False,
                  echo=lambda line, name=name: echo(f"{name:<24} {line}"))
         for task in ("saliency", "depth"):
             for fusion in ("global", "spatial"):
                 rec = train_probe(feats["train"], feats["test"], task=task, fusion=fusion, head="linear",
-                                  epochs=epochs, seed=seed, results_root=out / "results", overwrite="overwrite",
+                                  epochs=epochs, lrs=list(lrs), seed=seed, results_root=out / "results", overwrite="overwrite",
                                   progress=False)
                 shown = f"{100 * rec['main_score']:6.2f}" if task == "saliency" else f"{rec['main_score']:.3f} m"
                 echo(f"{name:<24} {task} {rec['main_score_name']} {shown}  {rec['probe']['name']}")

@@ -32,11 +32,17 @@ def _module_name(group: str) -> str:
 
 
 class Bottleneck(nn.Module):
-    """1x1 conv -> BatchNorm -> GELU: the per-layer projection, shared by every timestep of the layer."""
+    """1x1 conv -> GroupNorm -> GELU: the per-layer projection, shared by every timestep of the layer.
+
+    Batch statistics are deliberately kept out of the shared part: each (t, layer) map has its own input
+    BatchNorm (see Fusion), because feature statistics change strongly with the noise level, and a BatchNorm
+    shared across timesteps would normalise each map by its own batch in training but by a blend of all
+    timesteps' running statistics at evaluation.
+    """
 
     def __init__(self, in_channels: int, dim: int):
         super().__init__()
-        self.net = nn.Sequential(nn.Conv2d(in_channels, dim, 1, bias=False), nn.BatchNorm2d(dim), nn.GELU())
+        self.net = nn.Sequential(nn.Conv2d(in_channels, dim, 1, bias=False), nn.GroupNorm(1, dim), nn.GELU())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
@@ -52,6 +58,7 @@ class Fusion(nn.Module):
         self.keys = list(keys)
         self.dim = dim
         self.layers = list(dict.fromkeys(_layer_of(k) for k in self.keys))
+        self.norm = nn.ModuleDict({_module_name(k): nn.BatchNorm2d(channels[k]) for k in self.keys})
         self.proj = nn.ModuleDict({
             _module_name(layer): Bottleneck(channels[next(k for k in self.keys if _layer_of(k) == layer)], dim)
             for layer in self.layers})
@@ -68,7 +75,7 @@ class Fusion(nn.Module):
             x = feats[k]
             if tuple(x.shape[-2:]) != tuple(size):
                 x = F.interpolate(x, size=size, mode="bilinear", align_corners=False)
-            maps.append(self.proj[_module_name(_layer_of(k))](x))
+            maps.append(self.proj[_module_name(_layer_of(k))](self.norm[_module_name(k)](x)))
         return torch.stack(maps, dim=1)
 
     def key_weights(self) -> dict[str, float] | None:

@@ -14,8 +14,10 @@ class Probe(nn.Module):
     channels to every fused map the head reads."""
 
     def __init__(self, fusion: str, head_cls: type[nn.Module], keys: list[str], channels: dict[str, int],
-                 out_channels: int, fusion_dim: int = 64, guidance_keys: list[str] | None = None):
+                 out_channels: int, fusion_dim: int = 64, guidance_keys: list[str] | None = None,
+                 head_transform=None):
         super().__init__()
+        self.head_transform = head_transform  # e.g. depth bins -> depth, on the feature grid
         self.keys = list(keys)
         self.guidance_keys = list(guidance_keys or [])
         self.fusion = GroupedFusion(fusion, self.keys, channels, fusion_dim,
@@ -29,4 +31,6 @@ class Probe(nn.Module):
             maps = [torch.cat([m] + [F.interpolate(feats[k], size=m.shape[-2:], mode="bilinear", align_corners=False)
                                      for k in self.guidance_keys], dim=1) for m in maps]
         logits = self.head(maps)
+        if self.head_transform is not None:
+            logits = self.head_transform(logits)
         return F.interpolate(logits, size=size, mode="bilinear", align_corners=False)

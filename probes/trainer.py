@@ -257,12 +257,14 @@ def train_probe(train_features: PathOrPaths, eval_features: PathOrPaths, *, val_
             train_rows = rows[: cfg.train_limit]
         channels = {k: train.shape(k)[0] for k in keys + guidance_keys}
         all_keys = keys + guidance_keys
+        def build() -> Probe:
+            return Probe(cfg.fusion, head_entry.load(), keys, channels, task.out_channels, cfg.fusion_dim,
+                         guidance_keys, getattr(task, "head_transform", None))
+
         trials, best, best_state = [], None, None
         for lr in cfg.lrs:
             torch.manual_seed(cfg.seed)  # every trial starts from the same initialisation
-            model = Probe(cfg.fusion, head_entry.load(), keys, channels, task.out_channels, cfg.fusion_dim,
-                          guidance_keys)
-            model.to(cfg.device)
+            model = build().to(cfg.device)
             t0 = time.perf_counter()
             history = _train_one(model, task, train, all_keys, cfg, lr, train_rows, progress, f"{name} lr={lr:g}")
             val_metrics, _ = _evaluate(model, task, val_reader, all_keys, cfg, subset=val_rows)
@@ -273,8 +275,7 @@ def train_probe(train_features: PathOrPaths, eval_features: PathOrPaths, *, val_
                 best, best_state = score, copy.deepcopy(model.state_dict())
         chosen = next(t for t in trials if t["val_score"] == best)
 
-        model = Probe(cfg.fusion, head_entry.load(), keys, channels, task.out_channels, cfg.fusion_dim,
-                      guidance_keys)
+        model = build()
         model.load_state_dict(best_state)
         model.to(cfg.device)
         predictions = {"rows": [], "pred": []}

@@ -118,6 +118,8 @@ def _fmt(value: Any, col: str = "", metric: str | None = None) -> str:
         return "-"
     metric = metric or (col.split(" ")[1] if col.count(" ") >= 2 else col)
     if isinstance(value, (float, np.floating)):
+        if col in ("timestep", "n_train", "n_eval", "seed") and float(value).is_integer():
+            return str(int(value))
         if metric in PERCENT:
             return f"{100 * value:.2f}"
         return f"{value:.3f}" if abs(value) < 100 else f"{value:.1f}"

@@ -12,6 +12,12 @@ def test_demo_runs_end_to_end_on_the_shipped_backbone_and_its_control(tmp_path):
     assert res.exit_code == 0, res.output
     assert "RANDOMLY INITIALISED backbone (shapeworld-mmdit-random)" in res.output
     md = (out / "report" / "results.md").read_text()
-    assert md.count("| shapeworld-mmdit |") == 2 and md.count("| shapeworld-mmdit-random |") == 2
+    # per backbone: seg grid (2 single maps + concat + global + spatial) + saliency and depth (global, spatial)
+    assert md.count("| shapeworld-mmdit |") == 9 and md.count("| shapeworld-mmdit-random |") == 9
+    board = (out / "report" / "leaderboard.md").read_text()
+    assert board.count("| shapeworld-mmdit |") == 4  # single, concat, global, spatial
+    page = (out / "report" / "report.html").read_text()
+    assert "timestep_contribution" in str(sorted(p.name for p in (out / "report" / "figures").iterdir()))
+    assert page.count("<figure>") >= 6
     assert (out / "features" / "shapeworld-mmdit" / "train.h5").is_file()
     assert str(out / "report" / "results.md") in res.output

@@ -3,7 +3,8 @@
     python docs/backbones/make_figures.py --run build/shapeworld-mmdit-run
 
 --run is the training run directory (it holds train_log.csv); the model evaluated is the shipped one.
-Writes loss_curve.png, denoising_loss.png, samples.png and numbers.json beside this script.
+Writes loss_curve.png, denoising_loss.png, samples.png, numbers.json and the model card
+shapeworld-mmdit.md (from shapeworld-mmdit.md.in) beside this script.
 """
 
 from __future__ import annotations
@@ -67,6 +68,25 @@ def samples(seed: int) -> None:
     image_grid(images, columns=4, scale=3).save(HERE / "samples.png")
 
 
+def model_card(run: Path, numbers: dict) -> None:
+    folder = shipped_weights()
+    info = json.loads((folder / "training_info.json").read_text())
+    rows = ["| timestep t | shapeworld-mmdit | random init | ratio |", "|---|---|---|---|"]
+    for t, v in numbers["trained"].items():
+        c = numbers["control"][t]
+        rows.append(f"| {t} | {v:.4f} | {c:.4f} | {v / c:.3f} |")
+    vocab = len(json.loads((folder / "tokenizer" / "tokenizer.json").read_text())["model"]["vocab"])
+    text = (HERE / "shapeworld-mmdit.md.in").read_text().format(
+        transformer_params=f"{info['parameters']['transformer'] / 1e6:.2f} M",
+        text_params=f"{info['parameters']['text_encoder'] / 1e3:.0f} k", vocab=vocab,
+        size_mb=sum(p.stat().st_size for p in folder.rglob("*") if p.is_file()) / 2**20,
+        steps=info["steps"], images_seen=f"{info['images_seen']:,}", wall_min=info["wall_time_s"] / 60,
+        machine=info["machine"]["platform"], cpus=info["machine"]["cpus"],
+        torch_threads=info["machine"]["torch_threads"], n_eval=numbers["n"], loss_table="\n".join(rows),
+        prompts="; ".join(f'"{p}"' for p in PROMPTS))
+    (HERE / "shapeworld-mmdit.md").write_text(text)
+
+
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--run", type=Path, required=True)
@@ -78,4 +98,5 @@ if __name__ == "__main__":
     samples(args.seed)
     numbers["prompts"] = PROMPTS
     (HERE / "numbers.json").write_text(json.dumps(numbers, indent=2) + "\n")
+    model_card(args.run, numbers)
     print(json.dumps(numbers, indent=2))
