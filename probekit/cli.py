@@ -189,7 +189,8 @@ class _FloatList(click.ParamType):
 @click.option("--skip-existing", "overwrite_mode", flag_value="skip", help="Keep an existing result, skip the run.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 @_friendly_errors
-def probe(features, eval_features, val_features, guidance, eval_guidance, val_guidance, task, fusion, head, timestep, layer, grid, out, results_root,
+def probe(features, eval_features, val_features, guidance, eval_guidance, val_guidance, task, fusion, head, timestep,
+          layer, grid, out, results_root,
           epochs, batch_size, lrs, weight_decay, fusion_dim, depth_output, eval_crop, seed, device, cross_dataset,
           overwrite_mode, quiet):
     """Train probe heads on frozen features, select on validation, score on held-out features."""
@@ -322,6 +323,20 @@ def train_backbone_command(out, steps, batch_size, lr, caption_dropout, seed, ch
                    checkpoint_every=checkpoint_every, threads=threads, progress=not quiet, log=click.echo)
 
 
+def _generator_weights(backbone: str, weights: str | None):
+    """The model folder to sample from: --weights, the registry's weights, or the shipped ShapeWorld MM-DiT."""
+    from probekit.registries import EXTRACTORS
+
+    folder = weights or EXTRACTORS.get(backbone).kwargs.get("weights")
+    if folder is None:
+        if backbone != "shapeworld-mmdit":
+            raise ProbekitError(f"{backbone!r} has no default weights for sampling; pass --weights")
+        from probekit.extractors.shapeworld_mmdit import shipped_weights
+
+        folder = shipped_weights()
+    return folder
+
+
 @cli.command()
 @click.option("--backbone", "-b", default="shapeworld-mmdit", show_default=True,
               help="Registered flow-matching MM-DiT with a text encoder (or use --weights).")
@@ -338,16 +353,8 @@ def train_backbone_command(out, steps, batch_size, lr, caption_dropout, seed, ch
 def sample(backbone, weights, prompts, n, steps, guidance, seed, device, out):
     """Sample images from the backbone with its own sampler and save them as a grid."""
     from probekit.extractors.sampling import FlowSampler, image_grid
-    from probekit.registries import EXTRACTORS
 
-    folder = weights or EXTRACTORS.get(backbone).kwargs.get("weights")
-    if folder is None:
-        from probekit.extractors.shapeworld_mmdit import shipped_weights
-
-        if backbone != "shapeworld-mmdit":
-            raise ProbekitError(f"{backbone!r} has no default weights for sampling; pass --weights")
-        folder = shipped_weights()
-    sampler = FlowSampler(folder, device=device)
+    sampler = FlowSampler(_generator_weights(backbone, weights), device=device)
     images = sampler.sample([prompts[i % len(prompts)] for i in range(n)], steps=steps, guidance=guidance, seed=seed)
     image_grid(images).save(out)
     click.echo(f"wrote {n} samples ({steps} steps, guidance {guidance}, seed {seed}) -> {out}")
@@ -373,14 +380,10 @@ def sample(backbone, weights, prompts, n, steps, guidance, seed, device, out):
 def generate(backbone, weights, heads, prompts, n, steps, guidance, seed, batch_size, device, out, quiet):
     """Sample images and label them with trained heads from the trajectory's own block outputs; rerun to resume."""
     from probekit.extractors.generate import generate_dataset
-    from probekit.extractors.shapeworld_mmdit import shipped_weights
 
     if (prompts is None) == (n is None):
         raise click.UsageError("give exactly one of --prompts FILE and --n N")
-    if weights is None:
-        if backbone != "shapeworld-mmdit":
-            raise click.UsageError(f"{backbone!r} needs --weights")
-        weights = shipped_weights()
+    weights = _generator_weights(backbone, weights)
     lines = None
     if prompts:
         with open(prompts) as fh:

@@ -207,6 +207,8 @@ def _grid_finish(fig, axes, titles: list[str], image=None, first_map_col: int = 
     for ax in axes.flat:
         ax.set_xticks([])
         ax.set_yticks([])
+        for spine in ax.spines.values():
+            spine.set_visible(False)
     if image is not None:
         fig.colorbar(image, ax=axes[:, first_map_col:].ravel().tolist(), fraction=0.02, pad=0.01, label=label)
 
