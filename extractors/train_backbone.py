@@ -189,7 +189,3 @@ def denoising_loss_per_timestep(folder: str | Path, timesteps=(50, 150, 250, 350
             total += float(flow_loss(transformer, conditioner, x0, [s.caption for s in samples], sigma, eps).sum())
         out[int(t)] = total / n
     return out
-
-
-def steps_for_minutes(minutes: float, images_per_second: float, batch_size: int) -> int:
-    return int(math.floor(minutes * 60 * images_per_second / batch_size))

@@ -39,10 +39,6 @@ def runs_frame(recset: RecordSet) -> pd.DataFrame:
     return frame.drop(columns=["_sign", "_key"]).reset_index(drop=True)
 
 
-def records_frame(paths: list[str | Path]) -> pd.DataFrame:
-    return runs_frame(load_records(paths))
-
-
 # -- leaderboard -------------------------------------------------------------------------------
 def _column(task: str, metric: str) -> str:
     return f"{task} {metric} {'↓' if metric in LOWER_IS_BETTER else '↑'}"
@@ -198,15 +194,3 @@ def leaderboard(paths: list[str | Path], fmt: str = "md", secondary: bool = Fals
     else:
         raise ValueError(f"unknown format {fmt!r}; choose md, csv, latex or html")
     return body, recset
-
-
-def write_tables(paths: list[str | Path], out_dir: str | Path) -> dict[str, Any]:
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    recset = load_records(paths)
-    frame = runs_frame(recset)
-    md, csv = out / "results.md", out / "results.csv"
-    md.write_text("# probekit results\n\n" + recset.summary() + ". Scores in percent for mIoU / max-F; depth RMSE "
-                  "in metres (lower is better). Rows ranked by each task's main metric.\n\n" + to_markdown(frame))
-    frame.to_csv(csv, index=False)
-    return {"markdown": md, "csv": csv, "rows": len(frame), "records": recset}
