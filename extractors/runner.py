@@ -61,6 +61,6 @@ def extract_dataset(extractor: Extractor, dataset, out: str | os.PathLike, *, li
                                [s.caption for s in samples])
             bar.update(len(positions))
         bar.close()
-        writer._file.attrs["extract_wall_time_s"] = round(time.perf_counter() - start, 3)
+        writer.set_attr("extract_wall_time_s", round(time.perf_counter() - start, 3))
         writer.finalize()
     return out

@@ -61,7 +61,7 @@ class FeatureWriter:
         f.attrs["complete"] = False
         f.attrs["num_samples"] = self.num_samples
         for name, value in attrs.items():
-            f.attrs[name] = value if isinstance(value, (str, int, float, bool)) else json.dumps(value, default=str)
+            self.set_attr(name, value)
         f.create_dataset("sample_ids", data=np.asarray(list(sample_ids), dtype=object), dtype=_STR)
         f.create_dataset("indices", data=np.asarray(indices, dtype=np.int64))
         f.create_dataset("done", data=np.zeros(self.num_samples, dtype=np.uint8))
@@ -102,6 +102,9 @@ class FeatureWriter:
         for pos in positions:
             done[pos] = 1
         f.flush()
+
+    def set_attr(self, name: str, value: Any) -> None:
+        self._file.attrs[name] = value if isinstance(value, (str, int, float, bool)) else json.dumps(value, default=str)
 
     def finalize(self) -> None:
         missing = int(self.num_samples - self._file["done"][...].sum())
