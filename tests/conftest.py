@@ -82,3 +82,18 @@ def tiny_models(tmp_path_factory):
     out = {fam: make_tiny(fam, root / fam) for fam in ("sd3", "flux", "pixart", "dit")}
     out["sd3-vae"] = make_tiny("sd3", root / "sd3-vae", vae=True)
     return out
+
+
+def tiny_mmdit_overrides(num_layers: int) -> dict:
+    """A much smaller ShapeWorld MM-DiT transformer config (patch 8: 64 tokens), for fast tests."""
+    return {"num_layers": num_layers, "num_attention_heads": 2, "attention_head_dim": 16,
+            "caption_projection_dim": 32, "patch_size": 8, "pos_embed_max_size": 8}
+
+
+def make_tiny_shapeworld_mmdit(folder, num_layers: int, seed: int = 0):
+    """A random tiny ShapeWorld MM-DiT folder (transformer + text encoder + tokenizer + scheduler)."""
+    from probekit.datasets import load_manifest
+    from probekit.extractors.shapeworld_mmdit import build_models, save_folder
+
+    manifest, _ = load_manifest("shapeworld")
+    return save_folder(folder, *build_models(manifest, seed=seed, overrides=tiny_mmdit_overrides(num_layers)))

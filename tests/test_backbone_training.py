@@ -6,11 +6,11 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from conftest import tiny_mmdit_overrides
 from probekit.extractors import train_backbone as tb
 
 # A much smaller transformer than the shipped one, so a few dozen steps take seconds.
-TINY = {"num_layers": 1, "num_attention_heads": 2, "attention_head_dim": 16, "caption_projection_dim": 32,
-        "patch_size": 8, "pos_embed_max_size": 8}
+TINY = tiny_mmdit_overrides(num_layers=1)
 
 
 def _rows(run):

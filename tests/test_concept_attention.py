@@ -13,8 +13,6 @@ from probekit.extractors.diffusers_dit import DiffusersDiTExtractor
 from probekit.extractors.shapeworld_mmdit import build_tokenizer, save_folder
 from probekit.store import FeatureReader
 
-SD3_TINY = {"num_layers": 3, "num_attention_heads": 2, "attention_head_dim": 16, "caption_projection_dim": 32,
-            "patch_size": 8, "pos_embed_max_size": 8}
 
 
 @pytest.fixture(scope="module")
@@ -22,11 +20,11 @@ def folders(tmp_path_factory):
     from diffusers import FluxTransformer2DModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
-    from probekit.extractors.shapeworld_mmdit import build_models
+    from conftest import make_tiny_shapeworld_mmdit
 
     root = tmp_path_factory.mktemp("concepts")
     manifest, _ = load_manifest("shapeworld")
-    out = {"sd3": save_folder(root / "sd3", *build_models(manifest, seed=1, overrides=SD3_TINY))}
+    out = {"sd3": make_tiny_shapeworld_mmdit(root / "sd3", num_layers=3, seed=1)}
     tok = build_tokenizer(manifest)
     torch.manual_seed(2)
     text = CLIPTextModel(CLIPTextConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=1,

@@ -5,20 +5,16 @@ import pytest
 from click.testing import CliRunner
 
 from probekit.cli import cli
-from probekit.datasets import load_dataset, load_manifest
+from probekit.datasets import load_dataset
 from probekit.errors import ProbekitError
 from probekit.extractors import generate as gen
-from probekit.extractors.shapeworld_mmdit import build_models, save_folder
-
-TINY = {"num_layers": 2, "num_attention_heads": 2, "attention_head_dim": 16, "caption_projection_dim": 32,
-        "patch_size": 8, "pos_embed_max_size": 8}
+from conftest import make_tiny_shapeworld_mmdit
 
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
     root = tmp_path_factory.mktemp("gen")
-    manifest, _ = load_manifest("shapeworld")
-    folder = save_folder(root / "model", *build_models(manifest, seed=3, overrides=TINY))
+    folder = make_tiny_shapeworld_mmdit(root / "model", num_layers=2, seed=3)
     runner = CliRunner()
     for split, n in (("train", 8), ("test", 4)):
         res = runner.invoke(cli, ["extract", "-e", "dit", "--weights", str(folder), "--split", split, "--limit",
