@@ -5,7 +5,7 @@ Folder layout (loaded with ``from_pretrained`` like any hub model)::
     transformer/   diffusers SD3Transformer2DModel, pixel space (3 channels, 64x64, patch 4 -> 16x16 tokens)
     text_encoder/  transformers CLIPTextModel over the ShapeWorld caption vocabulary
     tokenizer/     word-level tokenizer (tokenizer.json), local files
-    scheduler/     FlowMatchEulerDiscreteScheduler config (shift 3.0)
+    scheduler/     FlowMatchEulerDiscreteScheduler config (the shift the model was trained with)
 
 Pixel space, not a VAE: ShapeWorld images are 64x64 flat-shaded scenes, so a 4x4 patch embedding already
 gives a 256-token sequence that trains at ~25 img/s on 2 CPU cores, and no autoencoder has to be trained,
@@ -36,7 +36,12 @@ TEXT_CONFIG: dict[str, Any] = {
     "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 2,
     "max_position_embeddings": MAX_TOKENS, "projection_dim": 64,
 }
-SCHEDULER_CONFIG = {"_class_name": "FlowMatchEulerDiscreteScheduler", "num_train_timesteps": 1000, "shift": 3.0}
+SCHEDULER_CONFIG = {"_class_name": "FlowMatchEulerDiscreteScheduler", "num_train_timesteps": 1000, "shift": 1.0}
+
+
+def scheduler_config(shift: float) -> dict[str, Any]:
+    """The scheduler must sample with the shift the model was trained with."""
+    return {**SCHEDULER_CONFIG, "shift": float(shift)}
 
 
 def shipped_weights() -> Path:
@@ -89,7 +94,8 @@ def build_models(manifest: dict[str, Any], seed: int = 0, overrides: dict[str, A
     return transformer, text_encoder, tokenizer
 
 
-def save_folder(folder: str | Path, transformer, text_encoder, tokenizer, extra: dict[str, Any] | None = None) -> Path:
+def save_folder(folder: str | Path, transformer, text_encoder, tokenizer, extra: dict[str, Any] | None = None,
+                shift: float = SCHEDULER_CONFIG["shift"]) -> Path:
     """Write the diffusers-style folder atomically (safetensors only)."""
     folder = Path(folder)
     folder.parent.mkdir(parents=True, exist_ok=True)
@@ -99,7 +105,7 @@ def save_folder(folder: str | Path, transformer, text_encoder, tokenizer, extra:
         text_encoder.save_pretrained(tmp / "text_encoder", safe_serialization=True)
         tokenizer.save_pretrained(tmp / "tokenizer")
         (tmp / "scheduler").mkdir()
-        (tmp / "scheduler" / "scheduler_config.json").write_text(json.dumps(SCHEDULER_CONFIG, indent=2) + "\n")
+        (tmp / "scheduler" / "scheduler_config.json").write_text(json.dumps(scheduler_config(shift), indent=2) + "\n")
         if extra:
             (tmp / "training_info.json").write_text(json.dumps(extra, indent=2) + "\n")
         if folder.exists():

@@ -27,7 +27,7 @@ import torch
 from tqdm.auto import tqdm
 
 from probekit.datasets.shapeworld import ShapeWorld
-from probekit.extractors.shapeworld_mmdit import SCHEDULER_CONFIG, build_models, save_folder
+from probekit.extractors.shapeworld_mmdit import build_models, save_folder, scheduler_config
 from probekit.extractors.text_conditioning import TextConditioner
 from probekit.provenance import base_provenance
 
@@ -72,8 +72,8 @@ def _batch(dataset: ShapeWorld, step: int, batch_size: int, caption_dropout: flo
     return images_to_tensor([s.image for s in samples]), prompts, u, eps
 
 
-def train_backbone(out: str | Path, *, steps: int = 2000, batch_size: int = 32, lr: float = 3e-4,
-                   warmup: int = 100, weight_decay: float = 0.0, caption_dropout: float = 0.1, shift: float = 3.0,
+def train_backbone(out: str | Path, *, steps: int = 3000, batch_size: int = 32, lr: float = 1e-3,
+                   warmup: int = 100, weight_decay: float = 0.0, caption_dropout: float = 0.1, shift: float = 1.0,
                    ema_decay: float = 0.999, seed: int = 0, checkpoint_every: int = 100, threads: int | None = None,
                    config_overrides: dict[str, Any] | None = None, progress: bool = True, log=print) -> Path:
     """Train (or resume) and export the EMA weights to ``out/model``; returns that folder."""
@@ -142,9 +142,9 @@ def train_backbone(out: str | Path, *, steps: int = 2000, batch_size: int = 32, 
                        "text_encoder": sum(p.numel() for p in text_encoder.parameters())},
         "weights": "exponential moving average of the training weights",
         "data": "ShapeWorld split 'pretrain' (disjoint from train/val/test)",
-        "scheduler": SCHEDULER_CONFIG, "provenance": base_provenance(),
+        "scheduler": scheduler_config(shift), "provenance": base_provenance(),
     }
-    folder = save_folder(out / "model", ema["transformer"], ema["text_encoder"], tokenizer, extra=info)
+    folder = save_folder(out / "model", ema["transformer"], ema["text_encoder"], tokenizer, extra=info, shift=shift)
     log(f"trained {steps} steps in {total / 60:.1f} min -> {folder}")
     return folder
 
@@ -168,11 +168,17 @@ def _save_checkpoint(path: Path, model, ema, optimizer, schedule, step: int, ela
 @torch.no_grad()
 def denoising_loss_per_timestep(folder: str | Path, timesteps=(50, 150, 250, 350, 450, 550, 650, 750, 850, 950),
                                 n: int = 128, split: str = "test", seed: int = 0, batch_size: int = 32,
-                                shift: float = 3.0) -> dict[int, float]:
-    """Held-out velocity MSE at each timestep (fixed noise), with empty prompts and with captions averaged."""
+                                shift: float | None = None) -> dict[int, float]:
+    """Held-out velocity MSE at each timestep (fixed noise, captions as prompts).
+
+    t maps to a noise level with ``shift``, by default the folder's own scheduler shift; pass the same shift
+    when comparing two models so that they are measured at the same noise levels.
+    """
     from diffusers import SD3Transformer2DModel
 
     folder = Path(folder)
+    if shift is None:
+        shift = float(json.loads((folder / "scheduler" / "scheduler_config.json").read_text()).get("shift", 1.0))
     transformer = SD3Transformer2DModel.from_pretrained(folder / "transformer").eval()
     conditioner = TextConditioner.from_folder(folder)
     dataset = ShapeWorld(split)

@@ -110,17 +110,35 @@ def ls_command(kind: str | None) -> None:
 @click.option("--concepts", default=None, help="Comma-separated concept words; default: the dataset's class names.")
 @click.option("--concept-layers", type=INT_LIST, default=None,
               help="Joint blocks whose concept maps are averaged; default: every block with a text stream.")
-@click.option("--overwrite", is_flag=True, help="Replace an existing output file.")
+@click.option("--shard-size", type=int, default=64, show_default=True,
+              help="Samples per committed shard: a killed run redoes at most one shard per worker.")
+@click.option("--on-error", type=click.Choice(["raise", "skip"]), default="raise", show_default=True,
+              help="A sample that cannot be loaded: stop (finished shards are kept), or skip it and record its id.")
+@click.option("--part", default=None, metavar="I/N",
+              help="Do only part I of N (0-based) as an independent job; join with `probekit merge OUT`. Under "
+                   "torchrun the ranks split the work without it.")
+@click.option("--overwrite", is_flag=True, help="Replace an existing output file (or an interrupted run of it).")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 @_friendly_errors
 def extract(extractor, dataset, split, timesteps, layers, out, weights, limit, batch_size, device, dtype, seed,
-            ensemble, conditioning, resolution, concept_attention, concepts, concept_layers, overwrite, quiet):
-    """Extract per-timestep, per-layer features of a dataset split into an HDF5 feature file."""
+            ensemble, conditioning, resolution, concept_attention, concepts, concept_layers, shard_size, on_error,
+            part, overwrite, quiet):
+    """Extract per-timestep, per-layer features of a dataset split into an HDF5 feature file.
+
+    Resumable: rerun the same command after an interruption. Distributed: `torchrun --nproc-per-node N -m
+    probekit extract ...` (gloo on CPU, nccl on GPU; one GPU per rank).
+    """
     from probekit.api import build_extractor
     from probekit.datasets import load_dataset
     from probekit.extractors.runner import extract_dataset
+    from probekit.workers import device_for, from_environment
 
     ds = load_dataset(dataset, split)  # a wrong dataset or split fails before a large model is loaded
+    try:
+        workers = from_environment(device, part)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--part") from None
+    device = device_for(workers, device)
     ex = build_extractor(extractor, weights=weights, timesteps=timesteps, layers=layers, seed=seed,
                          ensemble=ensemble, conditioning=conditioning, resolution=resolution, device=device,
                          dtype=dtype)
@@ -131,8 +149,22 @@ def extract(extractor, dataset, split, timesteps, layers, out, weights, limit, b
         ex = ConceptAttentionExtractor(ex, words, concept_layers)
     for note in ex.notes():
         click.secho(f"note: {note}", fg="yellow", err=True)
-    path = extract_dataset(ex, ds, out, limit=limit, batch_size=batch_size, overwrite=overwrite, progress=not quiet)
-    click.echo(f"wrote {path}")
+    try:
+        path = extract_dataset(ex, ds, out, limit=limit, batch_size=batch_size, overwrite=overwrite,
+                               progress=not quiet and workers.is_main, shard_size=shard_size, on_error=on_error,
+                               workers=workers, echo=click.echo)
+    finally:
+        workers.close()
+
+
+@cli.command()
+@click.argument("out", type=click.Path(dir_okay=False))
+@_friendly_errors
+def merge(out):
+    """Join the shards of OUT.parts into the feature file OUT (after `probekit extract --part I/N` jobs)."""
+    from probekit.extractors.runner import merge_parts
+
+    click.echo(f"wrote {merge_parts(out)}")
 
 
 class _FloatList(click.ParamType):
@@ -307,19 +339,23 @@ def demo(out, n_train, n_test, timesteps, layers, epochs, seed, control, quiet):
               help="Run directory: checkpoint, train_log.csv, and the exported model in OUT/model.")
 @click.option("--steps", type=int, default=3000, show_default=True)
 @click.option("--batch-size", type=int, default=32, show_default=True)
-@click.option("--lr", type=float, default=3e-4, show_default=True, help="Peak learning rate (warm-up, then cosine).")
+@click.option("--lr", type=float, default=1e-3, show_default=True, help="Peak learning rate (warm-up, then cosine).")
 @click.option("--caption-dropout", type=float, default=0.1, show_default=True,
               help="Probability of training on the empty prompt (for classifier-free guidance).")
+@click.option("--shift", type=float, default=1.0, show_default=True,
+              help="Timestep shift of the noise levels (SD3); written to the scheduler so sampling matches.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seeds initialisation, data order and noise.")
 @click.option("--checkpoint-every", type=int, default=100, show_default=True)
 @click.option("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice).")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 @_friendly_errors
-def train_backbone_command(out, steps, batch_size, lr, caption_dropout, seed, checkpoint_every, threads, quiet):
+def train_backbone_command(out, steps, batch_size, lr, caption_dropout, shift, seed, checkpoint_every, threads,
+                           quiet):
     """Train the ShapeWorld MM-DiT (rectified flow, SD3 architecture); rerun the same command to resume."""
     from probekit.extractors.train_backbone import train_backbone
 
-    train_backbone(out, steps=steps, batch_size=batch_size, lr=lr, caption_dropout=caption_dropout, seed=seed,
+    train_backbone(out, steps=steps, batch_size=batch_size, lr=lr, caption_dropout=caption_dropout, shift=shift,
+                   seed=seed,
                    checkpoint_every=checkpoint_every, threads=threads, progress=not quiet, log=click.echo)
 
 

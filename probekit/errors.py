@@ -22,3 +22,11 @@ class UnknownNameError(ProbekitError, KeyError):
 
 class FeatureFileError(ProbekitError):
     """A feature file that cannot be used: foreign, truncated, incomplete or mismatched."""
+
+
+class SampleError(ProbekitError):
+    """One sample of a dataset is unusable (unreadable image, missing or mis-sized label, ...)."""
+
+    def __init__(self, sample_id: str, reason: str):
+        self.sample_id, self.reason = sample_id, reason
+        super().__init__(f"sample {sample_id}: {reason}")

@@ -104,6 +104,8 @@ class FeatureWriter:
         f.flush()
 
     def set_attr(self, name: str, value: Any) -> None:
+        if isinstance(value, np.generic):  # e.g. attributes copied from another feature file
+            value = value.item()
         self._file.attrs[name] = value if isinstance(value, (str, int, float, bool)) else json.dumps(value, default=str)
 
     def finalize(self) -> None:
@@ -130,6 +132,12 @@ class FeatureReader:
     def __init__(self, path: str | os.PathLike, allow_incomplete: bool = False):
         self.path = Path(path)
         if not self.path.is_file():
+            parts = Path(f"{self.path}.parts")
+            if parts.is_dir():
+                done = len(list(parts.glob("shard-*.h5")))
+                raise FeatureFileError(f"feature file {self.path} is not finished: its extraction was interrupted "
+                                       f"({done} shard(s) done in {parts}); rerun the same `probekit extract` "
+                                       "command to resume it")
             raise FeatureFileError(f"feature file {self.path} does not exist")
         try:
             self._file = h5py.File(self.path, "r")
@@ -176,6 +184,10 @@ class FeatureReader:
                 return value
         return value.item() if isinstance(value, np.generic) else value
 
+    def raw_attrs(self) -> dict[str, Any]:
+        """Root attributes exactly as stored (JSON ones still as strings)."""
+        return dict(self._file.attrs)
+
     @property
     def provenance(self) -> dict[str, Any]:
         return self.attr("provenance", {})
@@ -206,11 +218,15 @@ class FeatureReader:
 
     def read(self, key: str, positions: Sequence[int]) -> np.ndarray:
         """Rows `positions` of one feature, as float32, read sample by sample into one buffer."""
+        return self.read_raw(key, positions).astype(np.float32)
+
+    def read_raw(self, key: str, positions: Sequence[int]) -> np.ndarray:
+        """Rows `positions` of one feature in the stored dtype (float16)."""
         ds = self._dataset(key)
         out = np.empty((len(positions), *ds.shape[1:]), dtype=ds.dtype)
         for row, pos in enumerate(positions):
             ds.read_direct(out, np.s_[int(pos)], np.s_[row])
-        return out.astype(np.float32)
+        return out
 
     def read_labels(self, name: str, positions: Sequence[int]) -> np.ndarray:
         ds = self._label(name)

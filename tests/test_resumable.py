@@ -1,0 +1,154 @@
+"""Extraction survives SIGKILL, resumes to the same file, refuses mismatched reruns, and shards across ranks."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import h5py
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from probekit.cli import cli
+from probekit.errors import FeatureFileError
+from probekit.shards import parts_dir
+from probekit.store import FeatureReader
+
+ARGS = ["extract", "-e", "tiny-mmdit-random", "-t", "100,600", "-l", "0,1", "-q"]
+VOLATILE = {"created", "extract_wall_time_s"}  # the only things allowed to differ between equal runs
+
+
+def _attrs(path) -> dict:
+    with h5py.File(path, "r") as f:
+        attrs = {}
+        for k, v in f.attrs.items():
+            if k in VOLATILE:
+                continue
+            if isinstance(v, str) and v.startswith("{"):
+                v = json.loads(v)
+                v.pop("created", None)
+            attrs[k] = v.item() if isinstance(v, np.generic) else v
+        return attrs
+
+
+def _datasets(path) -> dict[str, np.ndarray]:
+    out = {}
+    with h5py.File(path, "r") as f:
+        f.visititems(lambda name, obj: out.__setitem__(name, obj[...]) if isinstance(obj, h5py.Dataset) else None)
+    return out
+
+
+def assert_same_file(a, b, same_run_settings=True):
+    """Every dataset and attribute equal; ``same_run_settings=False`` allows provenance.run (workers) to differ."""
+    da, db = _datasets(a), _datasets(b)
+    assert sorted(da) == sorted(db)
+    for name in da:
+        np.testing.assert_array_equal(da[name], db[name], err_msg=name)
+    aa, ab = _attrs(a), _attrs(b)
+    if not same_run_settings:
+        aa["provenance"].pop("run"), ab["provenance"].pop("run")
+    assert aa == ab
+
+
+def _run(args):
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 0, result.output
+    return result
+
+
+def test_sigkilled_extraction_resumes_to_the_uninterrupted_file(tmp_path):
+    common = ARGS + ["--limit", "120", "--shard-size", "1", "--batch-size", "1"]
+    _run(common + ["-o", str(tmp_path / "reference.h5")])
+    out = tmp_path / "killed.h5"
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "probekit", *common, "-o", str(out)], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    parts = parts_dir(out)
+    deadline = time.monotonic() + 120
+    while not list(parts.glob("shard-*.h5")) and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.002)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    done = len(list(parts.glob("shard-*.h5")))
+    assert not out.exists() and 1 <= done < 120, f"the kill was not mid-run ({done} shards done)"
+    with pytest.raises(FeatureFileError, match="interrupted.*rerun the same"):
+        FeatureReader(out)  # an unfinished extraction cannot be probed by accident
+    result = _run(common + ["-o", str(out)])
+    assert "resuming" in result.output
+    assert not parts.exists()
+    assert_same_file(tmp_path / "reference.h5", out)
+
+
+def test_half_written_shard_is_discarded_and_redone(tmp_path):
+    out = tmp_path / "f.h5"
+    common = ARGS + ["--limit", "6", "--shard-size", "2"]
+    _run(common + ["-o", str(out)])
+    reference = _datasets(out)
+    # Recreate the state of a run killed while writing shard 2 after shards 0 and 1 were committed.
+    out.rename(tmp_path / "ref.h5")
+    _run(common + ["--part", "0/3", "-o", str(out)])
+    _run(common + ["--part", "1/3", "-o", str(out)])
+    (parts_dir(out) / ".tmp-shard-000000004-000000006.h5").write_bytes(b"\x89HDF\r\n\x1a\n truncated")
+    result = _run(common + ["-o", str(out)])
+    assert "resuming: 2 of 3 shards" in result.output
+    got = _datasets(out)
+    for name, value in reference.items():
+        np.testing.assert_array_equal(got[name], value, err_msg=name)
+
+
+def test_rerun_with_other_arguments_is_refused_unless_overwrite(tmp_path):
+    out = tmp_path / "f.h5"
+    _run(ARGS + ["--limit", "4", "-o", str(out)])
+    same = _run(ARGS + ["--limit", "4", "-o", str(out)])
+    assert "already complete" in same.output
+    other = CliRunner().invoke(cli, ARGS + ["--limit", "4", "--seed", "1", "-o", str(out)])
+    assert other.exit_code != 0 and "--overwrite" in other.output
+    _run(ARGS + ["--limit", "4", "--seed", "1", "--overwrite", "-o", str(out)])
+    with FeatureReader(out) as r:
+        assert r.attr("seed") == 1
+
+
+def test_interrupted_run_with_other_arguments_names_what_differs(tmp_path):
+    out = tmp_path / "f.h5"
+    _run(ARGS + ["--limit", "4", "--shard-size", "2", "--part", "0/2", "-o", str(out)])
+    other = CliRunner().invoke(cli, ARGS + ["--limit", "4", "--shard-size", "2", "-t", "100", "-o", str(out)])
+    assert other.exit_code != 0
+    assert "interrupted extraction with other settings" in other.output and "extractor" in other.output
+
+
+def test_parts_then_merge_equal_one_run(tmp_path):
+    common = ARGS + ["--limit", "7", "--shard-size", "2"]
+    _run(common + ["-o", str(tmp_path / "one.h5")])
+    out = tmp_path / "parts.h5"
+    _run(common + ["--part", "1/2", "-o", str(out)])
+    early = CliRunner().invoke(cli, ["merge", str(out)])
+    assert early.exit_code != 0 and "not done yet" in early.output
+    _run(common + ["--part", "0/2", "-o", str(out)])
+    _run(["merge", str(out)])
+    assert_same_file(tmp_path / "one.h5", out, same_run_settings=False)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_torchrun_two_cpu_ranks_equal_one_process(tmp_path):
+    common = ARGS + ["--limit", "9", "--shard-size", "2", "--batch-size", "2", "--device", "cpu"]
+    _run(common + ["-o", str(tmp_path / "one.h5")])
+    out = tmp_path / "two.h5"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc-per-node", "2",
+           "--master-addr", "127.0.0.1", "--master-port", str(_free_port()), "-m", "probekit", *common, "-o", str(out)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert_same_file(tmp_path / "one.h5", out, same_run_settings=False)
+    with FeatureReader(out) as r:
+        assert r.provenance["run"]["world_size"] == 2
