@@ -89,6 +89,11 @@ def ls_command(kind: str | None) -> None:
 @click.option("--extractor", "-e", required=True, help="Registered extractor name (see `probekit ls extractors`).")
 @click.option("--dataset", "-d", default="shapeworld", show_default=True, help="Registered dataset name.")
 @click.option("--split", "-s", default="train", show_default=True, help="Dataset split.")
+@click.option("--data-root", type=click.Path(file_okay=False), default=None,
+              help="Your copy of a benchmark dataset (default: $PROBEKIT_DATA/<dataset>); files must stay inside.")
+@click.option("--image-size", type=int, default=None,
+              help="Bring dataset images to this size (disk datasets: short side + centre crop; default: the "
+                   "manifest's probe size).")
 @click.option("--timesteps", "-t", type=INT_LIST, default="250,500,750", show_default=True,
               help="Timesteps in [0, 1000] (0 = clean image): '100,300' or '0:1000:250'.")
 @click.option("--layers", "-l", type=INT_LIST, default="0", show_default=True,
@@ -120,7 +125,7 @@ def ls_command(kind: str | None) -> None:
 @click.option("--overwrite", is_flag=True, help="Replace an existing output file (or an interrupted run of it).")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 @_friendly_errors
-def extract(extractor, dataset, split, timesteps, layers, out, weights, limit, batch_size, device, dtype, seed,
+def extract(extractor, dataset, split, data_root, image_size, timesteps, layers, out, weights, limit, batch_size, device, dtype, seed,
             ensemble, conditioning, resolution, concept_attention, concepts, concept_layers, shard_size, on_error,
             part, overwrite, quiet):
     """Extract per-timestep, per-layer features of a dataset split into an HDF5 feature file.
@@ -133,7 +138,8 @@ def extract(extractor, dataset, split, timesteps, layers, out, weights, limit, b
     from probekit.extractors.runner import extract_dataset
     from probekit.workers import device_for, from_environment
 
-    ds = load_dataset(dataset, split)  # a wrong dataset or split fails before a large model is loaded
+    # A wrong dataset, split or data root fails before a large model is loaded.
+    ds = load_dataset(dataset, split, root=data_root, image_size=image_size)
     try:
         workers = from_environment(device, part)
     except ValueError as exc:
@@ -155,6 +161,31 @@ def extract(extractor, dataset, split, timesteps, layers, out, weights, limit, b
                                workers=workers, echo=click.echo)
     finally:
         workers.close()
+
+
+@cli.group()
+def data():
+    """Benchmark datasets on disk: check a copy against its manifest."""
+
+
+@data.command("check")
+@click.argument("name")
+@click.option("--root", type=click.Path(file_okay=False), default=None,
+              help="Your copy of the dataset (default: $PROBEKIT_DATA/<dataset>).")
+@click.option("--split", "splits", multiple=True, help="Check only this split (repeatable).")
+@click.option("--limit", type=int, default=None, help="Decode only the first N samples per split (counts and "
+              "pairing are always checked in full).")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+@_friendly_errors
+def data_check(name, root, splits, limit, quiet):
+    """Verify a copy of dataset NAME: counts, readable files, label sizes and values, image/label pairing."""
+    from probekit.datasets.check import check_dataset
+
+    report = check_dataset(name, root, list(splits) or None, limit=limit, progress=not quiet)
+    for line in report.lines():
+        click.echo(line)
+    if not report.ok:
+        sys.exit(1)
 
 
 @cli.command()

@@ -68,6 +68,19 @@ DATASETS.register(
     manifest="shapeworld.yaml",
 )
 
+_FOLDER = "probekit.datasets.files:FolderDataset"
+for _name, _summary in [
+    ("ade20k", "ADE20K SceneParsing, 150 classes (your copy: --data-root or $PROBEKIT_DATA/ade20k)"),
+    ("voc2012", "PASCAL VOC 2012 segmentation, 21 classes, 255 ignored"),
+    ("cityscapes", "Cityscapes gtFine, 19 train-id classes"),
+    ("nyuv2", "NYU Depth V2, Eigen split (654 test images, Eigen crop)"),
+    ("duts", "DUTS saliency: train = DUTS-TR, test = DUTS-TE"),
+    ("ecssd", "ECSSD saliency (test, 1,000 images)"),
+    ("dut-omron", "DUT-OMRON saliency (test, 5,168 images)"),
+    ("hku-is", "HKU-IS saliency (test, 4,447 images)"),
+]:
+    DATASETS.register(_name, _FOLDER, _summary, manifest=f"{_name}.yaml")
+
 DATASETS.register(
     "generated", "probekit.datasets.generated:GeneratedDataset",
     "a folder written by `probekit generate` (pass the folder as --dataset, or root=...)",

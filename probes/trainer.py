@@ -21,6 +21,7 @@ from tqdm.auto import tqdm
 
 from probekit.combined import open_features
 from probekit.errors import FeatureFileError, ProbekitError
+from probekit.prefetch import prefetched
 from probekit.probes.model import Probe
 from probekit.provenance import base_provenance
 from probekit.registries import HEADS, TASKS
@@ -49,6 +50,7 @@ class ProbeConfig:
     cross_dataset: bool = False  # allow train and eval features from different datasets with the same classes
     train_limit: int | None = None  # train on the first N training rows only (learning curves)
     eval_crop: list[float] | None = None  # depth: (top, bottom, left, right) fractions kept for evaluation
+    prefetch: int = 2  # minibatches read ahead on a background thread (0: read inline); never changes results
 
 
 def check_compatible(a: FeatureReader, b: FeatureReader, keys: Sequence[str], cross_dataset: bool = False) -> None:
@@ -114,8 +116,11 @@ def probe_name(cfg: ProbeConfig, keys: list[str]) -> str:
 
 
 def _batches(reader, keys, cfg, label, *, shuffle=False, epoch=0, subset=None):
-    for batch in reader.batches(keys, cfg.batch_size, labels=[label], shuffle=shuffle, seed=cfg.seed, epoch=epoch,
-                                subset=subset):
+    """Minibatches read from the feature file(s) on a background thread, ``cfg.prefetch`` batches ahead: memory
+    stays bounded by the batch size whatever the file's size."""
+    batches = reader.batches(keys, cfg.batch_size, labels=[label], shuffle=shuffle, seed=cfg.seed, epoch=epoch,
+                             subset=subset)
+    for batch in prefetched(batches, cfg.prefetch):
         feats = {k: torch.from_numpy(v).to(cfg.device) for k, v in batch["features"].items()}
         yield batch["positions"], feats, batch["labels"][label]
 
@@ -226,6 +231,8 @@ def train_probe(train_features: PathOrPaths, eval_features: PathOrPaths, *, val_
         if val is not None:
             check_compatible(val, evaluation, keys + guidance_keys, cfg.cross_dataset)
         reference = train.dataset
+        if cfg.eval_crop is None and cfg.task == "depth" and evaluation.dataset.get("eval_crop"):
+            cfg.eval_crop = list(evaluation.dataset["eval_crop"])  # the dataset's protocol (e.g. NYU's Eigen crop)
         task = task_entry.build(reference=reference, depth_output=cfg.depth_output,
                                 crop=tuple(cfg.eval_crop) if cfg.eval_crop else None)
         for r in readers:

@@ -47,8 +47,16 @@ def load_manifest(name_or_path: str | Path) -> tuple[dict[str, Any], str]:
 
 
 def load_dataset(name: str, split: str, **overrides: Any):
-    """Build a registered dataset by name (e.g. ``load_dataset("shapeworld", "train")``)."""
+    """Build a registered dataset by name (e.g. ``load_dataset("shapeworld", "train")``).
+
+    ``overrides`` set to None are dropped, so callers can pass optional CLI values straight through.
+    """
     from probekit.registries import DATASETS
+
+    overrides = {k: v for k, v in overrides.items() if v is not None}
+    entry = DATASETS.get(name) if not Path(name).is_dir() else None
+    if entry is not None and "root" in overrides and entry.target != "probekit.datasets.files:FolderDataset":
+        raise ProbekitError(f"--data-root is for datasets read from disk; {name} is not one")
 
     folder = Path(name)
     if folder.is_dir() and (folder / "manifest.yaml").is_file():  # a dataset folder with its own manifest

@@ -1,0 +1,251 @@
+"""Benchmark datasets on disk: miniature copies in each dataset's real layout -> check -> extract -> probe.
+
+The layouts below are written from the datasets' own distributions, independently of the manifests, so a
+manifest that disagrees with the real layout fails here.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from PIL import Image
+
+from probekit.cli import cli
+from probekit.datasets import load_dataset
+from probekit.datasets.check import check_dataset
+from probekit.errors import ProbekitError
+from probekit.store import FeatureReader
+
+RNG = np.random.default_rng(0)
+H, W = 30, 40
+
+
+def _image(path: Path, h: int = H, w: int = W) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(RNG.integers(0, 255, (h, w, 3), dtype=np.uint8)).save(path)
+
+
+def _label(path: Path, values, h: int = H, w: int = W, dtype=np.uint8, palette: bool = False) -> np.ndarray:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    arr = RNG.choice(np.asarray(values), size=(h, w)).astype(dtype)
+    im = Image.fromarray(arr)
+    if palette:  # VOC stores class indices in a palette PNG
+        im = im.convert("P")
+        im.putpalette([v for i in range(256) for v in (i, 255 - i, (7 * i) % 256)])
+        im.putdata(arr.ravel().tolist())
+    im.save(path)
+    return arr
+
+
+def _saliency(path: Path) -> None:
+    _label(path, [0, 255])
+
+
+CITY_IDS = [0, 1, 7, 8, 11, 21, 23, 24, 26, 33]
+
+
+def build(name: str, root: Path, n: int = 3) -> Path:
+    """A miniature copy of ``name`` with ``n`` samples per split, in the dataset's real layout."""
+    if name == "ade20k":
+        for split, tag in (("training", "train"), ("validation", "val")):
+            for i in range(1, n + 1):
+                _image(root / f"ADEChallengeData2016/images/{split}/ADE_{tag}_{i:08d}.jpg")
+                _label(root / f"ADEChallengeData2016/annotations/{split}/ADE_{tag}_{i:08d}.png", range(0, 151))
+    elif name == "voc2012":
+        base = root / "VOCdevkit/VOC2012"
+        for split in ("train", "val"):
+            ids = [f"2007_{split}{i:03d}" for i in range(n)]
+            (base / "ImageSets/Segmentation").mkdir(parents=True, exist_ok=True)
+            (base / f"ImageSets/Segmentation/{split}.txt").write_text("\n".join(ids) + "\n")
+            for ident in ids:
+                _image(base / f"JPEGImages/{ident}.jpg")
+                _label(base / f"SegmentationClass/{ident}.png", list(range(21)) + [255], palette=True)
+    elif name == "cityscapes":
+        for split, city in (("train", "aachen"), ("val", "frankfurt")):
+            for i in range(n):
+                stem = f"{city}_000000_{i:06d}"
+                _image(root / f"leftImg8bit/{split}/{city}/{stem}_leftImg8bit.png")
+                _label(root / f"gtFine/{split}/{city}/{stem}_gtFine_labelIds.png", CITY_IDS)
+                _label(root / f"gtFine/{split}/{city}/{stem}_gtFine_color.png", [0, 10])  # present in real copies
+    elif name == "nyuv2":
+        for listing, base in (("nyudepthv2_train_files_with_gt.txt", "sync"),
+                              ("nyudepthv2_test_files_with_gt.txt", "official_splits/test")):
+            lines = []
+            for i in range(n):
+                scene = "kitchen_0004" if i % 2 else "bathroom_0001"
+                _image(root / f"{base}/{scene}/rgb_{i:05d}.jpg", 48, 64)
+                _label(root / f"{base}/{scene}/sync_depth_{i:05d}.png", [0, 800, 2500, 9000], 48, 64, np.uint16)
+                lines.append(f"{'/' if base == 'sync' else ''}{scene}/rgb_{i:05d}.jpg "
+                             f"{'/' if base == 'sync' else ''}{scene}/sync_depth_{i:05d}.png 518.8579")
+            (root / listing).write_text("\n".join(lines) + "\n")
+    elif name == "duts":
+        for split in ("TR", "TE"):
+            for i in range(n):
+                _image(root / f"DUTS-{split}/DUTS-{split}-Image/ILSVRC2012_test_{i:08d}.jpg")
+                _saliency(root / f"DUTS-{split}/DUTS-{split}-Mask/ILSVRC2012_test_{i:08d}.png")
+    elif name == "ecssd":
+        for i in range(1, n + 1):
+            _image(root / f"images/{i:04d}.jpg")
+            _saliency(root / f"ground_truth_mask/{i:04d}.png")
+    elif name == "dut-omron":
+        for i in range(n):
+            _image(root / f"DUT-OMRON-image/im{i:03d}.jpg")
+            _saliency(root / f"pixelwiseGT-new-PNG/im{i:03d}.png")
+    elif name == "hku-is":
+        for i in range(n):
+            _image(root / f"imgs/{i:04d}.png")
+            _saliency(root / f"gt/{i:04d}.png")
+    else:
+        raise ValueError(name)
+    return root
+
+
+DATASETS = {  # name: (splits, task)
+    "ade20k": (("train", "val"), "seg"), "voc2012": (("train", "val"), "seg"),
+    "cityscapes": (("train", "val"), "seg"), "nyuv2": (("train", "test"), "depth"),
+    "duts": (("train", "test"), "saliency"), "ecssd": (("test",), "saliency"),
+    "dut-omron": (("test",), "saliency"), "hku-is": (("test",), "saliency"),
+}
+
+
+def _only_count_problems(report):
+    for split in report.splits:
+        assert set(split.problems) <= {"count"}, (split.split, dict(split.problems))
+        assert split.found == split.checked == 3
+
+
+@pytest.mark.parametrize("name", sorted(DATASETS))
+def test_a_complete_miniature_copy_checks_clean_except_for_its_size(name, tmp_path):
+    root = build(name, tmp_path / name)
+    report = check_dataset(name, root, progress=False)
+    _only_count_problems(report)
+    assert report.splits[0].problems["count"] == [f"expected {report.splits[0].expected} samples, found 3"]
+
+
+@pytest.mark.parametrize("name", sorted(DATASETS))
+def test_check_extract_probe(name, tmp_path):
+    """The issue's path on each dataset: data check -> extract -> probe (tiny backbone, 32 px)."""
+    root = build(name, tmp_path / name, n=4)
+    splits, task = DATASETS[name]
+    runner = CliRunner()
+    checked = runner.invoke(cli, ["data", "check", name, "--root", str(root), "-q"])
+    assert checked.exit_code == 1 and "expected" in checked.output  # only the miniature size is wrong
+    size = "32"
+    feats = {}
+    for split in splits:
+        out = tmp_path / f"{split}.h5"
+        r = runner.invoke(cli, ["extract", "-e", "tiny-mmdit-random", "-d", name, "-s", split, "--data-root",
+                                str(root), "--image-size", size, "-t", "300", "-l", "0", "-o", str(out), "-q"])
+        assert r.exit_code == 0, r.output
+        feats[split] = out
+    with FeatureReader(feats[splits[-1]]) as reader:
+        assert reader.num_samples == 4 and reader.label_names == [task]
+        assert reader.sample_ids[0].startswith(f"{name}/{splits[-1]}/")
+        labels = reader.read_labels(task, range(4))
+        assert labels.shape[1:] == (32, 32)
+        if task == "seg":
+            classes = reader.dataset["classes"]
+            assert set(np.unique(labels)) <= set(range(len(classes))) | {255}
+        if task == "saliency":
+            assert set(np.unique(labels)) <= {0, 1}
+    train, evaluation = feats[splits[0]], feats[splits[-1]]
+    if train == evaluation:  # one-split saliency sets: train on DUTS, evaluate here (cross-dataset, as in SOD)
+        duts = build("duts", tmp_path / "duts", n=4)
+        train = tmp_path / "duts-train.h5"
+        r = runner.invoke(cli, ["extract", "-e", "tiny-mmdit-random", "-d", "duts", "-s", "train", "--data-root",
+                                str(duts), "--image-size", size, "-t", "300", "-l", "0", "-o", str(train), "-q"])
+        assert r.exit_code == 0, r.output
+    r = runner.invoke(cli, ["probe", "-f", str(train), "-E", str(evaluation), "--task", task, "--epochs", "1",
+                            "--lrs", "1e-2", "--cross-dataset", "--out", str(tmp_path / "run"), "-q"])
+    assert r.exit_code == 0, r.output
+    record = json.loads((tmp_path / "run" / "result.json").read_text())
+    assert record["dataset"] == (name if len(splits) == 2 else "duts") and np.isfinite(record["main_score"])
+    if name == "nyuv2":  # the dataset's evaluation crop (Eigen) applies without being asked for
+        assert record["config"]["task_config"]["crop"] == [0.09375, 0.98125, 0.0640625, 0.9390625]
+
+
+def test_labels_are_decoded_by_each_datasets_convention(tmp_path):
+    ade = load_dataset("ade20k", "val", root=build("ade20k", tmp_path / "ade"), image_size=[H, W])
+    raw = np.array(Image.open(tmp_path / "ade/ADEChallengeData2016/annotations/validation/ADE_val_00000001.png"))
+    np.testing.assert_array_equal(ade[0].seg, np.where(raw == 0, 255, raw.astype(int) - 1))  # reduce zero label
+    city = load_dataset("cityscapes", "val", root=build("cityscapes", tmp_path / "city"), image_size=[H, W])
+    raw = np.array(Image.open(tmp_path / "city/gtFine/val/frankfurt/frankfurt_000000_000000_gtFine_labelIds.png"))
+    expected = {0: 255, 1: 255, 7: 0, 8: 1, 11: 2, 21: 8, 23: 10, 24: 11, 26: 13, 33: 18}
+    np.testing.assert_array_equal(city[0].seg, np.vectorize(expected.get)(raw))
+    voc = load_dataset("voc2012", "val", root=build("voc2012", tmp_path / "voc"), image_size=[H, W])
+    raw = np.array(Image.open(tmp_path / "voc/VOCdevkit/VOC2012/SegmentationClass/2007_val000.png"))
+    np.testing.assert_array_equal(voc[0].seg, raw)  # palette indices, not colours
+    nyu = load_dataset("nyuv2", "test", root=build("nyuv2", tmp_path / "nyu"), image_size=[48, 64])
+    raw = np.array(Image.open(tmp_path / "nyu/official_splits/test/bathroom_0001/sync_depth_00000.png"))
+    np.testing.assert_allclose(nyu[0].depth, raw * 0.001, rtol=1e-6)
+    assert nyu.reference()["eval_crop"] == [0.09375, 0.98125, 0.0640625, 0.9390625]
+    sal = load_dataset("ecssd", "test", root=build("ecssd", tmp_path / "ecssd"), image_size=[H, W])
+    raw = np.array(Image.open(tmp_path / "ecssd/ground_truth_mask/0001.png"))
+    np.testing.assert_array_equal(sal[0].saliency, (raw > 128).astype(np.uint8))
+
+
+def test_probe_size_is_short_side_then_centre_crop(tmp_path):
+    ds = load_dataset("ecssd", "test", root=build("ecssd", tmp_path / "e"), image_size=20)
+    s = ds[0]
+    assert s.image.shape == (20, 20, 3) and s.saliency.shape == (20, 20)
+    full = np.array(Image.open(tmp_path / "e/images/0001.jpg").convert("RGB").resize((27, 20), Image.BILINEAR))
+    np.testing.assert_array_equal(s.image, full[:, 3:23])
+
+
+def test_check_reports_exactly_what_is_wrong(tmp_path):
+    root = build("ade20k", tmp_path / "ade")
+    ann = root / "ADEChallengeData2016/annotations/validation"
+    (ann / "ADE_val_00000001.png").unlink()  # missing label
+    _label(ann / "ADE_val_00000002.png", [0, 1], h=H + 2)  # wrong size
+    _label(ann / "ADE_val_00000003.png", [0, 200])  # value beyond 150
+    (root / "ADEChallengeData2016/images/validation/ADE_val_00000003.jpg").write_bytes(b"\xff\xd8 not a jpeg")
+    _label(ann / "ADE_val_00000009.png", [0])  # a label with no image
+    report = check_dataset("ade20k", root, ["val"], progress=False)
+    problems = report.splits[0].problems
+    assert "ADE_val_00000001.png is missing" in problems["missing label"][0]
+    assert problems["label size"] == ["ADEChallengeData2016/annotations/validation/ADE_val_00000002.png: 40x32, "
+                                      "its image ADEChallengeData2016/images/validation/ADE_val_00000002.jpg is "
+                                      "40x30"]
+    assert "ADE_val_00000003.jpg cannot be read" in problems["unreadable image"][0]
+    assert problems["label without image"] == ["ADEChallengeData2016/annotations/validation/ADE_val_00000009.png"]
+    text = "\n".join(report.lines())
+    assert "val: 3 of 2000 samples" in text and "the copy has problems" in text
+
+
+def test_label_values_out_of_range_are_reported(tmp_path):
+    root = build("voc2012", tmp_path / "voc")
+    _label(root / "VOCdevkit/VOC2012/SegmentationClass/2007_val001.png", [0, 30], palette=True)
+    problems = check_dataset("voc2012", root, ["val"], progress=False).splits[0].problems
+    assert problems["label values"] == ["VOCdevkit/VOC2012/SegmentationClass/2007_val001.png: values [30] outside "
+                                        "[0, 20] (+[255])"]
+
+
+def test_paths_escaping_the_root_are_refused(tmp_path):
+    root = build("voc2012", tmp_path / "voc")
+    (tmp_path / "secret.jpg").write_bytes(b"x")
+    listing = root / "VOCdevkit/VOC2012/ImageSets/Segmentation/val.txt"
+    listing.write_text("../../../../secret\n")
+    with pytest.raises(ProbekitError, match="escapes the data root"):
+        load_dataset("voc2012", "val", root=root)[0]
+    # a symlink that leaves the root is refused the same way
+    root2 = build("ecssd", tmp_path / "ecssd")
+    (root2 / "images/0001.jpg").unlink()
+    (root2 / "images/0001.jpg").symlink_to(tmp_path / "secret.jpg")
+    ds = load_dataset("ecssd", "test", root=root2)
+    with pytest.raises(ProbekitError, match="escapes the data root"):
+        ds[0]
+    problems = check_dataset("ecssd", root2, progress=False).splits[0].problems
+    assert "images/0001.jpg' escapes the data root" in problems["path outside the root"][0]
+
+
+def test_data_root_from_environment_and_missing_root_message(tmp_path, monkeypatch):
+    build("ecssd", tmp_path / "data" / "ecssd")
+    monkeypatch.setenv("PROBEKIT_DATA", str(tmp_path / "data"))
+    assert len(load_dataset("ecssd", "test")) == 3
+    monkeypatch.delenv("PROBEKIT_DATA")
+    with pytest.raises(ProbekitError, match="--data-root DIR"):
+        load_dataset("ecssd", "test")
