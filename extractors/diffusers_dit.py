@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from probekit.errors import ProbekitError
 from probekit.extractors.base import Extractor
 from probekit.extractors.noise import NoiseSchedule, sample_noise
-from probekit.provenance import weights_identity
+from probekit.provenance import refuse_pickled_weights, weights_identity
 from probekit.store import feature_key
 
 _HUB_PATTERNS = ["model_index.json", "transformer/*", "vae/*", "scheduler/*", "text_encoder*/*", "tokenizer*/*",
@@ -239,6 +239,7 @@ class DiffusersDiTExtractor(Extractor):
         self.name = name or self.name
         self.weights = str(weights)
         self.root = resolve_weights(weights)
+        refuse_pickled_weights(self.root)
         self.seed, self.ensemble, self.conditioning = int(seed), int(ensemble), conditioning
         self.resolution, self.guidance, self.class_label = resolution, float(guidance), class_label
         self._notes = list(notes)
@@ -272,11 +273,12 @@ class DiffusersDiTExtractor(Extractor):
                                 f"{', '.join(FAMILIES)}")
         self.transformer_class = cls.__name__
         self.family = FAMILIES[cls.__name__]
-        self.transformer = cls.from_pretrained(tdir, torch_dtype=self.dtype).to(self.device).eval().requires_grad_(False)
+        self.transformer = cls.from_pretrained(tdir, torch_dtype=self.dtype, use_safetensors=True).to(self.device).eval().requires_grad_(False)
         self.vae = None
         vdir = root / "vae"
         if (vdir / "config.json").is_file():
-            self.vae = _component_class(vdir, "vae").from_pretrained(vdir, torch_dtype=self.dtype)
+            self.vae = _component_class(vdir, "vae").from_pretrained(vdir, torch_dtype=self.dtype,
+                                                                      use_safetensors=True)
             self.vae = self.vae.to(self.device).eval().requires_grad_(False)
         scheduler_config = _read_json(root / "scheduler" / "scheduler_config.json")
         self.schedule = NoiseSchedule.from_scheduler_config(scheduler_config, self.family.noise_default)
@@ -312,7 +314,8 @@ class DiffusersDiTExtractor(Extractor):
                       if isinstance(entry, list) and entry and entry[0] is None}
             with _quiet_loading():
                 self._pipe = DiffusionPipeline.from_pretrained(self.root, **absent, transformer=self.transformer,
-                                                               vae=None, torch_dtype=self.dtype)
+                                                               vae=None, torch_dtype=self.dtype,
+                                                               use_safetensors=True)
             self._pipe.to(self.device)
         return self._pipe
 

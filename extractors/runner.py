@@ -65,13 +65,14 @@ def _load(dataset, index: int, reference, on_error: str, skipped: list[dict[str,
         return None
 
 
-def run_fingerprint(extractor: Extractor, reference: dict[str, Any], num_samples: int, on_error: str) -> dict:
-    """What determines the features: a rerun must match it to resume (batch size and device index do not)."""
+def run_fingerprint(extractor: Extractor, reference: dict[str, Any], num_samples: int) -> dict:
+    """What determines the features: a rerun must match it to resume. Batch size, device index and --on-error
+    do not count: a run stopped by a bad sample can go on with --on-error skip and keep its shards."""
     config = dict(extractor.config())
     if "device" in config:
         config["device"] = str(config["device"]).split(":")[0]  # ranks use cuda:0, cuda:1, ...
     return {"extractor": config, "weights": extractor.weights_identity(), "dataset": reference,
-            "num_samples": num_samples, "on_error": on_error}
+            "num_samples": num_samples}
 
 
 def _extract_shard(extractor, dataset, run: ExtractionRun, shard: Shard, attrs, batch_size, on_error, bar) -> None:
@@ -136,7 +137,7 @@ def extract_dataset(extractor: Extractor, dataset, out: str | os.PathLike, *, li
         "seed": extractor.config().get("seed"), "ensemble": extractor.config().get("ensemble"),
         "dataset": reference, "provenance": provenance,
     }
-    run = ExtractionRun(out, run_fingerprint(extractor, reference, n, on_error), n, shard_size)
+    run = ExtractionRun(out, run_fingerprint(extractor, reference, n), n, shard_size)
     distributed_jobs = workers.world_size > 1 and not workers.distributed
     if distributed_jobs and overwrite:
         raise ProbekitError("--overwrite cannot be combined with --part: remove the output and its .parts "

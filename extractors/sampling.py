@@ -21,10 +21,13 @@ class FlowSampler:
 
         from probekit.extractors.text_conditioning import TextConditioner
 
+        from probekit.provenance import refuse_pickled_weights
+
         folder = Path(folder)
+        refuse_pickled_weights(folder)
         self.folder = folder
         self.device = torch.device(device)
-        self.transformer = SD3Transformer2DModel.from_pretrained(folder / "transformer").to(self.device).eval()
+        self.transformer = SD3Transformer2DModel.from_pretrained(folder / "transformer", use_safetensors=True).to(self.device).eval()
         self.conditioner = TextConditioner.from_folder(folder).to(self.device)
         self.scheduler = FlowMatchEulerDiscreteScheduler.from_pretrained(folder / "scheduler")
         self.size = int(self.transformer.config.sample_size)

@@ -13,6 +13,8 @@ from pathlib import Path
 
 import torch
 
+from probekit.provenance import refuse_pickled_weights
+
 
 class TextConditioner(torch.nn.Module):
     def __init__(self, tokenizer, text_encoder, max_length: int | None = None):
@@ -28,8 +30,9 @@ class TextConditioner(torch.nn.Module):
 
         tlog.disable_progress_bar()  # no "Loading weights" bar for a model this size
         root = Path(root)
+        refuse_pickled_weights(root / "text_encoder")
         tokenizer = AutoTokenizer.from_pretrained(root / "tokenizer")
-        encoder = AutoModel.from_pretrained(root / "text_encoder").to(dtype)
+        encoder = AutoModel.from_pretrained(root / "text_encoder", use_safetensors=True).to(dtype)
         return cls(tokenizer, encoder.eval().requires_grad_(False))
 
     def tokenize(self, prompts: Sequence[str]) -> dict[str, torch.Tensor]:

@@ -222,17 +222,19 @@ class FeatureReader:
 
     def read_raw(self, key: str, positions: Sequence[int]) -> np.ndarray:
         """Rows `positions` of one feature in the stored dtype (float16)."""
-        ds = self._dataset(key)
-        out = np.empty((len(positions), *ds.shape[1:]), dtype=ds.dtype)
-        for row, pos in enumerate(positions):
-            ds.read_direct(out, np.s_[int(pos)], np.s_[row])
-        return out
+        return self._read_rows(self._dataset(key), positions, f"feature {key!r}")
 
     def read_labels(self, name: str, positions: Sequence[int]) -> np.ndarray:
-        ds = self._label(name)
+        return self._read_rows(self._label(name), positions, f"label {name!r}")
+
+    def _read_rows(self, ds: h5py.Dataset, positions: Sequence[int], what: str) -> np.ndarray:
         out = np.empty((len(positions), *ds.shape[1:]), dtype=ds.dtype)
         for row, pos in enumerate(positions):
-            ds.read_direct(out, np.s_[int(pos)], np.s_[row])
+            try:
+                ds.read_direct(out, np.s_[int(pos)], np.s_[row])
+            except OSError as exc:  # a file truncated after its header opens, then fails on the data
+                raise FeatureFileError(f"{self.path}: cannot read {what} of sample {self.sample_ids[int(pos)]} "
+                                       f"(truncated or damaged file?): {exc}") from None
         return out
 
     def batches(self, keys: Sequence[str], batch_size: int, *, labels: Sequence[str] = (),

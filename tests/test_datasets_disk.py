@@ -1,13 +1,12 @@
 """Benchmark datasets on disk: miniature copies in each dataset's real layout -> check -> extract -> probe.
 
-The layouts below are written from the datasets' own distributions, independently of the manifests, so a
-manifest that disagrees with the real layout fails here.
+The layouts (tests/disk_fixtures.py) are written from the datasets' own distributions, independently of the
+manifests, so a manifest that disagrees with the real layout fails here.
 """
 
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -20,89 +19,7 @@ from probekit.datasets.check import check_dataset
 from probekit.errors import ProbekitError
 from probekit.store import FeatureReader
 
-RNG = np.random.default_rng(0)
-H, W = 30, 40
-
-
-def _image(path: Path, h: int = H, w: int = W) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(RNG.integers(0, 255, (h, w, 3), dtype=np.uint8)).save(path)
-
-
-def _label(path: Path, values, h: int = H, w: int = W, dtype=np.uint8, palette: bool = False) -> np.ndarray:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    arr = RNG.choice(np.asarray(values), size=(h, w)).astype(dtype)
-    im = Image.fromarray(arr)
-    if palette:  # VOC stores class indices in a palette PNG
-        im = im.convert("P")
-        im.putpalette([v for i in range(256) for v in (i, 255 - i, (7 * i) % 256)])
-        im.putdata(arr.ravel().tolist())
-    im.save(path)
-    return arr
-
-
-def _saliency(path: Path) -> None:
-    _label(path, [0, 255])
-
-
-CITY_IDS = [0, 1, 7, 8, 11, 21, 23, 24, 26, 33]
-
-
-def build(name: str, root: Path, n: int = 3) -> Path:
-    """A miniature copy of ``name`` with ``n`` samples per split, in the dataset's real layout."""
-    if name == "ade20k":
-        for split, tag in (("training", "train"), ("validation", "val")):
-            for i in range(1, n + 1):
-                _image(root / f"ADEChallengeData2016/images/{split}/ADE_{tag}_{i:08d}.jpg")
-                _label(root / f"ADEChallengeData2016/annotations/{split}/ADE_{tag}_{i:08d}.png", range(0, 151))
-    elif name == "voc2012":
-        base = root / "VOCdevkit/VOC2012"
-        for split in ("train", "val"):
-            ids = [f"2007_{split}{i:03d}" for i in range(n)]
-            (base / "ImageSets/Segmentation").mkdir(parents=True, exist_ok=True)
-            (base / f"ImageSets/Segmentation/{split}.txt").write_text("\n".join(ids) + "\n")
-            for ident in ids:
-                _image(base / f"JPEGImages/{ident}.jpg")
-                _label(base / f"SegmentationClass/{ident}.png", list(range(21)) + [255], palette=True)
-    elif name == "cityscapes":
-        for split, city in (("train", "aachen"), ("val", "frankfurt")):
-            for i in range(n):
-                stem = f"{city}_000000_{i:06d}"
-                _image(root / f"leftImg8bit/{split}/{city}/{stem}_leftImg8bit.png")
-                _label(root / f"gtFine/{split}/{city}/{stem}_gtFine_labelIds.png", CITY_IDS)
-                _label(root / f"gtFine/{split}/{city}/{stem}_gtFine_color.png", [0, 10])  # present in real copies
-    elif name == "nyuv2":
-        for listing, base in (("nyudepthv2_train_files_with_gt.txt", "sync"),
-                              ("nyudepthv2_test_files_with_gt.txt", "official_splits/test")):
-            lines = []
-            for i in range(n):
-                scene = "kitchen_0004" if i % 2 else "bathroom_0001"
-                _image(root / f"{base}/{scene}/rgb_{i:05d}.jpg", 48, 64)
-                _label(root / f"{base}/{scene}/sync_depth_{i:05d}.png", [0, 800, 2500, 9000], 48, 64, np.uint16)
-                lines.append(f"{'/' if base == 'sync' else ''}{scene}/rgb_{i:05d}.jpg "
-                             f"{'/' if base == 'sync' else ''}{scene}/sync_depth_{i:05d}.png 518.8579")
-            (root / listing).write_text("\n".join(lines) + "\n")
-    elif name == "duts":
-        for split in ("TR", "TE"):
-            for i in range(n):
-                _image(root / f"DUTS-{split}/DUTS-{split}-Image/ILSVRC2012_test_{i:08d}.jpg")
-                _saliency(root / f"DUTS-{split}/DUTS-{split}-Mask/ILSVRC2012_test_{i:08d}.png")
-    elif name == "ecssd":
-        for i in range(1, n + 1):
-            _image(root / f"images/{i:04d}.jpg")
-            _saliency(root / f"ground_truth_mask/{i:04d}.png")
-    elif name == "dut-omron":
-        for i in range(n):
-            _image(root / f"DUT-OMRON-image/im{i:03d}.jpg")
-            _saliency(root / f"pixelwiseGT-new-PNG/im{i:03d}.png")
-    elif name == "hku-is":
-        for i in range(n):
-            _image(root / f"imgs/{i:04d}.png")
-            _saliency(root / f"gt/{i:04d}.png")
-    else:
-        raise ValueError(name)
-    return root
-
+from disk_fixtures import H, W, build, label_file
 
 DATASETS = {  # name: (splits, task)
     "ade20k": (("train", "val"), "seg"), "voc2012": (("train", "val"), "seg"),
@@ -200,10 +117,10 @@ def test_check_reports_exactly_what_is_wrong(tmp_path):
     root = build("ade20k", tmp_path / "ade")
     ann = root / "ADEChallengeData2016/annotations/validation"
     (ann / "ADE_val_00000001.png").unlink()  # missing label
-    _label(ann / "ADE_val_00000002.png", [0, 1], h=H + 2)  # wrong size
-    _label(ann / "ADE_val_00000003.png", [0, 200])  # value beyond 150
+    label_file(ann / "ADE_val_00000002.png", [0, 1], h=H + 2)  # wrong size
+    label_file(ann / "ADE_val_00000003.png", [0, 200])  # value beyond 150
     (root / "ADEChallengeData2016/images/validation/ADE_val_00000003.jpg").write_bytes(b"\xff\xd8 not a jpeg")
-    _label(ann / "ADE_val_00000009.png", [0])  # a label with no image
+    label_file(ann / "ADE_val_00000009.png", [0])  # a label with no image
     report = check_dataset("ade20k", root, ["val"], progress=False)
     problems = report.splits[0].problems
     assert "ADE_val_00000001.png is missing" in problems["missing label"][0]
@@ -218,7 +135,7 @@ def test_check_reports_exactly_what_is_wrong(tmp_path):
 
 def test_label_values_out_of_range_are_reported(tmp_path):
     root = build("voc2012", tmp_path / "voc")
-    _label(root / "VOCdevkit/VOC2012/SegmentationClass/2007_val001.png", [0, 30], palette=True)
+    label_file(root / "VOCdevkit/VOC2012/SegmentationClass/2007_val001.png", [0, 30], palette=True)
     problems = check_dataset("voc2012", root, ["val"], progress=False).splits[0].problems
     assert problems["label values"] == ["VOCdevkit/VOC2012/SegmentationClass/2007_val001.png: values [30] outside "
                                         "[0, 20] (+[255])"]
