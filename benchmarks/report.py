@@ -1,0 +1,102 @@
+"""Render docs/benchmarks.md from benchmarks/results/*.json (run the benchmarks first).
+
+    python benchmarks/report.py
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+DOC = HERE.parent / "docs" / "benchmarks.md"
+
+
+def _load(name: str) -> dict | None:
+    path = HERE / "results" / f"{name}.json"
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def _machine(result: dict) -> str:
+    m = result["machine"]
+    git = m.get("git") or {}
+    return (f"{m['platform']}, {m['cpus']} CPUs, torch {m['packages'].get('torch')} ({m['torch_threads']} threads), "
+            f"{'GPU ' + m['cuda'] if m.get('cuda') else 'no GPU'}; probekit {m['probekit_version']} at "
+            f"{str(git.get('commit'))[:10]}{' (dirty)' if git.get('dirty') else ''}")
+
+
+def _timing(timing: dict) -> str:
+    rows = ["| variant | median wall (s) | runs (s) |", "|---|---|---|"]
+    rows += [f"| {name} | {t['median_s']:.2f} | {', '.join(f'{x:.2f}' for x in t['runs_s'])} |"
+             for name, t in timing.items()]
+    return "\n".join(rows)
+
+
+def target(value: float, goal: float) -> str:
+    return f"**{value:.3f}** (target >= {goal}: {'met' if value >= goal else 'not met'})"
+
+
+def render() -> str:
+    out = ["# Benchmarks", "",
+           "Every number is a ratio between two variants timed in the same run, on the same machine, round-robin "
+           "(`benchmarks/common.py: interleaved`), so that load drifting during the run hits both alike. Scripts "
+           "and method: [`benchmarks/`](../benchmarks/README.md). Regenerate this page with "
+           "`python benchmarks/report.py` after running the benchmarks.", ""]
+    ext = _load("extraction")
+    if ext:
+        s = ext["settings"]
+        out += ["## Extraction overhead and batched timesteps", "",
+                f"`python benchmarks/bench_extraction.py --n {s['n']} --batch-size {s['batch_size']} --repeats "
+                f"{s['repeats']}`: {s['backbone']} at {s['image_size']} px, timesteps {s['timesteps']}, "
+                f"{s['n']} ShapeWorld images held in RAM. Machine: {_machine(ext)}.", "",
+                "Throughput of `probekit extract` (hooks, float16 copies, sharded HDF5 writes with fsync, merge) "
+                "relative to a bare forward loop over the same batches:", "",
+                "| layers stored | file | extract / bare throughput |", "|---|---|---|"]
+        out += [f"| {r['layers']} | {r['file_mb']} MB | {target(r['throughput_ratio'], 0.97)} |" for r in ext["overhead"]]
+        for r in ext["overhead"]:
+            out += ["", f"Timing, {r['layers']}:", "", _timing(r["timing"])]
+        b = ext["batched_timesteps"]
+        out += ["", f"All {len(s['timesteps'])} timesteps of a batch in one forward (B x T rows) against one "
+                f"forward per timestep (layers 2 and 5, no storage): **{b['speedup']:.3f}x** the throughput.", "",
+                _timing(b["timing"]), ""]
+    io = _load("probe_io")
+    if io:
+        s, h = io["settings"], io["hdf5_vs_ram"]
+        out += ["## Probe training: HDF5 against RAM", "",
+                f"`python benchmarks/bench_probe_io.py --n {s['n_train']} --repeats {s['repeats']} --base "
+                f"{s['memory_base_samples']}`: {s['probe']}, shipped backbone features of {s['n_train']} training "
+                f"and {s['n_eval']} evaluation images. Machine: {_machine(io)}.", "",
+                f"HDF5 (2 batches prefetched) / RAM throughput: {target(h['throughput_ratio'], 0.9)}; with "
+                f"prefetching off: {h['throughput_ratio_no_prefetch']:.3f}.", "", _timing(h["timing"]), "",
+                "## Peak memory against feature-file size", "",
+                f"Synthetic files, probed in a fresh process each ({s['memory_probe']}). *Added* is the peak "
+                "resident set size during probing minus the process's size after its imports.", "",
+                "| file | samples | size | added, probekit reader | ratio to 1x | added, RAM reader | ratio to 1x |",
+                "|---|---|---|---|---|---|---|"]
+        out += [f"| {r['factor']}x | {r['samples']} | {r['file_mb']} MB | {r['added_mb_hdf5']} MB | "
+                f"{r['added_ratio_hdf5']:.2f} | {r['added_mb_ram']} MB | {r['added_ratio_ram']:.2f} |"
+                for r in io["peak_memory"]]
+        out += [""]
+    ranks = _load("ranks")
+    if ranks:
+        s = ranks["settings"]
+        out += ["## 2 ranks against 1 process", "",
+                f"`python benchmarks/bench_ranks.py --n {s['n']} --repeats {s['repeats']}`: `probekit extract "
+                f"{' '.join(s['args'])} --limit {s['n']}` as one process and under `torchrun --nproc-per-node 2` "
+                f"(gloo), the {s['cores']} cores split between the ranks. Wall time of the whole command (start-up, "
+                f"model loading, shards, merge). Machine: {_machine(ranks)}.", "",
+                f"2-rank / 1-process throughput: **{ranks['speedup']:.3f}x**; features identical: "
+                f"{ranks['identical_features']}.", "", _timing(ranks["timing"]), ""]
+    findings = HERE / "findings.md"  # the written reading of the numbers, kept beside the scripts
+    if findings.is_file():
+        out += [findings.read_text().strip(), ""]
+    return "\n".join(out).rstrip() + "\n"
+
+
+def main() -> None:
+    DOC.write_text(render())
+    print(f"wrote {DOC}")
+
+
+if __name__ == "__main__":
+    main()
