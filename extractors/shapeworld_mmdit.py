@@ -117,15 +117,23 @@ def save_folder(folder: str | Path, transformer, text_encoder, tokenizer, extra:
     return folder
 
 
+def shipped_shift() -> float:
+    """The noise-schedule shift the shipped model was trained with (its scheduler config)."""
+    path = shipped_weights() / "scheduler" / "scheduler_config.json"
+    return float(json.loads(path.read_text()).get("shift", 1.0)) if path.is_file() else SCHEDULER_CONFIG["shift"]
+
+
 def random_folder(init_seed: int = 0) -> Path:
-    """The random-init control: same architecture and vocabulary, never trained (built once into the cache)."""
+    """The random-init control: same architecture, vocabulary and noise schedule as the shipped model, never
+    trained (built once into the cache; the shift is in the name so a retrained model never meets a stale one)."""
     from probekit.datasets import load_manifest
     from probekit.extractors.tiny import cache_dir
 
-    folder = cache_dir() / f"shapeworld-mmdit-random-seed{init_seed}"
+    shift = shipped_shift()
+    folder = cache_dir() / f"shapeworld-mmdit-random-seed{init_seed}-shift{shift:g}"
     if not (folder / "transformer" / "config.json").is_file():
         manifest, _ = load_manifest("shapeworld")
-        save_folder(folder, *build_models(manifest, seed=init_seed),
+        save_folder(folder, *build_models(manifest, seed=init_seed), shift=shift,
                     extra={"note": f"random initialisation, seed {init_seed}; never trained"})
     return folder
 

@@ -80,7 +80,8 @@ def model_card(run: Path, numbers: dict) -> None:
         transformer_params=f"{info['parameters']['transformer'] / 1e6:.2f} M",
         text_params=f"{info['parameters']['text_encoder'] / 1e3:.0f} k", vocab=vocab,
         size_mb=sum(p.stat().st_size for p in folder.rglob("*") if p.is_file()) / 2**20,
-        steps=info["steps"], images_seen=f"{info['images_seen']:,}", wall_min=info["wall_time_s"] / 60,
+        steps=info["steps"], lr=f"{info['recipe']['lr']:g}", shift=f"{info['recipe']['shift']:g}",
+        batch=info["recipe"]["batch_size"], images_seen=f"{info['images_seen']:,}", wall_min=info["wall_time_s"] / 60,
         machine=info["machine"]["platform"], cpus=info["machine"]["cpus"],
         torch_threads=info["machine"]["torch_threads"], n_eval=numbers["n"], loss_table="\n".join(rows),
         prompts="; ".join(f'"{p}"' for p in PROMPTS))

@@ -101,8 +101,7 @@ def render(work: Path, args, zeroshot: list[dict]) -> str:
         "",
         "How to read it:",
         "",
-        "- Timesteps are integers in [0, 1000]; with the model's flow shift of 3 the noise level is "
-        "s = 3u / (1 + 2u), u = t/1000, so t = 250 is already half noise (s = 0.5) and t = 500 is s = 0.75.",
+        _noise_sentence(),
         "- Single-map cells are strictly linear probes. The concat, global and spatial cells first pass every map "
         "through a per-layer bottleneck (1x1 conv to 64 channels, GroupNorm, GELU), so they are not linear in the "
         "features: the `pixels` column, where all four read the same single map, shows what the bottleneck alone "
@@ -152,6 +151,19 @@ def render(work: Path, args, zeroshot: list[dict]) -> str:
             lines.append(f"| {r['backbone']} | {r['mode']} | {100 * r['mIoU']:.1f} | {100 * r['pixel_acc']:.1f} | {per} |")
         lines.append("")
     return "\n".join(lines) + "\n"
+
+
+def _noise_sentence() -> str:
+    """How timesteps map to noise levels for the shipped model (its scheduler's shift)."""
+    from probekit.extractors.noise import NoiseSchedule
+    from probekit.extractors.shapeworld_mmdit import shipped_shift
+
+    k = shipped_shift()
+    sched = NoiseSchedule(kind="flow", shift=k)
+    levels = ", ".join(f"t = {t}: s = {sched.sigma(t):.2f}" for t in (50, 250, 500, 750, 950))
+    rule = "s = u" if k == 1 else f"s = {k:g}u / (1 + {k - 1:g}u)"
+    return (f"- Timesteps are integers in [0, 1000]; with the model's flow shift of {k:g} the noise level (the "
+            f"weight of the noise in x_t = (1 - s) x_0 + s eps) is {rule}, u = t/1000: {levels}.")
 
 
 def main() -> None:
