@@ -1,6 +1,7 @@
 """Training the ShapeWorld MM-DiT: the loss falls, and an interrupted run resumes to the same weights."""
 
 import csv
+import json
 
 import pytest
 import torch
@@ -25,7 +26,10 @@ def test_a_few_steps_lower_the_held_out_loss(tmp_path):
     manifest, _ = load_manifest("shapeworld")
     init = save_folder(tmp_path / "init", *build_models(manifest, seed=0, overrides=TINY))
     trained = tb.train_backbone(tmp_path / "run", steps=40, batch_size=8, lr=2e-3, warmup=1, ema_decay=0.0,
-                                config_overrides=TINY, checkpoint_every=20, progress=False, log=lambda s: None)
+                                shift=2.0, config_overrides=TINY, checkpoint_every=20, progress=False,
+                                log=lambda s: None)
+    # sampling and extraction must use the noise schedule the model was trained with
+    assert json.loads((trained / "scheduler" / "scheduler_config.json").read_text())["shift"] == 2.0
     kwargs = dict(timesteps=(250, 750), n=16, batch_size=16)
     before = tb.denoising_loss_per_timestep(init, **kwargs)
     after = tb.denoising_loss_per_timestep(trained, **kwargs)

@@ -37,6 +37,12 @@ def test_shipped_weights_give_features_of_the_expected_shape(tmp_path):
         assert r.provenance["weights"]["files"]
 
 
+def test_random_control_shares_the_shipped_noise_schedule():
+    shipped = json.loads((shipped_weights() / "scheduler" / "scheduler_config.json").read_text())
+    control = json.loads((random_folder() / "scheduler" / "scheduler_config.json").read_text())
+    assert control == shipped
+
+
 def test_trained_weights_denoise_better_than_the_random_control():
     from probekit.extractors.train_backbone import denoising_loss_per_timestep
 
