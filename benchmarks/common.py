@@ -75,16 +75,23 @@ class MemoryDataset:
         return self.base.reference()
 
 
-def memory_reader_class():
+def memory_reader_class(preloaded: dict | None = None):
     """A FeatureReader that loads the whole file into RAM on opening: the baseline of the HDF5-vs-RAM and
-    peak-memory benchmarks (what probekit deliberately does not do)."""
+    peak-memory benchmarks (what probekit deliberately does not do). With ``preloaded`` (a dict), each file is
+    loaded once and kept there, so later readers of it start with the arrays already in RAM."""
     from probekit.store import FeatureReader
 
     class MemoryReader(FeatureReader):
         def __init__(self, path, allow_incomplete: bool = False):
             super().__init__(path, allow_incomplete)
+            key = str(path)
+            if preloaded is not None and key in preloaded:
+                self._arrays = preloaded[key]
+                return
             self._arrays = {f"features/{k}": self._file[f"features/{k}"][...] for k in self.keys}
             self._arrays.update({f"labels/{n}": self._file[f"labels/{n}"][...] for n in self.label_names})
+            if preloaded is not None:
+                preloaded[key] = self._arrays
 
         def _read_rows(self, ds, positions, what):
             return self._arrays[ds.name.lstrip("/")][np.asarray(positions, dtype=np.int64)]

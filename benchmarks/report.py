@@ -66,8 +66,9 @@ def render() -> str:
                 f"`python benchmarks/bench_probe_io.py --n {s['n_train']} --repeats {s['repeats']} --base "
                 f"{s['memory_base_samples']}`: {s['probe']}, shipped backbone features of {s['n_train']} training "
                 f"and {s['n_eval']} evaluation images. Machine: {_machine(io)}.", "",
-                f"HDF5 (2 batches prefetched) / RAM throughput: {target(h['throughput_ratio'], 0.9)}; with "
-                f"prefetching off: {h['throughput_ratio_no_prefetch']:.3f}.", "", _timing(h["timing"]), "",
+                "HDF5 / RAM throughput: " + "; ".join(f"{name}: {target(v, 0.9)}"
+                                                      for name, v in h["throughput_ratios"].items()) + ".", "",
+                _timing(h["timing"]), "",
                 "## Peak memory against feature-file size", "",
                 f"Synthetic files, probed in a fresh process each ({s['memory_probe']}). *Added* is the peak "
                 "resident set size during probing minus the process's size after its imports.", "",

@@ -91,8 +91,9 @@ def _extract_shard(extractor, dataset, run: ExtractionRun, shard: Shard, attrs, 
                                       [s.index for s in batch])
             labels = {name: np.stack([getattr(s, name) for s in batch])
                       for name in LABELS if getattr(batch[0], name) is not None}
-            writer.write_batch(range(a, a + len(batch)), {k: v.numpy() for k, v in feats.items()}, labels,
-                               [s.caption for s in batch])
+            # float16 (the stored type) converted by torch: several times faster than numpy's astype
+            writer.write_batch(range(a, a + len(batch)), {k: v.to(torch.float16).numpy() for k, v in feats.items()},
+                               labels, [s.caption for s in batch])
             bar.update(len(batch))
         bar.update(len(skipped))
         writer.set_attr("skipped", skipped)

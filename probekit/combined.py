@@ -91,17 +91,22 @@ class CombinedReader:
         return self._key_map[key]
 
     def read(self, key: str, positions: Sequence[int]) -> np.ndarray:
+        return self.read_raw(key, positions).astype(np.float32)
+
+    def read_raw(self, key: str, positions: Sequence[int]) -> np.ndarray:
         i, k = self._resolve(key)
-        return self.readers[i].read(k, self._rows[i][np.asarray(positions, dtype=np.int64)])
+        return self.readers[i].read_raw(k, self._rows[i][np.asarray(positions, dtype=np.int64)])
 
     def read_labels(self, name: str, positions: Sequence[int]) -> np.ndarray:
         return self.readers[0].read_labels(name, positions)
 
     def batches(self, keys: Sequence[str], batch_size: int, *, labels: Sequence[str] = (), shuffle: bool = False,
-                seed: int = 0, epoch: int = 0, subset: Sequence[int] | None = None) -> Iterator[dict[str, Any]]:
+                seed: int = 0, epoch: int = 0, subset: Sequence[int] | None = None,
+                raw: bool = False) -> Iterator[dict[str, Any]]:
+        read = self.read_raw if raw else self.read
         for batch in self.readers[0].batches([], batch_size, labels=labels, shuffle=shuffle, seed=seed, epoch=epoch,
                                              subset=subset):
-            batch["features"] = {k: self.read(k, batch["positions"]) for k in keys}
+            batch["features"] = {k: read(k, batch["positions"]) for k in keys}
             yield batch
 
     def close(self) -> None:

@@ -91,12 +91,19 @@ class FeatureWriter:
         if set(features) != set(self._keys):
             raise FeatureFileError(f"{self.path}: batch has keys {sorted(features)}, file has {sorted(self._keys)}")
         f = self._file
-        for row, pos in enumerate(positions):
-            for key, arr in features.items():
-                f[f"features/{key}"][pos] = arr[row].astype(FEATURE_DTYPE)
-            for name, arr in labels.items():
-                f[f"labels/{name}"][pos] = arr[row]
-            f["captions"][pos] = captions[row]
+        positions = [int(p) for p in positions]
+        targets = [(f[f"features/{key}"], np.asarray(arr, dtype=FEATURE_DTYPE)) for key, arr in features.items()]
+        targets += [(f[f"labels/{name}"], np.asarray(arr)) for name, arr in labels.items()]
+        if positions == list(range(positions[0], positions[0] + len(positions))):
+            rows = np.s_[positions[0]:positions[0] + len(positions)]  # one slab write per dataset
+            for ds, arr in targets:
+                ds[rows] = arr
+            f["captions"][rows] = np.asarray(list(captions), dtype=object)
+        else:
+            for row, pos in enumerate(positions):
+                for ds, arr in targets:
+                    ds[pos] = arr[row]
+                f["captions"][pos] = captions[row]
         # Marked done only after all its data is written, so an interrupted write is never counted.
         done = f["done"]
         for pos in positions:
@@ -164,6 +171,7 @@ class FeatureReader:
             raise FeatureFileError(f"{self.path} has feature-store format {version}; this probekit reads up to "
                                    f"{FORMAT_VERSION}: upgrade probekit")
         self.format_version = version
+        self._raw_chunks: dict[str, bool] = {}
         self.num_samples = int(f.attrs["num_samples"])
         if not bool(f.attrs["complete"]) and not allow_incomplete:
             written = int(f["done"][...].sum())
@@ -227,24 +235,43 @@ class FeatureReader:
     def read_labels(self, name: str, positions: Sequence[int]) -> np.ndarray:
         return self._read_rows(self._label(name), positions, f"label {name!r}")
 
+    def _one_raw_chunk_per_row(self, ds: h5py.Dataset) -> bool:
+        """True when each row is one unfiltered chunk, so a row can be read as raw chunk bytes."""
+        if ds.name not in self._raw_chunks:
+            self._raw_chunks[ds.name] = (ds.chunks == (1, *ds.shape[1:])
+                                         and ds.id.get_create_plist().get_nfilters() == 0)
+        return self._raw_chunks[ds.name]
+
     def _read_rows(self, ds: h5py.Dataset, positions: Sequence[int], what: str) -> np.ndarray:
+        positions = np.asarray(positions, dtype=np.int64)
         out = np.empty((len(positions), *ds.shape[1:]), dtype=ds.dtype)
-        for row, pos in enumerate(positions):
-            try:
-                ds.read_direct(out, np.s_[int(pos)], np.s_[row])
-            except OSError as exc:  # a file truncated after its header opens, then fails on the data
-                raise FeatureFileError(f"{self.path}: cannot read {what} of sample {self.sample_ids[int(pos)]} "
-                                       f"(truncated or damaged file?): {exc}") from None
+        try:
+            if len(positions) and np.array_equal(positions, np.arange(positions[0], positions[0] + len(positions))):
+                ds.read_direct(out, np.s_[positions[0]:positions[0] + len(positions)])  # consecutive: one read
+            elif self._one_raw_chunk_per_row(ds):
+                # Shuffled rows: each row is one whole chunk, read as bytes (~3x faster than a selection).
+                zeros = (0,) * (ds.ndim - 1)
+                for row, pos in enumerate(positions):
+                    out[row] = np.frombuffer(ds.id.read_direct_chunk((int(pos), *zeros))[1],
+                                             dtype=ds.dtype).reshape(ds.shape[1:])
+            else:
+                for row, pos in enumerate(positions):
+                    ds.read_direct(out, np.s_[int(pos)], np.s_[row])
+        except OSError as exc:  # damaged data that opened fine
+            raise FeatureFileError(f"{self.path}: cannot read {what} of rows {positions[:1].tolist()}... (truncated "
+                                   f"or damaged file?): {exc}") from None
         return out
 
     def batches(self, keys: Sequence[str], batch_size: int, *, labels: Sequence[str] = (),
                 shuffle: bool = False, seed: int = 0, epoch: int = 0,
-                subset: Sequence[int] | None = None) -> Iterator[dict[str, Any]]:
+                subset: Sequence[int] | None = None, raw: bool = False) -> Iterator[dict[str, Any]]:
         """Minibatches {"positions", "features": {key: (B,C,h,w)}, "labels": {name: (B,H,W)}}.
 
         ``subset`` restricts to those rows. Shuffling is a seeded permutation per (seed, epoch), so runs are
-        reproducible.
+        reproducible. ``raw`` leaves features in float16 (the caller converts: torch does it ~20x faster than
+        numpy).
         """
+        read = self.read_raw if raw else self.read
         order = np.arange(self.num_samples) if subset is None else np.asarray(subset, dtype=np.int64)
         if shuffle:
             order = order[np.random.default_rng([seed, epoch]).permutation(len(order))]
@@ -252,7 +279,7 @@ class FeatureReader:
             pos = order[start:start + batch_size]
             yield {
                 "positions": pos,
-                "features": {k: self.read(k, pos) for k in keys},
+                "features": {k: read(k, pos) for k in keys},
                 "labels": {n: self.read_labels(n, pos) for n in labels},
             }
 

@@ -50,7 +50,9 @@ class ProbeConfig:
     cross_dataset: bool = False  # allow train and eval features from different datasets with the same classes
     train_limit: int | None = None  # train on the first N training rows only (learning curves)
     eval_crop: list[float] | None = None  # depth: (top, bottom, left, right) fractions kept for evaluation
-    prefetch: int = 2  # minibatches read ahead on a background thread (0: read inline); never changes results
+    # Minibatches read ahead on a background thread (0: inline); never changes results. None: 2 on a GPU, 0 on
+    # CPU, where the reader thread competes with torch for the cores (docs/benchmarks.md measured it slower).
+    prefetch: int | None = None
 
 
 def check_compatible(a: FeatureReader, b: FeatureReader, keys: Sequence[str], cross_dataset: bool = False) -> None:
@@ -116,12 +118,13 @@ def probe_name(cfg: ProbeConfig, keys: list[str]) -> str:
 
 
 def _batches(reader, keys, cfg, label, *, shuffle=False, epoch=0, subset=None):
-    """Minibatches read from the feature file(s) on a background thread, ``cfg.prefetch`` batches ahead: memory
+    """Minibatches read from the feature file(s), ``cfg.prefetch`` batches ahead on a background thread: memory
     stays bounded by the batch size whatever the file's size."""
     batches = reader.batches(keys, cfg.batch_size, labels=[label], shuffle=shuffle, seed=cfg.seed, epoch=epoch,
-                             subset=subset)
+                             subset=subset, raw=True)
     for batch in prefetched(batches, cfg.prefetch):
-        feats = {k: torch.from_numpy(v).to(cfg.device) for k, v in batch["features"].items()}
+        # float16 as stored -> float32 in torch (on the device when there is one): much faster than numpy
+        feats = {k: torch.from_numpy(v).to(cfg.device).float() for k, v in batch["features"].items()}
         yield batch["positions"], feats, batch["labels"][label]
 
 
@@ -206,6 +209,8 @@ def train_probe(train_features: PathOrPaths, eval_features: PathOrPaths, *, val_
     if "lr" in config:
         config["lrs"] = [config.pop("lr")]
     cfg = ProbeConfig(**config)
+    if cfg.prefetch is None:
+        cfg.prefetch = 2 if str(cfg.device).startswith("cuda") else 0
     started = time.perf_counter()
     task_entry, head_entry = TASKS.get(cfg.task), HEADS.get(cfg.head)  # unknown names fail before any work
     if (guidance is None) != (eval_guidance is None) or (val_guidance is not None and val_features is None):
