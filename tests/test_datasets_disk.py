@@ -166,3 +166,23 @@ def test_data_root_from_environment_and_missing_root_message(tmp_path, monkeypat
     monkeypatch.delenv("PROBEKIT_DATA")
     with pytest.raises(ProbekitError, match="--data-root DIR"):
         load_dataset("ecssd", "test")
+
+
+@pytest.mark.parametrize("name", sorted(DATASETS))
+def test_manifest_states_layout_counts_classes_protocol_license_and_citation(name):
+    from probekit.datasets import load_manifest
+
+    m, _ = load_manifest(name)
+    assert m["name"] == name and m["schema_version"] == 1
+    for field in ("title", "task", "default_dir", "homepage", "license", "citation", "layout", "protocol"):
+        assert m.get(field), field
+    assert m["protocol"]["field"] and m["protocol"]["probe"]["size"]
+    assert all(isinstance(spec["count"], int) and spec["count"] > 0 for spec in m["splits"].values())
+    if m["task"] == "depth":
+        lo, hi = m["depth_range"]
+        assert 0 < lo < hi and len(m["eval_crop"]) == 4
+    else:
+        assert len(m["classes"]) == len(m["palette"]) >= 2
+        if m["task"] == "seg":
+            assert m["ignore_index"] == 255
+        assert all(len(c) == 3 and all(0 <= v <= 255 for v in c) for c in m["palette"])
