@@ -16,13 +16,13 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from probekit.datasets.base import LABEL_NAMES
 from probekit.errors import ProbekitError, SampleError
 from probekit.extractors.base import Extractor
 from probekit.provenance import base_provenance
 from probekit.shards import DEFAULT_SHARD_SIZE, ExtractionRun, Shard
 from probekit.workers import Workers
 
-LABELS = ("seg", "depth", "saliency")
 ON_ERROR = ("raise", "skip")
 
 
@@ -40,7 +40,7 @@ def _check_sample(sample, reference) -> None:
         raise SampleError(sample.id, f"image is {image.shape[1]}x{image.shape[0]} but the dataset's images are "
                                      f"{reference.image.shape[1]}x{reference.image.shape[0]} (its loader should "
                                      "resize to one size)")
-    for name in LABELS:
+    for name in LABEL_NAMES:
         label = getattr(sample, name)
         if label is not None and label.shape[:2] != image.shape[:2]:
             raise SampleError(sample.id, f"label {name!r} is {label.shape[1]}x{label.shape[0]} but its image is "
@@ -90,7 +90,7 @@ def _extract_shard(extractor, dataset, run: ExtractionRun, shard: Shard, attrs, 
             feats = extractor.extract(_to_tensor([s.image for s in batch]), [s.caption for s in batch],
                                       [s.index for s in batch])
             labels = {name: np.stack([getattr(s, name) for s in batch])
-                      for name in LABELS if getattr(batch[0], name) is not None}
+                      for name in LABEL_NAMES if getattr(batch[0], name) is not None}
             # float16 (the stored type) converted by torch: several times faster than numpy's astype
             writer.write_batch(range(a, a + len(batch)), {k: v.to(torch.float16).numpy() for k, v in feats.items()},
                                labels, [s.caption for s in batch])

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 
 from probekit.errors import ProbekitError
 from probekit.extractors.base import Extractor
-from probekit.provenance import weights_identity
+from probekit.provenance import PICKLE_SUFFIXES, weights_identity
 from probekit.store import feature_key
 
 
@@ -40,7 +40,7 @@ class TimmViTExtractor(Extractor):
         kwargs: dict[str, Any] = {"dynamic_img_size": True, "num_classes": 0, **self.model_kwargs}
         if weights is not None:
             path = Path(weights)
-            if path.suffix in (".pth", ".pt", ".bin", ".pkl", ".ckpt"):
+            if path.suffix in PICKLE_SUFFIXES:
                 raise ProbekitError(f"{path}: pickled weight files are not loaded (they can run code); "
                                     "convert them to .safetensors")
             if path.exists():

@@ -15,6 +15,9 @@ import yaml
 from probekit.errors import ProbekitError
 
 
+LABEL_NAMES = ("seg", "depth", "saliency")  # the dense labels a Sample may carry, by field name
+
+
 @dataclass
 class Sample:
     """One image with its dense labels. Arrays are (H, W[, 3]); absent labels are None."""

@@ -15,9 +15,8 @@ from typing import Any
 
 import numpy as np
 
-from probekit.datasets.base import load_manifest
-from probekit.datasets.files import (LABEL_KINDS, confined, list_entries, read_image, read_label_array,
-                                     resolve_root)
+from probekit.datasets.base import LABEL_NAMES, load_manifest
+from probekit.datasets.files import confined, list_entries, read_image, read_label_array, resolve_root
 from probekit.errors import ProbekitError, SampleError
 
 EXAMPLES = 5  # problems of one kind listed in full before "... and N more"
@@ -120,7 +119,7 @@ def check_split(name: str, manifest: dict[str, Any], root: Path, split: str, lim
                                                        f"{label_specs[kind]['raw_range']} "
                                                        f"(+{label_specs[kind].get('raw_also', [])})")
     if "images" in spec:  # pairing: label files with no image
-        for kind in (k for k in LABEL_KINDS if k in spec):
+        for kind in (k for k in LABEL_NAMES if k in spec):
             expected = {e.labels[kind] for e in entries}
             folder = Path(spec[kind]).parent.as_posix()
             if "{" in folder:

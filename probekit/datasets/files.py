@@ -17,10 +17,9 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from probekit.datasets.base import Sample, load_manifest, params_hash
+from probekit.datasets.base import LABEL_NAMES, Sample, load_manifest, params_hash
 from probekit.errors import ProbekitError, SampleError
 
-LABEL_KINDS = ("seg", "depth", "saliency")
 ENV_ROOT = "PROBEKIT_DATA"
 
 
@@ -80,7 +79,7 @@ def _fill(template: str, **values: str) -> str:
 
 def list_entries(root: Path, spec: dict[str, Any], where: str) -> list[Entry]:
     """The samples of one split, from a glob, an id list file or a pairs list file (see docs/datasets.md)."""
-    kinds = [k for k in LABEL_KINDS if k in spec]
+    kinds = [k for k in LABEL_NAMES if k in spec]
     entries: list[Entry] = []
     if "images" in spec:  # glob over image files; labels from templates with {id}, {stem}, {parent}
         pattern = spec["images"]["glob"]
