@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +19,7 @@ from probekit.datasets.base import LABEL_NAMES
 from probekit.errors import ProbekitError, SampleError
 from probekit.extractors.base import Extractor
 from probekit.provenance import base_provenance
-from probekit.shards import DEFAULT_SHARD_SIZE, ExtractionRun, Shard
+from probekit.shards import DEFAULT_SHARD_SIZE, ExtractionRun, Shard, open_run
 from probekit.workers import Workers
 
 ON_ERROR = ("raise", "skip")
@@ -184,9 +183,5 @@ def extract_dataset(extractor: Extractor, dataset, out: str | os.PathLike, *, li
 
 def merge_parts(out: str | os.PathLike) -> Path:
     """Join the shards of OUT.parts into OUT (after ``--part`` jobs, or to finish an interrupted merge)."""
-    from probekit.shards import open_run
-
     return open_run(out).merge()
 
-
-__all__: Sequence[str] = ("extract_dataset", "merge_parts", "run_fingerprint")
