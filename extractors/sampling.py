@@ -19,8 +19,8 @@ class FlowSampler:
     def __init__(self, folder: str | Path, device: str = "cpu"):
         from diffusers import FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel
 
+        from probekit.extractors.shapeworld_mmdit import prediction_type
         from probekit.extractors.text_conditioning import TextConditioner
-
         from probekit.provenance import refuse_pickled_weights
 
         folder = Path(folder)
@@ -30,6 +30,7 @@ class FlowSampler:
         self.transformer = SD3Transformer2DModel.from_pretrained(folder / "transformer", use_safetensors=True).to(self.device).eval()
         self.conditioner = TextConditioner.from_folder(folder).to(self.device)
         self.scheduler = FlowMatchEulerDiscreteScheduler.from_pretrained(folder / "scheduler")
+        self.prediction = prediction_type(folder)
         self.size = int(self.transformer.config.sample_size)
         self.channels = int(self.transformer.config.in_channels)
 
@@ -52,8 +53,9 @@ class FlowSampler:
             sigma = float(self.scheduler.sigmas[i])
             if callback is not None:
                 callback(i, sigma, x)
-            v = self.transformer(hidden_states=torch.cat([x, x]), timestep=t.expand(2 * n), return_dict=False,
-                                 **both)[0]
+            out = self.transformer(hidden_states=torch.cat([x, x]), timestep=t.expand(2 * n), return_dict=False,
+                                   **both)[0]
+            v = out if self.prediction == "velocity" else (torch.cat([x, x]) - out) / sigma  # sigma > 0 here
             v_uncond, v_cond = v.chunk(2)
             x = self.scheduler.step(v_uncond + guidance * (v_cond - v_uncond), t, x, return_dict=False)[0]
         images = ((x.clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).cpu().numpy()

@@ -6,6 +6,7 @@ Folder layout (loaded with ``from_pretrained`` like any hub model)::
     text_encoder/  transformers CLIPTextModel over the ShapeWorld caption vocabulary
     tokenizer/     word-level tokenizer (tokenizer.json), local files
     scheduler/     FlowMatchEulerDiscreteScheduler config (the shift the model was trained with)
+    prediction.json  present when the transformer predicts the clean image rather than the velocity
 
 Pixel space, not a VAE: ShapeWorld images are 64x64 flat-shaded scenes, so a 4x4 patch embedding already
 gives a 256-token sequence that trains at ~25 img/s on 2 CPU cores, and no autoencoder has to be trained,
@@ -36,12 +37,27 @@ TEXT_CONFIG: dict[str, Any] = {
     "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 2,
     "max_position_embeddings": MAX_TOKENS, "projection_dim": 64,
 }
+# What the transformer outputs: SD3's velocity eps - x0, or the clean image ("sample"); recorded in the
+# folder's prediction.json (absent means velocity, the convention of every diffusers flow-matching model).
+VELOCITY, SAMPLE = "velocity", "sample"
+PREDICTIONS = (VELOCITY, SAMPLE)
+PREDICTION_FILE = "prediction.json"
 SCHEDULER_CONFIG = {"_class_name": "FlowMatchEulerDiscreteScheduler", "num_train_timesteps": 1000, "shift": 1.0}
 
 
 def scheduler_config(shift: float) -> dict[str, Any]:
     """The scheduler must sample with the shift the model was trained with."""
     return {**SCHEDULER_CONFIG, "shift": float(shift)}
+
+
+def prediction_type(folder: str | Path) -> str:
+    path = Path(folder) / PREDICTION_FILE
+    if not path.is_file():
+        return VELOCITY
+    value = json.loads(path.read_text()).get("prediction", VELOCITY)
+    if value not in PREDICTIONS:
+        raise ValueError(f"{path}: prediction must be one of {PREDICTIONS}, not {value!r}")
+    return value
 
 
 def shipped_weights() -> Path:
@@ -95,7 +111,7 @@ def build_models(manifest: dict[str, Any], seed: int = 0, overrides: dict[str, A
 
 
 def save_folder(folder: str | Path, transformer, text_encoder, tokenizer, extra: dict[str, Any] | None = None,
-                shift: float = SCHEDULER_CONFIG["shift"]) -> Path:
+                shift: float = SCHEDULER_CONFIG["shift"], prediction: str = VELOCITY) -> Path:
     """Write the diffusers-style folder atomically (safetensors only)."""
     folder = Path(folder)
     folder.parent.mkdir(parents=True, exist_ok=True)
@@ -106,6 +122,8 @@ def save_folder(folder: str | Path, transformer, text_encoder, tokenizer, extra:
         tokenizer.save_pretrained(tmp / "tokenizer")
         (tmp / "scheduler").mkdir()
         (tmp / "scheduler" / "scheduler_config.json").write_text(json.dumps(scheduler_config(shift), indent=2) + "\n")
+        if prediction != VELOCITY:
+            (tmp / PREDICTION_FILE).write_text(json.dumps({"prediction": prediction}) + "\n")
         if extra:
             (tmp / "training_info.json").write_text(json.dumps(extra, indent=2) + "\n")
         if folder.exists():
@@ -124,16 +142,17 @@ def shipped_shift() -> float:
 
 
 def random_folder(init_seed: int = 0) -> Path:
-    """The random-init control: same architecture, vocabulary and noise schedule as the shipped model, never
-    trained (built once into the cache; the shift is in the name so a retrained model never meets a stale one)."""
+    """The random-init control: same architecture, vocabulary, noise schedule and output parameterisation as the
+    shipped model, never trained (built once into the cache; shift and prediction are in the name so a retrained
+    model never meets a stale one)."""
     from probekit.datasets import load_manifest
     from probekit.extractors.tiny import cache_dir
 
-    shift = shipped_shift()
-    folder = cache_dir() / f"shapeworld-mmdit-random-seed{init_seed}-shift{shift:g}"
+    shift, prediction = shipped_shift(), prediction_type(shipped_weights())
+    folder = cache_dir() / f"shapeworld-mmdit-random-seed{init_seed}-shift{shift:g}-{prediction}"
     if not (folder / "transformer" / "config.json").is_file():
         manifest, _ = load_manifest("shapeworld")
-        save_folder(folder, *build_models(manifest, seed=init_seed), shift=shift,
+        save_folder(folder, *build_models(manifest, seed=init_seed), shift=shift, prediction=prediction,
                     extra={"note": f"random initialisation, seed {init_seed}; never trained"})
     return folder
 

@@ -1,9 +1,10 @@
 """Train the ShapeWorld MM-DiT: rectified flow with SD3-style shifted timestep sampling.
 
-x_t = (1 - s) x_0 + s eps, the model predicts the velocity eps - x_0, s = shift(u) with u ~ logit-normal
-(SD3's sampling) and shift 3.0. The text encoder trains jointly; captions are dropped to the empty prompt
-with probability ``caption_dropout`` so classifier-free guidance works at sampling time. Images come from
-ShapeWorld's ``pretrain`` split, disjoint from the train/val/test splits the probes use.
+x_t = (1 - s) x_0 + s eps, the loss is the MSE of the velocity eps - x_0 (predicted directly, SD3's choice,
+or derived from a predicted x_0), s = shift(u) with u ~ logit-normal (SD3's sampling) and a shift (1.0 by
+default). The text encoder trains jointly; captions are dropped to the empty prompt with probability
+``caption_dropout`` so classifier-free guidance works at sampling time. Images come from ShapeWorld's
+``pretrain`` split, disjoint from the train/val/test splits the probes use.
 
 Resumable: a checkpoint (model, EMA, optimizer, step) is written every ``checkpoint_every`` steps with
 safetensors + ``torch.load(weights_only=True)``-safe state; a rerun with the same ``out`` continues from it.
@@ -27,11 +28,13 @@ import torch
 from tqdm.auto import tqdm
 
 from probekit.datasets.shapeworld import ShapeWorld
-from probekit.extractors.shapeworld_mmdit import build_models, save_folder, scheduler_config
+from probekit.extractors.shapeworld_mmdit import (
+    PREDICTIONS, SAMPLE, VELOCITY, build_models, prediction_type, save_folder, scheduler_config)
 from probekit.extractors.text_conditioning import TextConditioner
 from probekit.provenance import base_provenance
 
 CHECKPOINT = "checkpoint.pt"
+TRAIN_MIN_SIGMA = 0.05  # floor of the velocity denominator for sample prediction
 LOG_COLUMNS = ["step", "loss", "lr", "images_seen", "elapsed_s"]
 
 
@@ -53,13 +56,20 @@ def shifted_sigmas(u: torch.Tensor, shift: float) -> torch.Tensor:
 
 
 def flow_loss(transformer, conditioner: TextConditioner, x0: torch.Tensor, prompts: list[str], sigma: torch.Tensor,
-              eps: torch.Tensor) -> torch.Tensor:
-    """Per-sample MSE between predicted and true velocity at noise level ``sigma``."""
+              eps: torch.Tensor, prediction: str = VELOCITY, min_sigma: float = 0.0) -> torch.Tensor:
+    """Per-sample MSE between predicted and true velocity ``eps - x0`` at noise level ``sigma``.
+
+    With ``prediction="sample"`` the network outputs the clean image and the velocity is derived from it,
+    ``(x_t - x0_hat) / sigma``; ``min_sigma`` floors that denominator (training uses 0.05) so the loss, i.e.
+    ``|x0_hat - x0|^2 / max(sigma, min_sigma)^2``, stays bounded at the cleanest noise levels.
+    """
     s = sigma.view(-1, 1, 1, 1)
     x_t = (1.0 - s) * x0 + s * eps
     cond = conditioner(prompts)
-    pred = transformer(hidden_states=x_t, timestep=sigma * 1000.0, return_dict=False, **cond)[0]
-    return ((pred.float() - (eps - x0)) ** 2).mean(dim=(1, 2, 3))
+    pred = transformer(hidden_states=x_t, timestep=sigma * 1000.0, return_dict=False, **cond)[0].float()
+    if prediction == SAMPLE:
+        return ((pred - x0) ** 2).mean(dim=(1, 2, 3)) / sigma.clamp(min=min_sigma) ** 2
+    return ((pred - (eps - x0)) ** 2).mean(dim=(1, 2, 3))
 
 
 def _batch(dataset: ShapeWorld, step: int, batch_size: int, caption_dropout: float, seed: int):
@@ -75,15 +85,33 @@ def _batch(dataset: ShapeWorld, step: int, batch_size: int, caption_dropout: flo
 def train_backbone(out: str | Path, *, steps: int = 3000, batch_size: int = 32, lr: float = 1e-3,
                    warmup: int = 100, weight_decay: float = 0.0, caption_dropout: float = 0.1, shift: float = 1.0,
                    ema_decay: float = 0.999, seed: int = 0, checkpoint_every: int = 100, threads: int | None = None,
-                   config_overrides: dict[str, Any] | None = None, progress: bool = True, log=print) -> Path:
-    """Train (or resume) and export the EMA weights to ``out/model``; returns that folder."""
+                   prediction: str = VELOCITY, precision: str = "fp32", export_every: int = 0,
+                   device: str = "cpu", config_overrides: dict[str, Any] | None = None, progress: bool = True,
+                   log=print) -> Path:
+    """Train (or resume) and export the EMA weights to ``out/model``; returns that folder.
+
+    ``prediction``: what the network outputs, ``velocity`` (``eps - x0``, SD3's choice) or ``sample`` (the
+    clean image, from which the velocity is derived); ``precision="bf16"`` runs forward and backward under
+    bfloat16 autocast (weights, optimizer and EMA stay float32). ``export_every`` > 0 also exports the EMA
+    weights every that many steps to ``out/model-step{N}`` (to follow sample quality along training).
+    ``device`` ("cpu", "cuda", "cuda:1") only moves the work: data order and noise are drawn on the CPU, so
+    the recipe is the same on any device (the arithmetic, and so the last digits, are not).
+    """
+    if prediction not in PREDICTIONS:
+        raise ValueError(f"prediction must be one of {PREDICTIONS}, not {prediction!r}")
+    if precision not in ("fp32", "bf16"):
+        raise ValueError(f"precision must be 'fp32' or 'bf16', not {precision!r}")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     if threads:
         torch.set_num_threads(threads)
-    params = {k: v for k, v in locals().items() if k not in ("out", "log", "progress", "checkpoint_every", "threads")}
+    # the recipe: everything that changes the weights (not where, how fast or how often they are saved)
+    not_recipe = ("out", "log", "progress", "checkpoint_every", "threads", "export_every", "device")
+    params = {k: v for k, v in locals().items() if k not in not_recipe}
     dataset = ShapeWorld("pretrain")
     transformer, text_encoder, tokenizer = build_models(dataset.manifest, seed=seed, overrides=config_overrides)
+    dev = torch.device(device)
+    transformer, text_encoder = transformer.to(dev), text_encoder.to(dev)
     conditioner = TextConditioner(tokenizer, text_encoder)
     trainable = torch.nn.ModuleDict({"transformer": transformer, "text_encoder": text_encoder})
     ema = copy.deepcopy(trainable).requires_grad_(False)
@@ -92,7 +120,7 @@ def train_backbone(out: str | Path, *, steps: int = 3000, batch_size: int = 32, 
     start_step, elapsed = 0, 0.0
     ckpt = out / CHECKPOINT
     if ckpt.is_file():
-        state = torch.load(ckpt, weights_only=True)
+        state = torch.load(ckpt, weights_only=True, map_location=dev)
         if state["params"] != json.dumps(params, sort_keys=True):
             raise ValueError(f"{ckpt} was written with other settings; use another --out or the same settings")
         trainable.load_state_dict(state["model"])
@@ -113,7 +141,10 @@ def train_backbone(out: str | Path, *, steps: int = 3000, batch_size: int = 32, 
         t0 = time.perf_counter() - elapsed
         for step in bar:
             x0, prompts, u, eps = _batch(dataset, step, batch_size, caption_dropout, seed)
-            loss = flow_loss(transformer, conditioner, x0, prompts, shifted_sigmas(u, shift), eps).mean()
+            x0, u, eps = x0.to(dev), u.to(dev), eps.to(dev)
+            with torch.autocast(device_type=dev.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
+                loss = flow_loss(transformer, conditioner, x0, prompts, shifted_sigmas(u, shift), eps,
+                                 prediction=prediction, min_sigma=TRAIN_MIN_SIGMA).mean()
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(trainable.parameters(), 1.0)
@@ -132,19 +163,24 @@ def train_backbone(out: str | Path, *, steps: int = 3000, batch_size: int = 32, 
                 fh.flush()
                 _save_checkpoint(ckpt, trainable, ema, optimizer, schedule, step + 1, time.perf_counter() - t0,
                                  params)
+            if export_every and (step + 1) % export_every == 0 and step + 1 < steps:
+                save_folder(out / f"model-step{step + 1}", ema["transformer"], ema["text_encoder"], tokenizer,
+                            shift=shift, prediction=prediction, extra={"recipe": params, "steps": step + 1})
         bar.close()
     total = time.perf_counter() - t0
     info = {
         "recipe": params, "steps": steps, "images_seen": steps * batch_size, "wall_time_s": round(total, 1),
         "machine": {"platform": platform.platform(), "processor": platform.processor(), "cpus": os.cpu_count(),
-                    "torch_threads": torch.get_num_threads()},
+                    "torch_threads": torch.get_num_threads(), "device": str(dev),
+                    **({"gpu": torch.cuda.get_device_name(dev)} if dev.type == "cuda" else {})},
         "parameters": {"transformer": sum(p.numel() for p in transformer.parameters()),
                        "text_encoder": sum(p.numel() for p in text_encoder.parameters())},
         "weights": "exponential moving average of the training weights",
         "data": "ShapeWorld split 'pretrain' (disjoint from train/val/test)",
         "scheduler": scheduler_config(shift), "provenance": base_provenance(),
     }
-    folder = save_folder(out / "model", ema["transformer"], ema["text_encoder"], tokenizer, extra=info, shift=shift)
+    folder = save_folder(out / "model", ema["transformer"], ema["text_encoder"], tokenizer, extra=info, shift=shift,
+                         prediction=prediction)
     log(f"trained {steps} steps in {total / 60:.1f} min -> {folder}")
     return folder
 
@@ -181,6 +217,7 @@ def denoising_loss_per_timestep(folder: str | Path, timesteps=(50, 150, 250, 350
         shift = float(json.loads((folder / "scheduler" / "scheduler_config.json").read_text()).get("shift", 1.0))
     transformer = SD3Transformer2DModel.from_pretrained(folder / "transformer").eval()
     conditioner = TextConditioner.from_folder(folder)
+    prediction = prediction_type(folder)
     dataset = ShapeWorld(split)
     out: dict[int, float] = {}
     for t in timesteps:
@@ -192,6 +229,7 @@ def denoising_loss_per_timestep(folder: str | Path, timesteps=(50, 150, 250, 350
             x0 = images_to_tensor([s.image for s in samples])
             eps = torch.randn(x0.shape, generator=gen)
             sigma = torch.full((len(samples),), float(shifted_sigmas(torch.tensor(t / 1000.0), shift)))
-            total += float(flow_loss(transformer, conditioner, x0, [s.caption for s in samples], sigma, eps).sum())
+            total += float(flow_loss(transformer, conditioner, x0, [s.caption for s in samples], sigma, eps,
+                                     prediction=prediction).sum())
         out[int(t)] = total / n
     return out

@@ -375,19 +375,26 @@ def demo(out, n_train, n_test, timesteps, layers, epochs, seed, control, quiet):
               help="Probability of training on the empty prompt (for classifier-free guidance).")
 @click.option("--shift", type=float, default=1.0, show_default=True,
               help="Timestep shift of the noise levels (SD3); written to the scheduler so sampling matches.")
+@click.option("--prediction", type=click.Choice(["velocity", "sample"]), default="velocity", show_default=True,
+              help="Network output: the velocity eps - x0 (SD3) or the clean image (velocity derived from it).")
+@click.option("--precision", type=click.Choice(["fp32", "bf16"]), default="fp32", show_default=True,
+              help="bf16: bfloat16 autocast for forward/backward (faster on CPUs with AVX512-BF16).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seeds initialisation, data order and noise.")
 @click.option("--checkpoint-every", type=int, default=100, show_default=True)
+@click.option("--export-every", type=int, default=0, show_default=True,
+              help="Also export the EMA weights every N steps to OUT/model-stepN (0: only at the end).")
 @click.option("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice).")
+@click.option("--device", default="cpu", show_default=True, help="cpu, cuda or cuda:N; the recipe is the same.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 @_friendly_errors
-def train_backbone_command(out, steps, batch_size, lr, caption_dropout, shift, seed, checkpoint_every, threads,
-                           quiet):
+def train_backbone_command(out, steps, batch_size, lr, caption_dropout, shift, prediction, precision, seed,
+                           checkpoint_every, export_every, threads, device, quiet):
     """Train the ShapeWorld MM-DiT (rectified flow, SD3 architecture); rerun the same command to resume."""
     from probekit.extractors.train_backbone import train_backbone
 
     train_backbone(out, steps=steps, batch_size=batch_size, lr=lr, caption_dropout=caption_dropout, shift=shift,
-                   seed=seed,
-                   checkpoint_every=checkpoint_every, threads=threads, progress=not quiet, log=click.echo)
+                   prediction=prediction, precision=precision, seed=seed, checkpoint_every=checkpoint_every,
+                   export_every=export_every, threads=threads, device=device, progress=not quiet, log=click.echo)
 
 
 def _generator_weights(backbone: str, weights: str | None):

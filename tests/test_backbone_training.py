@@ -75,3 +75,54 @@ def test_learning_rate_warms_up_then_decays():
     f = [tb.lr_factor(i, warmup=10, steps=100) for i in range(100)]
     assert f[0] == pytest.approx(0.1) and f[9] == pytest.approx(1.0)
     assert all(a >= b for a, b in zip(f[10:], f[11:])) and f[-1] == pytest.approx(0.1, abs=1e-3)
+
+
+def test_clean_image_prediction_trains_and_samples_through_the_derived_velocity(tmp_path):
+    """prediction="sample": the network outputs x0, the loss and the sampler use the velocity derived from it."""
+    from probekit.datasets import load_manifest
+    from probekit.extractors.sampling import FlowSampler
+    from probekit.extractors.shapeworld_mmdit import build_models, prediction_type, save_folder
+
+    manifest, _ = load_manifest("shapeworld")
+    init = save_folder(tmp_path / "init", *build_models(manifest, seed=0, overrides=TINY), prediction="sample")
+    trained = tb.train_backbone(tmp_path / "run", steps=40, batch_size=8, lr=2e-3, warmup=1, ema_decay=0.0,
+                                prediction="sample", precision="bf16", config_overrides=TINY,
+                                checkpoint_every=20, progress=False, log=lambda s: None)
+    assert prediction_type(trained) == "sample" and prediction_type(init) == "sample"
+    assert json.loads((trained / "training_info.json").read_text())["recipe"]["precision"] == "bf16"
+    kwargs = dict(timesteps=(250, 750), n=16, batch_size=16)
+    before = tb.denoising_loss_per_timestep(init, **kwargs)
+    after = tb.denoising_loss_per_timestep(trained, **kwargs)
+    assert sum(after.values()) < 0.8 * sum(before.values()), (before, after)
+
+    sampler = FlowSampler(trained)
+    assert sampler.prediction == "sample"
+    images = sampler.sample(["a red circle"], steps=3)
+    assert images.shape == (1, 64, 64, 3)
+    with pytest.raises(ValueError, match="prediction"):
+        tb.train_backbone(tmp_path / "bad", steps=1, prediction="epsilon", config_overrides=TINY)
+
+
+def test_sample_prediction_loss_is_the_velocity_error():
+    """Predicting x0 exactly costs nothing; an x0 error e costs |e|^2 / sigma^2, the velocity error it implies."""
+    class Echo(torch.nn.Module):  # returns a fixed "prediction", whatever the input
+        def __init__(self, out):
+            super().__init__()
+            self.out = out
+
+        def forward(self, hidden_states, timestep, return_dict, **cond):
+            return (self.out,)
+
+    x0 = torch.randn(2, 3, 8, 8)
+    eps = torch.randn(2, 3, 8, 8)
+    sigma = torch.tensor([0.5, 0.02])
+    no_text = lambda prompts: {}  # noqa: E731
+    exact = tb.flow_loss(Echo(x0), no_text, x0, ["", ""], sigma, eps, prediction="sample")
+    torch.testing.assert_close(exact, torch.zeros(2))
+    off = tb.flow_loss(Echo(x0 + 0.1), no_text, x0, ["", ""], sigma, eps, prediction="sample", min_sigma=0.05)
+    torch.testing.assert_close(off, torch.tensor([0.01 / 0.25, 0.01 / 0.0025]))
+    s = sigma.view(-1, 1, 1, 1)
+    x_t = (1 - s) * x0 + s * eps
+    implied_v = (x_t - (x0 + 0.1)) / s
+    torch.testing.assert_close(tb.flow_loss(Echo(x0 + 0.1), no_text, x0, ["", ""], sigma, eps, prediction="sample"),
+                               ((implied_v - (eps - x0)) ** 2).mean(dim=(1, 2, 3)))

@@ -2,9 +2,11 @@
 
     python docs/backbones/make_figures.py --run build/shapeworld-mmdit-run
 
---run is the training run directory (it holds train_log.csv); the model evaluated is the shipped one.
-Writes loss_curve.png, denoising_loss.png, samples.png, numbers.json and the model card
-shapeworld-mmdit.md (from shapeworld-mmdit.md.in) beside this script.
+--run is the training run directory (it holds train_log.csv, and model-stepN exports if trained with
+--export-every); the model evaluated is the shipped one. --compare NAME=FOLDER adds other models (earlier
+recipes) to the prompt-fidelity table. Writes loss_curve.png, denoising_loss.png, samples.png,
+prompt_fidelity.png, numbers.json and the model card shapeworld-mmdit.md (from shapeworld-mmdit.md.in)
+beside this script.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from probekit.extractors.sample_fidelity import judge_real_images, prompt_fidelity  # noqa: E402
 from probekit.extractors.sampling import FlowSampler, image_grid  # noqa: E402
 from probekit.extractors.shapeworld_mmdit import random_folder, shipped_weights  # noqa: E402
 from probekit.extractors.train_backbone import denoising_loss_per_timestep  # noqa: E402
@@ -68,6 +71,63 @@ def samples(seed: int) -> None:
     image_grid(images, columns=4, scale=3).save(HERE / "samples.png")
 
 
+def fidelity(run: Path, compare: list[str]) -> dict:
+    """Judge samples of single-object prompts: the shipped model, its exports along training, the random
+    control and any --compare models; plus the judge's own accuracy on real images."""
+    models = [("random init (control)", random_folder(), 0)]
+    for export in sorted(run.glob("model-step*"), key=lambda p: int(p.name.removeprefix("model-step"))):
+        models.append((f"this recipe, step {export.name.removeprefix('model-step')}", export,
+                       int(export.name.removeprefix("model-step"))))
+    info = json.loads((shipped_weights() / "training_info.json").read_text())
+    models.append((f"this recipe, step {info['steps']} (shipped)", shipped_weights(), info["steps"]))
+    for item in compare:
+        name, _, folder = item.partition("=")
+        models.append((name, Path(folder), json.loads((Path(folder) / "training_info.json").read_text())["steps"]))
+    rows = []
+    for name, folder, steps in models:
+        summary = prompt_fidelity(folder)
+        rows.append({"model": name, "steps": steps, "colour_found": summary["colour_found"],
+                     "shape_accuracy": summary["shape_accuracy"], "n": summary["n"],
+                     "per_shape": summary["per_shape"], "settings": summary["settings"]})
+        print(f"{name}: colour {summary['colour_found']:.3f} shape {summary['shape_accuracy']:.3f}", flush=True)
+    return {"judge_on_real_images": judge_real_images(), "models": rows}
+
+
+def fidelity_curve(fid: dict) -> None:
+    """Shape accuracy and colour found along this recipe's training (its exports and the shipped weights)."""
+    rows = [r for r in fid["models"] if r["model"].startswith("this recipe")]
+    steps = [r["steps"] for r in rows]
+    fig, ax = plt.subplots(figsize=(4.5, 3))
+    ax.plot(steps, [r["shape_accuracy"] for r in rows], "o-", color="#0072B2", label="shape judged correct")
+    ax.plot(steps, [r["colour_found"] for r in rows], "s--", color="#009E73", label="prompted colour found")
+    ax.axhline(fid["judge_on_real_images"]["shape_accuracy"], color="#555555", lw=0.8, ls=":",
+               label="judge on real images")
+    ax.axhline(1 / 6, color="#D55E00", lw=0.8, ls=":", label="chance (shape)")
+    ax.set(xlabel="training step (batch 32)", ylabel="fraction of samples", ylim=(0, 1.05),
+           title="Single-object prompts along training")
+    ax.legend(frameon=False, fontsize=7)
+    fig.tight_layout()
+    fig.savefig(HERE / "prompt_fidelity.png", dpi=150)
+
+
+def fidelity_tables(numbers: dict) -> tuple[str, str]:
+    fid = numbers["fidelity"]
+    lines = ["| model | training steps | prompted colour found | shape judged correct |", "|---|---|---|---|"]
+    for row in fid["models"]:
+        lines.append(f"| {row['model']} | {row['steps']:,} | {row['colour_found']:.0%} | {row['shape_accuracy']:.0%} |")
+    real = fid["judge_on_real_images"]
+    lines.append(f"| real ShapeWorld images (the judge's own accuracy) | - | {real['colour_found']:.0%} "
+                 f"| {real['shape_accuracy']:.0%} |")
+    shipped = next(r for r in fid["models"] if r["model"].endswith("(shipped)"))
+    shapes = list(shipped["per_shape"])
+    confusion = ["| prompted \\ judged | " + " | ".join(shapes) + " | none |", "|---" * (len(shapes) + 2) + "|"]
+    for shape in shapes:
+        judged = shipped["per_shape"][shape]["judged"]
+        confusion.append(f"| {shape} | " + " | ".join(str(judged.get(s, 0)) for s in shapes)
+                         + f" | {judged.get('(none)', 0)} |")
+    return "\n".join(lines), "\n".join(confusion)
+
+
 def model_card(run: Path, numbers: dict) -> None:
     folder = shipped_weights()
     info = json.loads((folder / "training_info.json").read_text())
@@ -76,11 +136,18 @@ def model_card(run: Path, numbers: dict) -> None:
         c = numbers["control"][t]
         rows.append(f"| {t} | {v:.4f} | {c:.4f} | {v / c:.3f} |")
     vocab = len(json.loads((folder / "tokenizer" / "tokenizer.json").read_text())["model"]["vocab"])
+    fidelity_table, confusion_table = fidelity_tables(numbers)
+    settings = numbers["fidelity"]["models"][0]["settings"]
     text = (HERE / "shapeworld-mmdit.md.in").read_text().format(
         transformer_params=f"{info['parameters']['transformer'] / 1e6:.2f} M",
         text_params=f"{info['parameters']['text_encoder'] / 1e3:.0f} k", vocab=vocab,
         size_mb=sum(p.stat().st_size for p in folder.rglob("*") if p.is_file()) / 2**20,
         steps=info["steps"], lr=f"{info['recipe']['lr']:g}", shift=f"{info['recipe']['shift']:g}",
+        precision=info["recipe"].get("precision", "fp32"), prediction=info["recipe"].get("prediction", "velocity"),
+        fidelity_table=fidelity_table, confusion_table=confusion_table,
+        fidelity_n=numbers["fidelity"]["models"][0]["n"], fidelity_per_prompt=settings["per_prompt"],
+        fidelity_steps=settings["steps"], fidelity_guidance=f"{settings['guidance']:g}",
+        judge_n=numbers["fidelity"]["judge_on_real_images"]["n"],
         batch=info["recipe"]["batch_size"], images_seen=f"{info['images_seen']:,}", wall_min=info["wall_time_s"] / 60,
         machine=info["machine"]["platform"], cpus=info["machine"]["cpus"],
         torch_threads=info["machine"]["torch_threads"], n_eval=numbers["n"], loss_table="\n".join(rows),
@@ -93,10 +160,14 @@ if __name__ == "__main__":
     parser.add_argument("--run", type=Path, required=True)
     parser.add_argument("--n", type=int, default=256, help="held-out images per timestep")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--compare", action="append", default=[], metavar="NAME=FOLDER",
+                        help="another model folder for the prompt-fidelity table (repeatable)")
     args = parser.parse_args()
     loss_curve(args.run)
     numbers = denoising(args.n)
     samples(args.seed)
+    numbers["fidelity"] = fidelity(args.run, args.compare)
+    fidelity_curve(numbers["fidelity"])
     numbers["prompts"] = PROMPTS
     (HERE / "numbers.json").write_text(json.dumps(numbers, indent=2) + "\n")
     model_card(args.run, numbers)
