@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from probekit.datasets.shapeworld import _GROUND, _HAZE, _SKY_TOP, ShapeWorld, _shape_mask
+from probekit.datasets.shapeworld import GROUND_RGB, HAZE_RGB, SKY_TOP_RGB, ShapeWorld, shape_mask, with_article
 
 MIN_PIXELS = 12  # below this a region is speckle, not an object
 # White is not judged: shaded and hazed white is too close to the sky haze to separate by colour alone.
@@ -56,9 +56,9 @@ def colour_mask(image: np.ndarray, colour: str, palette: dict[str, np.ndarray]) 
     for name, rgb in palette.items():
         for shade in (1.0, 0.82):
             for fog in (0.0, 0.3):
-                refs.append(rgb * shade * (1 - fog) + _HAZE * fog)
+                refs.append(rgb * shade * (1 - fog) + HAZE_RGB * fog)
                 names.append(name)
-    for rgb in (*_GROUND, _SKY_TOP, _HAZE, (_SKY_TOP + _HAZE) / 2):
+    for rgb in (*GROUND_RGB, SKY_TOP_RGB, HAZE_RGB, (SKY_TOP_RGB + HAZE_RGB) / 2):
         refs.append(np.asarray(rgb, dtype=np.float64))
         names.append("")
     refs_arr = np.stack(refs)
@@ -80,7 +80,7 @@ def largest_region(mask: np.ndarray) -> np.ndarray:
 def _template_box(shape: str, samples: int = 401) -> tuple[float, float, float, float]:
     """(u_min, u_max, v_min, v_max) of a silhouette in object coordinates."""
     grid = np.linspace(-1.0, 1.0, samples)
-    inside = _shape_mask(shape, grid[None, :], grid[:, None])
+    inside = shape_mask(shape, grid[None, :], grid[:, None])
     us, vs = grid[inside.any(0)], grid[inside.any(1)]
     return float(us.min()), float(us.max()), float(vs.min()), float(vs.max())
 
@@ -105,7 +105,7 @@ def template_iou(region: np.ndarray, shape: str) -> float:
         for dy in (-2, -1, 0, 1, 2):
             for dx in (-2, -1, 0, 1, 2):
                 h = half * scale
-                template = _shape_mask(shape, (xx - cx - dx) / h, (yy - cy - dy) / h)
+                template = shape_mask(shape, (xx - cx - dx) / h, (yy - cy - dy) / h)
                 union = (template | region).sum()
                 best = max(best, float((template & region).sum() / union) if union else 0.0)
     return best
@@ -156,7 +156,7 @@ def judged_prompts(dataset: ShapeWorld | None = None) -> list[str]:
     """Every single solid-object prompt the judge can score: each judged colour with each shape."""
     dataset = dataset or ShapeWorld("test")
     shapes = [c for c in dataset.classes if c != "background"]
-    return [f"{'an' if c[0] in 'aeiou' else 'a'} {c} {s}" for c in JUDGED_COLOURS for s in shapes]
+    return [with_article(f"{c} {s}") for c in JUDGED_COLOURS for s in shapes]
 
 
 def prompt_fidelity(folder, *, per_prompt: int = 2, steps: int = 30, guidance: float = 4.0, seed: int = 0,

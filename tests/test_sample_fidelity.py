@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from probekit.datasets.shapeworld import _GROUND, _SKY_TOP, ShapeWorld, _shape_mask
+from probekit.datasets.shapeworld import GROUND_RGB, SKY_TOP_RGB, ShapeWorld, shape_mask
 from probekit.extractors import sample_fidelity as sf
 
 
@@ -11,10 +11,10 @@ def _scene_with(shape: str, colour: str, half: float = 12.0) -> np.ndarray:
     dataset = ShapeWorld("test")
     n = dataset.image_size
     image = np.empty((n, n, 3))
-    image[: n // 2], image[n // 2:] = _SKY_TOP, _GROUND[0]
+    image[: n // 2], image[n // 2:] = SKY_TOP_RGB, GROUND_RGB[0]
     grid = np.arange(n) + 0.5
     u, v = (grid[None, :] - 32) / half, (grid[:, None] - 34) / half
-    image[_shape_mask(shape, u, v)] = dataset.colours[colour]
+    image[shape_mask(shape, u, v)] = dataset.colours[colour]
     return image.round().astype(np.uint8)
 
 

@@ -5,7 +5,7 @@
 --run is the training run directory (it holds train_log.csv, and model-stepN exports if trained with
 --export-every); the model evaluated is the shipped one. --compare NAME=FOLDER adds other models (earlier
 recipes) to the prompt-fidelity table. Writes loss_curve.png, denoising_loss.png, samples.png,
-prompt_fidelity.png, numbers.json and the model card shapeworld-mmdit.md (from shapeworld-mmdit.md.in)
+reconstructions.png, numbers.json and the model card shapeworld-mmdit.md (from shapeworld-mmdit.md.in)
 beside this script.
 """
 
@@ -79,7 +79,9 @@ def fidelity(run: Path, compare: list[str]) -> dict:
         models.append((f"this recipe, step {export.name.removeprefix('model-step')}", export,
                        int(export.name.removeprefix("model-step"))))
     info = json.loads((shipped_weights() / "training_info.json").read_text())
-    models.append((f"this recipe, step {info['steps']} (shipped)", shipped_weights(), info["steps"]))
+    recipe = info["recipe"]
+    models.append((f"shipped: shift {recipe['shift']:g}, lr {recipe['lr']:g}, {recipe.get('precision', 'fp32')} (shipped)",
+                   shipped_weights(), info["steps"]))
     for item in compare:
         name, _, folder = item.partition("=")
         models.append((name, Path(folder), json.loads((Path(folder) / "training_info.json").read_text())["steps"]))
@@ -91,23 +93,6 @@ def fidelity(run: Path, compare: list[str]) -> dict:
                      "per_shape": summary["per_shape"], "settings": summary["settings"]})
         print(f"{name}: colour {summary['colour_found']:.3f} shape {summary['shape_accuracy']:.3f}", flush=True)
     return {"judge_on_real_images": judge_real_images(), "models": rows}
-
-
-def fidelity_curve(fid: dict) -> None:
-    """Shape accuracy and colour found along this recipe's training (its exports and the shipped weights)."""
-    rows = [r for r in fid["models"] if r["model"].startswith("this recipe")]
-    steps = [r["steps"] for r in rows]
-    fig, ax = plt.subplots(figsize=(4.5, 3))
-    ax.plot(steps, [r["shape_accuracy"] for r in rows], "o-", color="#0072B2", label="shape judged correct")
-    ax.plot(steps, [r["colour_found"] for r in rows], "s--", color="#009E73", label="prompted colour found")
-    ax.axhline(fid["judge_on_real_images"]["shape_accuracy"], color="#555555", lw=0.8, ls=":",
-               label="judge on real images")
-    ax.axhline(1 / 6, color="#D55E00", lw=0.8, ls=":", label="chance (shape)")
-    ax.set(xlabel="training step (batch 32)", ylabel="fraction of samples", ylim=(0, 1.05),
-           title="Single-object prompts along training")
-    ax.legend(frameon=False, fontsize=7)
-    fig.tight_layout()
-    fig.savefig(HERE / "prompt_fidelity.png", dpi=150)
 
 
 def fidelity_tables(numbers: dict) -> tuple[str, str]:
@@ -128,9 +113,64 @@ def fidelity_tables(numbers: dict) -> tuple[str, str]:
     return "\n".join(lines), "\n".join(confusion)
 
 
+def reconstructions(noise_levels=(0.3, 0.5, 0.7, 0.85, 0.95), n: int = 4) -> None:
+    """Clean-image predictions x0_hat = x_t - s * v_hat of test images with one large object, captions as
+    prompts: the noise level where the outline is lost is where sampling loses the prompted shape."""
+    import numpy as np
+    import torch
+    from diffusers import SD3Transformer2DModel
+
+    from probekit.datasets.shapeworld import ShapeWorld
+    from probekit.extractors.shapeworld_mmdit import prediction_type
+    from probekit.extractors.text_conditioning import TextConditioner
+    from probekit.extractors.train_backbone import images_to_tensor
+
+    folder = shipped_weights()
+    transformer = SD3Transformer2DModel.from_pretrained(folder / "transformer").eval()
+    conditioner = TextConditioner.from_folder(folder)
+    dataset = ShapeWorld("test")
+    chosen = [s for s in (dataset[i] for i in range(len(dataset)))
+              if " in front of " not in s.caption and s.meta["objects"][0]["size_px"] > 18][:n]
+    x0 = images_to_tensor([s.image for s in chosen])
+    eps = torch.randn(x0.shape, generator=torch.Generator().manual_seed(0))
+    cond = conditioner([s.caption for s in chosen])
+    columns = [x0]
+    with torch.no_grad():
+        for s in noise_levels:
+            x_t = (1 - s) * x0 + s * eps
+            out = transformer(hidden_states=x_t, timestep=torch.full((n,), s * 1000.0), return_dict=False, **cond)[0]
+            columns += [x_t, x_t - s * out if prediction_type(folder) == "velocity" else out]
+    fig, axes = plt.subplots(n, len(columns), figsize=(1.1 * len(columns), 1.2 * n + 0.4))
+    titles = ["clean"] + [f"{kind} s={s:g}" for s in noise_levels for kind in ("x_t", "x0_hat")]
+    for r in range(n):
+        for c, col in enumerate(columns):
+            img = ((col[r].clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 0).numpy()
+            axes[r, c].imshow(np.ascontiguousarray(img), interpolation="nearest")
+            axes[r, c].set_xticks([])
+            axes[r, c].set_yticks([])
+            if r == 0:
+                axes[r, c].set_title(titles[c], fontsize=6)
+        axes[r, 0].set_ylabel(chosen[r].caption.removeprefix("a ").removeprefix("an "), fontsize=6)
+    fig.tight_layout()
+    fig.savefig(HERE / "reconstructions.png", dpi=150)
+
+
+def training_command(recipe: dict) -> str:
+    """The exact `probekit train-backbone` command that reproduces ``recipe`` (non-default options only)."""
+    words = ["probekit train-backbone --out build/shapeworld-mmdit-run", f"--steps {recipe['steps']}",
+             f"--lr {recipe['lr']:g}", f"--shift {recipe['shift']:g}"]
+    for option, default in (("prediction", "velocity"), ("precision", "fp32")):
+        if recipe.get(option, default) != default:
+            words.append(f"--{option} {recipe[option]}")
+    return " ".join(words + ["--threads 2"])
+
+
 def model_card(run: Path, numbers: dict) -> None:
     folder = shipped_weights()
     info = json.loads((folder / "training_info.json").read_text())
+    bf16 = info["recipe"].get("precision", "fp32") == "bf16"
+    precision_note = ("forward and backward under bfloat16 autocast (weights, optimizer state and EMA in float32)"
+                      if bf16 else "float32 throughout")
     rows = ["| timestep t | shapeworld-mmdit | random init | ratio |", "|---|---|---|---|"]
     for t, v in numbers["trained"].items():
         c = numbers["control"][t]
@@ -143,7 +183,7 @@ def model_card(run: Path, numbers: dict) -> None:
         text_params=f"{info['parameters']['text_encoder'] / 1e3:.0f} k", vocab=vocab,
         size_mb=sum(p.stat().st_size for p in folder.rglob("*") if p.is_file()) / 2**20,
         steps=info["steps"], lr=f"{info['recipe']['lr']:g}", shift=f"{info['recipe']['shift']:g}",
-        precision=info["recipe"].get("precision", "fp32"), prediction=info["recipe"].get("prediction", "velocity"),
+        command=training_command(info["recipe"]), precision_note=precision_note,
         fidelity_table=fidelity_table, confusion_table=confusion_table,
         fidelity_n=numbers["fidelity"]["models"][0]["n"], fidelity_per_prompt=settings["per_prompt"],
         fidelity_steps=settings["steps"], fidelity_guidance=f"{settings['guidance']:g}",
@@ -162,12 +202,17 @@ if __name__ == "__main__":
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--compare", action="append", default=[], metavar="NAME=FOLDER",
                         help="another model folder for the prompt-fidelity table (repeatable)")
+    parser.add_argument("--card-only", action="store_true",
+                        help="only re-render the model card from the numbers.json already written")
     args = parser.parse_args()
+    if args.card_only:
+        model_card(args.run, json.loads((HERE / "numbers.json").read_text()))
+        raise SystemExit(0)
     loss_curve(args.run)
     numbers = denoising(args.n)
     samples(args.seed)
+    reconstructions()
     numbers["fidelity"] = fidelity(args.run, args.compare)
-    fidelity_curve(numbers["fidelity"])
     numbers["prompts"] = PROMPTS
     (HERE / "numbers.json").write_text(json.dumps(numbers, indent=2) + "\n")
     model_card(args.run, numbers)

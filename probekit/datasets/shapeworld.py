@@ -22,9 +22,14 @@ from probekit.errors import ProbekitError
 
 _SPLIT_CODES = {"train": 0, "val": 1, "test": 2, "pretrain": 3}
 _TEXTURE_WORDS = {"solid": "", "striped": "striped", "dotted": "dotted"}
-_SKY_TOP = np.array([110.0, 160.0, 235.0])
-_HAZE = np.array([200.0, 210.0, 225.0])
-_GROUND = (np.array([105.0, 120.0, 80.0]), np.array([135.0, 150.0, 100.0]))
+SKY_TOP_RGB = np.array([110.0, 160.0, 235.0])
+HAZE_RGB = np.array([200.0, 210.0, 225.0])
+GROUND_RGB = (np.array([105.0, 120.0, 80.0]), np.array([135.0, 150.0, 100.0]))
+
+
+def with_article(phrase: str) -> str:
+    """The captions' article: "red circle" -> "a red circle", "orange star" -> "an orange star"."""
+    return ("an " if phrase[0] in "aeiou" else "a ") + phrase
 
 
 @dataclass(frozen=True)
@@ -39,7 +44,7 @@ class ShapeObject:
     stripe_angle: float
 
 
-def _shape_mask(shape: str, u: np.ndarray, v: np.ndarray) -> np.ndarray:
+def shape_mask(shape: str, u: np.ndarray, v: np.ndarray) -> np.ndarray:
     """Inside-test in object coordinates: u right, v down, the object fills [-1, 1]^2 and rests on v = 1."""
     r = np.hypot(u, v)
     if shape == "circle":
@@ -153,9 +158,9 @@ class ShapeWorld:
         depth = np.minimum(ground_depth, max_depth).astype(np.float64)
         lateral = (cols - n / 2) * depth / focal
         checker = ((np.floor(lateral) + np.floor(depth)) % 2 == 0)[..., None]
-        ground_rgb = np.where(checker, _GROUND[0], _GROUND[1])
+        ground_rgb = np.where(checker, GROUND_RGB[0], GROUND_RGB[1])
         sky_t = np.clip(rows_full / max(horizon, 1.0), 0, 1)[..., None]
-        sky_rgb = _SKY_TOP * (1 - sky_t) + _HAZE * sky_t
+        sky_rgb = SKY_TOP_RGB * (1 - sky_t) + HAZE_RGB * sky_t
         rgb = np.where(below[..., None], ground_rgb, sky_rgb)
         seg = np.zeros((n, n), dtype=np.uint8)
         instance = np.full((n, n), -1, dtype=np.int16)
@@ -183,7 +188,7 @@ class ShapeWorld:
 
         # Haze grows with distance.
         fog = 1.0 - np.exp(-depth / float(m["haze_length_m"]))
-        rgb = rgb * (1 - fog[..., None]) + _HAZE * fog[..., None]
+        rgb = rgb * (1 - fog[..., None]) + HAZE_RGB * fog[..., None]
 
         visible_objects = [(k, obj, int((instance == k).sum())) for k, obj in enumerate(objects)]
         visible_objects = [t for t in visible_objects if t[2] > 0]
@@ -217,7 +222,7 @@ class ShapeWorld:
         return u, v
 
     def _object_masks(self, objects: list[ShapeObject], horizon: float, focal: float, cam_h: float):
-        return [_shape_mask(o.shape, *self._object_coords(o, horizon, focal, cam_h)) for o in objects]
+        return [shape_mask(o.shape, *self._object_coords(o, horizon, focal, cam_h)) for o in objects]
 
     def full_masks(self, index: int) -> np.ndarray:
         """(K, H, W) silhouettes of every object before occlusion, in the order of meta["objects"]."""
@@ -241,8 +246,7 @@ class ShapeWorld:
         phrases = []
         for _, obj, _ in sorted(visible, key=lambda t: t[1].distance):  # nearest first
             words = [obj.colour, _TEXTURE_WORDS[obj.texture], obj.shape]
-            text = " ".join(w for w in words if w)
-            phrases.append(("an " if text[0] in "aeiou" else "a ") + text)
+            phrases.append(with_article(" ".join(w for w in words if w)))
         if len(phrases) == 1:
             return phrases[0]
         return f"{phrases[0]} in front of " + " and ".join(phrases[1:])
