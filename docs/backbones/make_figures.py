@@ -152,7 +152,7 @@ def reconstructions(noise_levels=(0.3, 0.5, 0.7, 0.85, 0.95), n: int = 4) -> Non
                 axes[r, c].set_title(titles[c], fontsize=6)
         axes[r, 0].set_ylabel(chosen[r].caption.removeprefix("a ").removeprefix("an "), fontsize=6)
     fig.tight_layout()
-    fig.savefig(HERE / "reconstructions.png", dpi=150)
+    fig.savefig(HERE / "reconstructions.png", dpi=100)
 
 
 def training_command(recipe: dict) -> str:
