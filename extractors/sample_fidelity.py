@@ -12,6 +12,7 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 
 import numpy as np
 
@@ -77,6 +78,11 @@ def largest_region(mask: np.ndarray) -> np.ndarray:
     return labels == (int(np.argmax(sizes)) + 1)
 
 
+def shape_names() -> list[str]:
+    return [c for c in ShapeWorld("test").classes if c != "background"]
+
+
+@lru_cache(maxsize=None)  # a fine render per shape, needed by every fit
 def _template_box(shape: str, samples: int = 401) -> tuple[float, float, float, float]:
     """(u_min, u_max, v_min, v_max) of a silhouette in object coordinates."""
     grid = np.linspace(-1.0, 1.0, samples)
@@ -135,7 +141,7 @@ def summarise(judgements: Sequence[Judgement]) -> dict:
         row["judged"][key] = row["judged"].get(key, 0) + 1
     return {"n": n, "colour_found": sum(j.found for j in judgements) / max(n, 1),
             "shape_accuracy": sum(j.correct for j in judgements) / max(n, 1),
-            "chance": 1.0 / max(1, len({c for c in ShapeWorld("test").classes if c != "background"})),
+            "chance": 1.0 / len(shape_names()),
             "per_shape": per_shape}
 
 
@@ -152,11 +158,9 @@ def judge_real_images(n: int = 200, split: str = "pretrain") -> dict:
     return summarise(judgements)
 
 
-def judged_prompts(dataset: ShapeWorld | None = None) -> list[str]:
+def judged_prompts() -> list[str]:
     """Every single solid-object prompt the judge can score: each judged colour with each shape."""
-    dataset = dataset or ShapeWorld("test")
-    shapes = [c for c in dataset.classes if c != "background"]
-    return [with_article(f"{c} {s}") for c in JUDGED_COLOURS for s in shapes]
+    return [with_article(f"{c} {s}") for c in JUDGED_COLOURS for s in shape_names()]
 
 
 def prompt_fidelity(folder, *, per_prompt: int = 2, steps: int = 30, guidance: float = 4.0, seed: int = 0,
@@ -165,7 +169,7 @@ def prompt_fidelity(folder, *, per_prompt: int = 2, steps: int = 30, guidance: f
     from probekit.extractors.sampling import FlowSampler
 
     dataset = ShapeWorld("test")
-    prompts = judged_prompts(dataset) * per_prompt
+    prompts = judged_prompts() * per_prompt
     images = FlowSampler(folder, device=device).sample(prompts, steps=steps, guidance=guidance, seed=seed)
     summary = summarise([judge(image, prompt, dataset) for image, prompt in zip(images, prompts)])
     summary["settings"] = {"per_prompt": per_prompt, "steps": steps, "guidance": guidance, "seed": seed}

@@ -135,11 +135,12 @@ def reconstructions(noise_levels=(0.3, 0.5, 0.7, 0.85, 0.95), n: int = 4) -> Non
     eps = torch.randn(x0.shape, generator=torch.Generator().manual_seed(0))
     cond = conditioner([s.caption for s in chosen])
     columns = [x0]
+    velocity = prediction_type(folder) == "velocity"
     with torch.no_grad():
         for s in noise_levels:
             x_t = (1 - s) * x0 + s * eps
             out = transformer(hidden_states=x_t, timestep=torch.full((n,), s * 1000.0), return_dict=False, **cond)[0]
-            columns += [x_t, x_t - s * out if prediction_type(folder) == "velocity" else out]
+            columns += [x_t, x_t - s * out if velocity else out]
     fig, axes = plt.subplots(n, len(columns), figsize=(1.1 * len(columns), 1.2 * n + 0.4))
     titles = ["clean"] + [f"{kind} s={s:g}" for s in noise_levels for kind in ("x_t", "x0_hat")]
     for r in range(n):
