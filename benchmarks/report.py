@@ -88,6 +88,18 @@ def render() -> str:
                 f"model loading, shards, merge). Machine: {_machine(ranks)}.", "",
                 f"2-rank / 1-process throughput: **{ranks['speedup']:.3f}x**; features identical: "
                 f"{ranks['identical_features']}.", "", _timing(ranks["timing"]), ""]
+    train = _load("train_step_cpu")
+    if train:
+        s = train["settings"]
+        out += ["## Training step of the ShapeWorld MM-DiT", "",
+                f"`python benchmarks/bench_train_step.py --steps {s['steps']} --repeats {s['repeats']} --batch-size "
+                f"{s['batch_size']}`: forward, backward and AdamW update of the shipped architecture, the same "
+                f"pre-rendered batches for every variant. Machine: {_machine(train)}.", "",
+                "| variant | s per step | speed-up vs float32 |", "|---|---|---|"]
+        out += [f"| {name} | {t['s_per_step']:.3f} | {t['speedup_vs_fp32']:.2f}x |" for name, t in train["timings"].items()]
+        out += ["", f"Rendering one batch of ShapeWorld images: {train['render_batch_s']:.3f} s."
+                + (f" torch.compile's first call (compilation): {train['compile_first_call_s']:.0f} s."
+                   if train.get("compile_first_call_s") else ""), "", _timing(train["timings"]), ""]
     findings = HERE / "findings.md"  # the written reading of the numbers, kept beside the scripts
     if findings.is_file():
         out += [findings.read_text().strip(), ""]

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from probekit.datasets.shapeworld import ShapeWorld
+from probekit.datasets.shapeworld import ShapeWorld, checked_scene
 from probekit.extractors.shapeworld_mmdit import (
     PREDICTIONS, SAMPLE, VELOCITY, build_models, prediction_type, save_folder, scheduler_config)
 from probekit.extractors.text_conditioning import TextConditioner
@@ -82,12 +82,37 @@ def _batch(dataset: ShapeWorld, step: int, batch_size: int, caption_dropout: flo
     return images_to_tensor([s.image for s in samples]), prompts, u, eps
 
 
+class _StepBatches(torch.utils.data.Dataset):
+    """Batch ``i`` is the training batch of step ``start + i``: the same pure function of the step as in-process
+    rendering, so any number of loader workers gives the same data in the same order."""
+
+    def __init__(self, dataset: ShapeWorld, start: int, steps: int, batch_size: int, caption_dropout: float,
+                 seed: int):
+        self.dataset, self.start, self.steps = dataset, start, steps
+        self.batch_size, self.caption_dropout, self.seed = batch_size, caption_dropout, seed
+
+    def __len__(self) -> int:
+        return self.steps - self.start
+
+    def __getitem__(self, i: int):
+        return _batch(self.dataset, self.start + i, self.batch_size, self.caption_dropout, self.seed)
+
+
+def _batches(batches: _StepBatches, workers: int, pin: bool):
+    """Iterate the batches in step order, rendered by ``workers`` processes (0: in this process)."""
+    if workers == 0:
+        return (batches[i] for i in range(len(batches)))
+    return iter(torch.utils.data.DataLoader(batches, batch_size=None, shuffle=False, num_workers=workers,
+                                            pin_memory=pin, prefetch_factor=4, persistent_workers=False))
+
+
 def train_backbone(out: str | Path, *, steps: int = 3000, batch_size: int = 32, lr: float = 1e-3,
                    warmup: int = 100, weight_decay: float = 0.0, caption_dropout: float = 0.1, shift: float = 1.0,
                    ema_decay: float = 0.999, seed: int = 0, checkpoint_every: int = 100, threads: int | None = None,
+                   workers: int = 0,
                    prediction: str = VELOCITY, precision: str = "fp32", export_every: int = 0,
-                   device: str = "cpu", config_overrides: dict[str, Any] | None = None, progress: bool = True,
-                   log=print) -> Path:
+                   device: str = "cpu", scene: dict[str, Any] | None = None,
+                   config_overrides: dict[str, Any] | None = None, progress: bool = True, log=print) -> Path:
     """Train (or resume) and export the EMA weights to ``out/model``; returns that folder.
 
     ``prediction``: what the network outputs, ``velocity`` (``eps - x0``, SD3's choice) or ``sample`` (the
@@ -95,20 +120,25 @@ def train_backbone(out: str | Path, *, steps: int = 3000, batch_size: int = 32, 
     bfloat16 autocast (weights, optimizer and EMA stay float32). ``export_every`` > 0 also exports the EMA
     weights every that many steps to ``out/model-step{N}`` (to follow sample quality along training).
     ``device`` ("cpu", "cuda", "cuda:1") only moves the work: data order and noise are drawn on the CPU, so
-    the recipe is the same on any device (the arithmetic, and so the last digits, are not).
+    the recipe is the same on any device (the arithmetic, and so the last digits, are not). ``workers`` > 0
+    renders the training images in that many loader processes (same images, same order; worth it when the
+    model's step is faster than rendering a batch, as on a GPU). ``scene``
+    overrides ShapeWorld's scene ranges for the training images (e.g. ``{"objects_per_image": [1, 2]}``);
+    the probes' splits are untouched.
     """
     if prediction not in PREDICTIONS:
         raise ValueError(f"prediction must be one of {PREDICTIONS}, not {prediction!r}")
     if precision not in ("fp32", "bf16"):
         raise ValueError(f"precision must be 'fp32' or 'bf16', not {precision!r}")
+    scene = checked_scene(scene or {}) or None  # recorded as checked numbers, whatever form they came in
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     if threads:
         torch.set_num_threads(threads)
     # the recipe: everything that changes the weights (not where, how fast or how often they are saved)
-    not_recipe = ("out", "log", "progress", "checkpoint_every", "threads", "export_every", "device")
+    not_recipe = ("out", "log", "progress", "checkpoint_every", "threads", "workers", "export_every", "device")
     params = {k: v for k, v in locals().items() if k not in not_recipe}
-    dataset = ShapeWorld("pretrain")
+    dataset = ShapeWorld("pretrain", scene=scene)
     transformer, text_encoder, tokenizer = build_models(dataset.manifest, seed=seed, overrides=config_overrides)
     dev = torch.device(device)
     transformer, text_encoder = transformer.to(dev), text_encoder.to(dev)
@@ -139,9 +169,10 @@ def train_backbone(out: str | Path, *, steps: int = 3000, batch_size: int = 32, 
         bar = tqdm(range(start_step, steps), initial=start_step, total=steps, desc="train-backbone",
                    disable=not progress)
         t0 = time.perf_counter() - elapsed
-        for step in bar:
-            x0, prompts, u, eps = _batch(dataset, step, batch_size, caption_dropout, seed)
-            x0, u, eps = x0.to(dev), u.to(dev), eps.to(dev)
+        batches = _batches(_StepBatches(dataset, start_step, steps, batch_size, caption_dropout, seed), workers,
+                           pin=dev.type == "cuda")
+        for step, (x0, prompts, u, eps) in zip(bar, batches):
+            x0, u, eps = x0.to(dev, non_blocking=True), u.to(dev), eps.to(dev, non_blocking=True)
             with torch.autocast(device_type=dev.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
                 loss = flow_loss(transformer, conditioner, x0, prompts, shifted_sigmas(u, shift), eps,
                                  prediction=prediction, min_sigma=TRAIN_MIN_SIGMA).mean()
@@ -176,7 +207,8 @@ def train_backbone(out: str | Path, *, steps: int = 3000, batch_size: int = 32, 
         "parameters": {"transformer": sum(p.numel() for p in transformer.parameters()),
                        "text_encoder": sum(p.numel() for p in text_encoder.parameters())},
         "weights": "exponential moving average of the training weights",
-        "data": "ShapeWorld split 'pretrain' (disjoint from train/val/test)",
+        "data": "ShapeWorld split 'pretrain' (disjoint from train/val/test)"
+                + (f", scene overrides {json.dumps(dataset.scene)}" if dataset.scene else ""),
         "scheduler": scheduler_config(shift), "provenance": base_provenance(),
     }
     folder = save_folder(out / "model", ema["transformer"], ema["text_encoder"], tokenizer, extra=info, shift=shift,

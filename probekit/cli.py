@@ -385,16 +385,35 @@ def demo(out, n_train, n_test, timesteps, layers, epochs, seed, control, quiet):
               help="Also export the EMA weights every N steps to OUT/model-stepN (0: only at the end).")
 @click.option("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice).")
 @click.option("--device", default="cpu", show_default=True, help="cpu, cuda or cuda:N; the recipe is the same.")
+@click.option("--workers", type=int, default=0, show_default=True,
+              help="Processes rendering the training images (0: in the training process). Same images, same "
+                   "order; use it on a GPU, where rendering would otherwise be the bottleneck.")
+@click.option("--scene", "scene_items", multiple=True, metavar="KEY=LOW,HIGH",
+              help="Override a ShapeWorld scene range for the training images, e.g. objects_per_image=1,2 or "
+                   "object_distance_m=2.5,6 (repeatable).")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 @_friendly_errors
 def train_backbone_command(out, steps, batch_size, lr, caption_dropout, shift, prediction, precision, seed,
-                           checkpoint_every, export_every, threads, device, quiet):
+                           checkpoint_every, export_every, threads, device, workers, scene_items, quiet):
     """Train the ShapeWorld MM-DiT (rectified flow, SD3 architecture); rerun the same command to resume."""
     from probekit.extractors.train_backbone import train_backbone
 
     train_backbone(out, steps=steps, batch_size=batch_size, lr=lr, caption_dropout=caption_dropout, shift=shift,
                    prediction=prediction, precision=precision, seed=seed, checkpoint_every=checkpoint_every,
-                   export_every=export_every, threads=threads, device=device, progress=not quiet, log=click.echo)
+                   export_every=export_every, threads=threads, device=device, workers=workers,
+                   scene=_scene_option(scene_items),
+                   progress=not quiet, log=click.echo)
+
+
+def _scene_option(items) -> dict | None:
+    """``("objects_per_image=1,2",)`` -> ``{"objects_per_image": ["1", "2"]}`` (ShapeWorld checks the values)."""
+    scene = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not value:
+            raise ProbekitError(f"--scene expects KEY=LOW,HIGH, got {item!r}")
+        scene[key.strip()] = value.split(",")
+    return scene or None
 
 
 def _generator_weights(backbone: str, weights: str | None):

@@ -27,7 +27,7 @@ def test_a_few_steps_lower_the_held_out_loss(tmp_path):
     init = save_folder(tmp_path / "init", *build_models(manifest, seed=0, overrides=TINY))
     trained = tb.train_backbone(tmp_path / "run", steps=40, batch_size=8, lr=2e-3, warmup=1, ema_decay=0.0,
                                 shift=2.0, config_overrides=TINY, checkpoint_every=20, progress=False,
-                                log=lambda s: None)
+                                scene={"objects_per_image": ["1", "2"]}, log=lambda s: None)
     # sampling and extraction must use the noise schedule the model was trained with
     assert json.loads((trained / "scheduler" / "scheduler_config.json").read_text())["shift"] == 2.0
     kwargs = dict(timesteps=(250, 750), n=16, batch_size=16)
@@ -38,6 +38,7 @@ def test_a_few_steps_lower_the_held_out_loss(tmp_path):
     assert [int(r["step"]) for r in rows] == list(range(1, 41))
     info = (trained / "training_info.json").read_text()
     assert '"steps": 40' in info and '"seed": 0' in info
+    assert json.loads(info)["recipe"]["scene"] == {"objects_per_image": [1, 2]}  # checked numbers, not strings
     assert {p.name for p in trained.iterdir()} >= {"transformer", "text_encoder", "tokenizer", "scheduler"}
     assert not list(trained.rglob("*.bin")) and list(trained.rglob("*.safetensors"))
 
@@ -46,6 +47,8 @@ def test_interrupted_training_resumes_to_the_same_weights(tmp_path, monkeypatch)
     args = dict(steps=6, batch_size=4, lr=1e-3, warmup=1, config_overrides=TINY, checkpoint_every=3,
                 progress=False, log=lambda s: None)
     straight = tb.train_backbone(tmp_path / "straight", **args)
+    # the interrupted run renders its images in loader processes: same images, same order, so same weights
+    args["workers"] = 2
 
     real_save = tb._save_checkpoint
 

@@ -109,3 +109,12 @@ def test_int_lists():
     assert parse_int_list("0:500:250, 900, 250") == [0, 250, 900]
     with pytest.raises(Exception):
         parse_int_list("a,b")
+
+
+@pytest.mark.parametrize("scene, words", [("objects_per_image", "KEY=LOW,HIGH"),
+                                          ("colour=1,2", "no setting colour")])
+def test_train_backbone_refuses_a_bad_scene_before_training(tmp_path, scene, words):
+    res = CliRunner().invoke(cli, ["train-backbone", "--out", str(tmp_path / "run"), "--steps", "1",
+                                   "--scene", scene, "-q"])
+    assert res.exit_code != 0 and words in res.output, res.output
+    assert not (tmp_path / "run").exists()

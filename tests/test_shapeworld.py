@@ -126,3 +126,34 @@ def test_caption_names_every_visible_class(samples, train):
                 assert train.classes[cls] in s.caption, (s.id, s.caption)
         nearest = min((o for o in s.meta["objects"] if o["visible_px"]), key=lambda o: o["distance_m"])
         assert s.caption.split(" in front of ")[0].endswith(nearest["shape"])
+
+
+def test_scene_overrides_bring_objects_nearer_and_fewer():
+    scene = {"objects_per_image": [1, 2], "object_distance_m": [2.5, 4.0]}
+    near = ShapeWorld("pretrain", size=40, scene=scene)
+    default = ShapeWorld("pretrain", size=40)
+    counts, distances = [], []
+    for i in range(40):
+        objects = near[i].meta["objects"]
+        counts.append(len(objects))
+        distances += [o["distance_m"] for o in objects]
+    assert set(counts) == {1, 2}
+    assert 2.5 <= min(distances) and max(distances) <= 4.0
+    mean_size = np.mean([o["size_px"] for i in range(40) for o in near[i].meta["objects"]])
+    default_size = np.mean([o["size_px"] for i in range(40) for o in default[i].meta["objects"]])
+    assert mean_size > 1.5 * default_size
+    # the override is part of what a feature file records; without one the record is unchanged
+    assert near.reference()["params"]["scene"] == scene
+    assert "scene" not in default.reference()["params"]
+    assert near.reference()["params_hash"] != default.reference()["params_hash"]
+
+
+@pytest.mark.parametrize("scene, words", [
+    ({"object_colour": [1, 2]}, "no setting object_colour"),
+    ({"object_distance_m": [6, 3]}, "0 < low <= high"),
+    ({"object_distance_m": [3]}, "two numbers"),
+    ({"objects_per_image": [1, 2.5]}, "whole numbers"),
+])
+def test_bad_scene_overrides_are_refused_by_name(scene, words):
+    with pytest.raises(ProbekitError, match=words):
+        ShapeWorld("pretrain", scene=scene)

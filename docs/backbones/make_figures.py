@@ -21,6 +21,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from probekit.extractors.prompt_sensitivity import prompt_sensitivity  # noqa: E402
 from probekit.extractors.sample_fidelity import judge_real_images, prompt_fidelity  # noqa: E402
 from probekit.extractors.sampling import FlowSampler, image_grid  # noqa: E402
 from probekit.extractors.shapeworld_mmdit import random_folder, shipped_weights  # noqa: E402
@@ -74,36 +75,86 @@ def samples(seed: int) -> None:
 def fidelity(run: Path, compare: list[str]) -> dict:
     """Judge samples of single-object prompts: the shipped model, its exports along training, the random
     control and any --compare models; plus the judge's own accuracy on real images."""
-    models = [("random init (control)", random_folder(), 0)]
+    models = [("random init (control)", random_folder())]
     for export in sorted(run.glob("model-step*"), key=lambda p: int(p.name.removeprefix("model-step"))):
-        models.append((f"this recipe, step {export.name.removeprefix('model-step')}", export,
-                       int(export.name.removeprefix("model-step"))))
-    info = json.loads((shipped_weights() / "training_info.json").read_text())
-    recipe = info["recipe"]
+        models.append((f"this recipe, step {export.name.removeprefix('model-step')}", export))
+    recipe = json.loads((shipped_weights() / "training_info.json").read_text())["recipe"]
     models.append((f"shipped: shift {recipe['shift']:g}, lr {recipe['lr']:g}, {recipe.get('precision', 'fp32')} (shipped)",
-                   shipped_weights(), info["steps"]))
+                   shipped_weights()))
     for item in compare:
         name, _, folder = item.partition("=")
-        models.append((name, Path(folder), json.loads((Path(folder) / "training_info.json").read_text())["steps"]))
+        models.append((name, Path(folder)))
     rows = []
-    for name, folder, steps in models:
+    for name, folder in models:
+        steps, images = training_amount(folder)
         summary = prompt_fidelity(folder)
-        rows.append({"model": name, "steps": steps, "colour_found": summary["colour_found"],
+        sensitivity = prompt_sensitivity(folder)
+        rows.append({"model": name, "steps": steps, "images_seen": images, "colour_found": summary["colour_found"],
                      "shape_accuracy": summary["shape_accuracy"], "n": summary["n"],
-                     "per_shape": summary["per_shape"], "settings": summary["settings"]})
-        print(f"{name}: colour {summary['colour_found']:.3f} shape {summary['shape_accuracy']:.3f}", flush=True)
+                     "per_shape": summary["per_shape"], "settings": summary["settings"],
+                     "shape_gain": {s: v["shape_gain"] for s, v in sensitivity["noise_levels"].items()},
+                     "text_gain": {s: v["text_gain"] for s, v in sensitivity["noise_levels"].items()},
+                     "sensitivity_n": sensitivity["n"]})
+        print(f"{name}: colour {summary['colour_found']:.3f} shape {summary['shape_accuracy']:.3f} "
+              f"shape-word gain {rows[-1]['shape_gain']}", flush=True)
     return {"judge_on_real_images": judge_real_images(), "models": rows}
+
+
+def training_amount(folder: Path) -> tuple[int, int]:
+    """(training steps, training images) of a model folder; (0, 0) for one never trained."""
+    info_path = Path(folder) / "training_info.json"
+    info = json.loads(info_path.read_text()) if info_path.is_file() else {}
+    if "steps" not in info:  # the random control's folder notes only that it was never trained
+        return 0, 0
+    return info["steps"], info["steps"] * info["recipe"]["batch_size"]
+
+
+def shape_word_curves(curves: list[str], level: float = 0.7) -> dict:
+    """The shape word's loss gain at noise ``level`` along each --curve run (its exports and final model),
+    against training images seen, drawn to shape_word_gain.png."""
+    out = {}
+    for item in curves:
+        name, _, run = item.partition("=")
+        folders = [p for p in Path(run).glob("model*") if (p / "training_info.json").is_file()]
+        points = []
+        for folder in folders:
+            gain = prompt_sensitivity(folder, noise_levels=(level,))["noise_levels"][f"{level:g}"]["shape_gain"]
+            points.append((training_amount(folder)[1], gain))
+        out[name] = sorted(points)
+        print(f"{name}: {out[name]}", flush=True)
+    draw_curves(out, level)
+    return {"level": level, "runs": out}
+
+
+def draw_curves(runs: dict, level: float) -> None:
+    fig, ax = plt.subplots(figsize=(5, 3.2))
+    for name, points in runs.items():
+        ax.plot([p[0] / 1000 for p in points], [100 * p[1] for p in points], "o-", ms=3, label=name)
+    ax.axhline(0, color="#999999", lw=0.8)
+    ax.set(xlabel="training images seen (thousands)", ylabel=f"shape word's loss gain at s={level:g} (%)",
+           title="Is the shape word being learnt?")
+    ax.legend(frameon=False, fontsize=7)
+    fig.tight_layout()
+    fig.savefig(HERE / "shape_word_gain.png", dpi=150)
+
+
+def shipped_row(numbers: dict) -> dict:
+    return next(r for r in numbers["fidelity"]["models"] if r["model"].endswith("(shipped)"))
 
 
 def fidelity_tables(numbers: dict) -> tuple[str, str]:
     fid = numbers["fidelity"]
-    lines = ["| model | training steps | prompted colour found | shape judged correct |", "|---|---|---|---|"]
+    levels = list(fid["models"][0]["shape_gain"])
+    lines = ["| model | training steps | images seen | prompted colour found | shape judged correct | shape word's "
+             f"loss gain (s = {' / '.join(levels)}) |", "|---|---|---|---|---|---|"]
     for row in fid["models"]:
-        lines.append(f"| {row['model']} | {row['steps']:,} | {row['colour_found']:.0%} | {row['shape_accuracy']:.0%} |")
+        gains = " / ".join(f"{row['shape_gain'][s]:.1%}" for s in levels)
+        lines.append(f"| {row['model']} | {row['steps']:,} | {row['images_seen']:,} | {row['colour_found']:.0%} "
+                     f"| {row['shape_accuracy']:.0%} | {gains} |")
     real = fid["judge_on_real_images"]
-    lines.append(f"| real ShapeWorld images (the judge's own accuracy) | - | {real['colour_found']:.0%} "
-                 f"| {real['shape_accuracy']:.0%} |")
-    shipped = next(r for r in fid["models"] if r["model"].endswith("(shipped)"))
+    lines.append(f"| real ShapeWorld images (the judge's own accuracy) | - | - | {real['colour_found']:.0%} "
+                 f"| {real['shape_accuracy']:.0%} | - |")
+    shipped = shipped_row(numbers)
     shapes = list(shipped["per_shape"])
     confusion = ["| prompted \\ judged | " + " | ".join(shapes) + " | none |", "|---" * (len(shapes) + 2) + "|"]
     for shape in shapes:
@@ -163,6 +214,8 @@ def training_command(recipe: dict) -> str:
     for option, default in (("prediction", "velocity"), ("precision", "fp32")):
         if recipe.get(option, default) != default:
             words.append(f"--{option} {recipe[option]}")
+    for key, (low, high) in (recipe.get("scene") or {}).items():
+        words.append(f"--scene {key}={low:g},{high:g}")
     return " ".join(words + ["--threads 2"])
 
 
@@ -189,6 +242,7 @@ def model_card(run: Path, numbers: dict) -> None:
         fidelity_n=numbers["fidelity"]["models"][0]["n"], fidelity_per_prompt=settings["per_prompt"],
         fidelity_steps=settings["steps"], fidelity_guidance=f"{settings['guidance']:g}",
         judge_n=numbers["fidelity"]["judge_on_real_images"]["n"],
+        shipped_text_gain=f"{shipped_row(numbers)['text_gain']['0.7']:.0%}", sensitivity_n=shipped_row(numbers)["sensitivity_n"],
         batch=info["recipe"]["batch_size"], images_seen=f"{info['images_seen']:,}", wall_min=info["wall_time_s"] / 60,
         machine=info["machine"]["platform"], cpus=info["machine"]["cpus"],
         torch_threads=info["machine"]["torch_threads"], n_eval=numbers["n"], loss_table="\n".join(rows),
@@ -203,6 +257,8 @@ if __name__ == "__main__":
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--compare", action="append", default=[], metavar="NAME=FOLDER",
                         help="another model folder for the prompt-fidelity table (repeatable)")
+    parser.add_argument("--curve", action="append", default=[], metavar="NAME=RUNDIR",
+                        help="a training run whose exports' shape-word gain is drawn against images seen (repeatable)")
     parser.add_argument("--card-only", action="store_true",
                         help="only re-render the model card from the numbers.json already written")
     args = parser.parse_args()
@@ -214,6 +270,7 @@ if __name__ == "__main__":
     samples(args.seed)
     reconstructions()
     numbers["fidelity"] = fidelity(args.run, args.compare)
+    numbers["curves"] = shape_word_curves(args.curve) if args.curve else None
     numbers["prompts"] = PROMPTS
     (HERE / "numbers.json").write_text(json.dumps(numbers, indent=2) + "\n")
     model_card(args.run, numbers)

@@ -25,6 +25,8 @@ _TEXTURE_WORDS = {"solid": "", "striped": "striped", "dotted": "dotted"}
 SKY_TOP_RGB = np.array([110.0, 160.0, 235.0])
 HAZE_RGB = np.array([200.0, 210.0, 225.0])
 GROUND_RGB = (np.array([105.0, 120.0, 80.0]), np.array([135.0, 150.0, 100.0]))
+# Scene ranges a caller may override (e.g. nearer, fewer objects for training a backbone); each a [low, high].
+SCENE_KEYS = ("objects_per_image", "object_distance_m", "object_size_m")
 
 
 def with_article(phrase: str) -> str:
@@ -65,15 +67,40 @@ def shape_mask(shape: str, u: np.ndarray, v: np.ndarray) -> np.ndarray:
     raise ValueError(f"unknown ShapeWorld shape {shape!r}")
 
 
+def checked_scene(scene: dict[str, Any]) -> dict[str, list]:
+    """Scene overrides as ``{key: [low, high]}``; unknown keys or bad ranges are refused by name."""
+    unknown = sorted(set(scene) - set(SCENE_KEYS))
+    if unknown:
+        raise ProbekitError(f"ShapeWorld scene has no setting {', '.join(unknown)}; settings: {', '.join(SCENE_KEYS)}")
+    out = {}
+    for key in SCENE_KEYS:
+        if key not in scene:
+            continue
+        value = scene[key]
+        try:
+            low, high = (float(x) for x in value)
+        except (TypeError, ValueError):
+            raise ProbekitError(f"ShapeWorld scene {key} must be two numbers [low, high], got {value!r}") from None
+        if not 0 < low <= high:
+            raise ProbekitError(f"ShapeWorld scene {key} must satisfy 0 < low <= high, got {value!r}")
+        if key == "objects_per_image":
+            if low != int(low) or high != int(high):
+                raise ProbekitError(f"ShapeWorld scene objects_per_image must be whole numbers, got {value!r}")
+            low, high = int(low), int(high)
+        out[key] = [low, high]
+    return out
+
+
 class ShapeWorld:
     """Procedural dataset; ``ShapeWorld(split="train")[i]`` is a `Sample`."""
 
     name = "shapeworld"
 
     def __init__(self, split: str = "train", manifest: str = "shapeworld.yaml", seed: int | None = None,
-                 image_size: int | None = None, size: int | None = None):
+                 image_size: int | None = None, size: int | None = None, scene: dict[str, Any] | None = None):
         self.manifest, self.manifest_sha256 = load_manifest(manifest)
-        m = self.manifest
+        self.scene = checked_scene(scene or {})
+        self.manifest = m = {**self.manifest, **self.scene}
         if split not in m["splits"]:
             raise ProbekitError(f"ShapeWorld has no split {split!r}; splits: {', '.join(m['splits'])}")
         self.split = split
@@ -103,7 +130,7 @@ class ShapeWorld:
 
     def reference(self) -> dict[str, Any]:
         """What a feature file needs to point back at these exact samples."""
-        params = {"seed": self.seed, "image_size": self.image_size}
+        params = {"seed": self.seed, "image_size": self.image_size, **({"scene": self.scene} if self.scene else {})}
         return {
             "dataset": self.name, "split": self.split, "manifest_sha256": self.manifest_sha256,
             "params": params, "params_hash": params_hash(params), "size": self.size,

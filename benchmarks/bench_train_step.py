@@ -1,0 +1,88 @@
+"""Training step of the ShapeWorld MM-DiT: float32 vs bfloat16 autocast vs bfloat16 + torch.compile.
+
+    python benchmarks/bench_train_step.py [--steps 10] [--repeats 3] [--batch-size 32] [--device cpu]
+
+Each variant trains its own copy of the shipped architecture (random init, seed 0) on the same pre-rendered
+batches, with train-backbone's loss, AdamW and gradient clipping; one timed run is ``--steps`` steps.
+Speed-up = float32 median / variant median. torch.compile's first call (the compilation) is timed apart and
+is not in the medians. Rendering one batch of ShapeWorld images, which train-backbone does in the same
+process unless given ``--workers``, is timed too, as a share of the float32 step.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import interleaved, write_result  # noqa: E402
+
+from probekit.datasets.shapeworld import ShapeWorld  # noqa: E402
+from probekit.extractors.shapeworld_mmdit import build_models  # noqa: E402
+from probekit.extractors.text_conditioning import TextConditioner  # noqa: E402
+from probekit.extractors.train_backbone import _batch, flow_loss, shifted_sigmas  # noqa: E402
+
+
+def make_variant(batches, device: str, bf16: bool, compiled: bool):
+    dataset = ShapeWorld("pretrain")
+    transformer, text_encoder, tokenizer = build_models(dataset.manifest, seed=0)
+    transformer, text_encoder = transformer.to(device), text_encoder.to(device)
+    conditioner = TextConditioner(tokenizer, text_encoder)
+    params = list(transformer.parameters()) + list(text_encoder.parameters())
+    optimizer = torch.optim.AdamW(params, lr=1e-3, betas=(0.9, 0.99))
+    model = torch.compile(transformer) if compiled else transformer
+    dev = torch.device(device)
+
+    def run_steps():
+        for x0, prompts, u, eps in batches:
+            x0, u, eps = x0.to(dev), u.to(dev), eps.to(dev)
+            with torch.autocast(device_type=dev.type, dtype=torch.bfloat16, enabled=bf16):
+                loss = flow_loss(model, conditioner, x0, prompts, shifted_sigmas(u, 3.0), eps).mean()
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, 1.0)
+            optimizer.step()
+        if dev.type == "cuda":
+            torch.cuda.synchronize()
+
+    return run_steps
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--no-compile", action="store_true", help="leave out the torch.compile variant")
+    args = parser.parse_args()
+
+    dataset = ShapeWorld("pretrain")
+    start = time.perf_counter()
+    batches = [_batch(dataset, step, args.batch_size, 0.1, 0) for step in range(args.steps)]
+    render_s = (time.perf_counter() - start) / args.steps
+    variants = {"fp32": make_variant(batches, args.device, bf16=False, compiled=False),
+                "bf16": make_variant(batches, args.device, bf16=True, compiled=False)}
+    compile_s = None
+    if not args.no_compile:
+        variants["bf16+compile"] = make_variant(batches, args.device, bf16=True, compiled=True)
+        start = time.perf_counter()
+        variants["bf16+compile"]()  # compiles (and warms up) outside the timed runs
+        compile_s = time.perf_counter() - start
+    timings = interleaved(variants, repeats=args.repeats)
+    base = timings["fp32"]["median_s"]
+    for name, t in timings.items():
+        t["s_per_step"] = t["median_s"] / args.steps
+        t["speedup_vs_fp32"] = base / t["median_s"]
+        print(f"{name:>13}: {t['s_per_step']:.3f} s/step, x{t['speedup_vs_fp32']:.2f} vs fp32")
+    print(f"rendering one batch: {render_s:.3f} s ({render_s / (base / args.steps):.0%} of a float32 step)")
+    write_result(f"train_step_{args.device.split(':')[0]}", {
+        "settings": vars(args), "timings": timings, "render_batch_s": render_s, "compile_first_call_s": compile_s})
+
+
+if __name__ == "__main__":
+    main()
