@@ -401,8 +401,7 @@ def train_backbone_command(out, steps, batch_size, lr, caption_dropout, shift, p
     train_backbone(out, steps=steps, batch_size=batch_size, lr=lr, caption_dropout=caption_dropout, shift=shift,
                    prediction=prediction, precision=precision, seed=seed, checkpoint_every=checkpoint_every,
                    export_every=export_every, threads=threads, device=device, workers=workers,
-                   scene=_scene_option(scene_items),
-                   progress=not quiet, log=click.echo)
+                   scene=_scene_option(scene_items), progress=not quiet, log=click.echo)
 
 
 def _scene_option(items) -> dict | None:
