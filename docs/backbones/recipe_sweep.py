@@ -7,8 +7,8 @@ and judged with `probekit.extractors.sample_fidelity.prompt_fidelity`.
 
     python docs/backbones/recipe_sweep.py --out build/sweep --device cuda --budget-s 390
 
-writes ``OUT/sweep.json`` (per run: the command, steps reached, wall time, and per export: shape accuracy and
-colour found) and ``OUT/samples.png`` (one row of samples per run's last export).
+writes ``OUT/sweep.json`` (per run: the command, steps reached, wall time, and per export: shape accuracy,
+colour found and the shape word's loss gain at s = 0.7) and ``OUT/samples.png`` (one row of samples per run's last export).
 
 Measured (recipe-sweep-h100.json): six runs at once on one H100, each rendering its own images, took about
 140 ms per step each, so none reached 5,000 steps in ten minutes. A step of this small model is many tiny
@@ -51,11 +51,13 @@ def _judge(folder: str, device: str, per_prompt: int) -> dict:
     import torch
 
     torch.set_num_threads(2)
+    from probekit.extractors.prompt_sensitivity import prompt_sensitivity
     from probekit.extractors.sample_fidelity import prompt_fidelity
 
     summary = prompt_fidelity(folder, per_prompt=per_prompt, device=device)
+    gain = prompt_sensitivity(folder, noise_levels=(0.7,))["noise_levels"]["0.7"]["shape_gain"]
     return {"folder": folder, "shape_accuracy": summary["shape_accuracy"], "colour_found": summary["colour_found"],
-            "n": summary["n"]}
+            "n": summary["n"], "shape_word_gain_at_0.7": gain}
 
 
 def _exports(run: Path) -> list[Path]:
@@ -110,7 +112,8 @@ def main() -> None:
     for (name, _), result in zip(folders, judged):
         runs[name]["exports"].append(result)
         print(name, Path(result["folder"]).name, f"shape {result['shape_accuracy']:.3f}",
-              f"colour {result['colour_found']:.3f}", flush=True)
+              f"colour {result['colour_found']:.3f}", f"shape-word gain {result['shape_word_gain_at_0.7']:.2%}",
+              flush=True)
     (args.out / "sweep.json").write_text(json.dumps({"device": args.device, "budget_s": args.budget_s,
                                                      "per_prompt": args.per_prompt, "runs": runs}, indent=1))
     _sample_rows(args.out, runs, args.device)
