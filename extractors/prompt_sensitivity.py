@@ -47,16 +47,10 @@ def single_object_samples(dataset: ShapeWorld, n: int, min_size_px: float = 14.0
 def prompt_sensitivity(folder: str | Path, *, noise_levels: Sequence[float] = DEFAULT_NOISE_LEVELS, n: int = 48,
                        split: str = "test", seed: int = 0) -> dict:
     """Per noise level: the loss with true, shape-swapped and empty captions, and the two relative gains."""
-    from diffusers import SD3Transformer2DModel
-
-    from probekit.extractors.shapeworld_mmdit import prediction_type
-    from probekit.extractors.text_conditioning import TextConditioner
+    from probekit.extractors.shapeworld_mmdit import load_denoiser
     from probekit.extractors.train_backbone import flow_loss, images_to_tensor
 
-    folder = Path(folder)
-    transformer = SD3Transformer2DModel.from_pretrained(folder / "transformer", use_safetensors=True).eval()
-    conditioner = TextConditioner.from_folder(folder)
-    prediction = prediction_type(folder)
+    transformer, conditioner, prediction = load_denoiser(folder)
     dataset = ShapeWorld(split)
     samples = single_object_samples(dataset, n)
     shapes = [c for c in dataset.classes if c != "background"]

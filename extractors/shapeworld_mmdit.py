@@ -60,6 +60,20 @@ def prediction_type(folder: str | Path) -> str:
     return value
 
 
+def load_denoiser(folder: str | Path):
+    """(transformer, text conditioner, prediction type) of a model folder, for scoring denoising offline
+    (safetensors only, eval mode, CPU)."""
+    from diffusers import SD3Transformer2DModel
+
+    from probekit.extractors.text_conditioning import TextConditioner
+    from probekit.provenance import refuse_pickled_weights
+
+    folder = Path(folder)
+    refuse_pickled_weights(folder)
+    transformer = SD3Transformer2DModel.from_pretrained(folder / "transformer", use_safetensors=True).eval()
+    return transformer, TextConditioner.from_folder(folder), prediction_type(folder)
+
+
 def shipped_weights() -> Path:
     """The shipped folder; inside an installed wheel it sits in the package, in a checkout under probekit/."""
     here = Path(__file__).resolve().parent

@@ -29,7 +29,7 @@ from tqdm.auto import tqdm
 
 from probekit.datasets.shapeworld import ShapeWorld, checked_scene
 from probekit.extractors.shapeworld_mmdit import (
-    PREDICTIONS, SAMPLE, VELOCITY, build_models, prediction_type, save_folder, scheduler_config)
+    PREDICTIONS, SAMPLE, VELOCITY, build_models, load_denoiser, save_folder, scheduler_config)
 from probekit.extractors.text_conditioning import TextConditioner
 from probekit.provenance import base_provenance
 
@@ -242,14 +242,10 @@ def denoising_loss_per_timestep(folder: str | Path, timesteps=(50, 150, 250, 350
     t maps to a noise level with ``shift``, by default the folder's own scheduler shift; pass the same shift
     when comparing two models so that they are measured at the same noise levels.
     """
-    from diffusers import SD3Transformer2DModel
-
     folder = Path(folder)
     if shift is None:
         shift = float(json.loads((folder / "scheduler" / "scheduler_config.json").read_text()).get("shift", 1.0))
-    transformer = SD3Transformer2DModel.from_pretrained(folder / "transformer").eval()
-    conditioner = TextConditioner.from_folder(folder)
-    prediction = prediction_type(folder)
+    transformer, conditioner, prediction = load_denoiser(folder)
     dataset = ShapeWorld(split)
     out: dict[int, float] = {}
     for t in timesteps:

@@ -169,16 +169,12 @@ def reconstructions(noise_levels=(0.3, 0.5, 0.7, 0.85, 0.95), n: int = 4) -> Non
     prompts: the noise level where the outline is lost is where sampling loses the prompted shape."""
     import numpy as np
     import torch
-    from diffusers import SD3Transformer2DModel
 
     from probekit.datasets.shapeworld import ShapeWorld
-    from probekit.extractors.shapeworld_mmdit import prediction_type
-    from probekit.extractors.text_conditioning import TextConditioner
+    from probekit.extractors.shapeworld_mmdit import load_denoiser
     from probekit.extractors.train_backbone import images_to_tensor
 
-    folder = shipped_weights()
-    transformer = SD3Transformer2DModel.from_pretrained(folder / "transformer").eval()
-    conditioner = TextConditioner.from_folder(folder)
+    transformer, conditioner, prediction = load_denoiser(shipped_weights())
     dataset = ShapeWorld("test")
     chosen = [s for s in (dataset[i] for i in range(len(dataset)))
               if " in front of " not in s.caption and s.meta["objects"][0]["size_px"] > 18][:n]
@@ -186,7 +182,7 @@ def reconstructions(noise_levels=(0.3, 0.5, 0.7, 0.85, 0.95), n: int = 4) -> Non
     eps = torch.randn(x0.shape, generator=torch.Generator().manual_seed(0))
     cond = conditioner([s.caption for s in chosen])
     columns = [x0]
-    velocity = prediction_type(folder) == "velocity"
+    velocity = prediction == "velocity"
     with torch.no_grad():
         for s in noise_levels:
             x_t = (1 - s) * x0 + s * eps
