@@ -268,7 +268,7 @@ class ConceptAttentionExtractor(Extractor):
                 per_layer = torch.stack([run.maps[mode][layer] for layer in self.concept_layers])  # (L, B*T, C, N)
                 mean = per_layer.mean(0).view(b, n_t, len(self.concepts), -1).mean(1)  # over layers, timesteps
                 sums[mode] = mean if sums[mode] is None else sums[mode] + mean
-        return {f"concepts={m}": torch.softmax(sums[m] / base.ensemble, dim=1).view(b, -1, gh, gw).cpu()
+        return {f"concepts={m}": torch.softmax(sums[m] / base.ensemble, dim=1).view(b, -1, gh, gw)
                 for m in MODES}
 
     def close(self) -> None:

@@ -22,17 +22,15 @@ import torch
 import torch.nn.functional as F
 
 from probekit.errors import ProbekitError
-from probekit.extractors.base import Extractor
+from probekit.extractors.base import Extractor, normalise_layers, resolve_device, resolve_dtype
+from probekit.extractors.hooks import capture_blocks
 from probekit.extractors.noise import NoiseSchedule, sample_noise
-from probekit.provenance import refuse_pickled_weights, weights_identity
-from probekit.store import feature_key
+from probekit.keys import feature_key
+from probekit.provenance import weights_identity
+from probekit.safety import refuse_pickled_weights
 
 _HUB_PATTERNS = ["model_index.json", "transformer/*", "vae/*", "scheduler/*", "text_encoder*/*", "tokenizer*/*",
                  "config.json", "*.safetensors"]
-
-
-class _StopForward(Exception):
-    """Raised by the hook of the last requested block: later blocks are not needed."""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -211,18 +209,6 @@ def _quiet_loading():
         dlog.set_verbosity(level)
 
 
-def _resolve_device(device: str) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
-
-
-def _resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
-    if dtype == "auto":  # bf16 was measured 5x slower than fp32 on CPU
-        return torch.bfloat16 if device.type == "cuda" else torch.float32
-    return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
-
-
 class DiffusersDiTExtractor(Extractor):
     name = "dit"
 
@@ -243,22 +229,16 @@ class DiffusersDiTExtractor(Extractor):
         self.seed, self.ensemble, self.conditioning = int(seed), int(ensemble), conditioning
         self.resolution, self.guidance, self.class_label = resolution, float(guidance), class_label
         self._notes = list(notes)
-        self.device = _resolve_device(device)
-        self.dtype = _resolve_dtype(dtype, self.device)
+        self.device = resolve_device(device)
+        self.dtype = resolve_dtype(dtype, self.device)
         self._timesteps = [int(t) for t in timesteps]
         for t in self._timesteps:
             if not 0 <= t <= 1000:
                 raise ProbekitError(f"timesteps are integers in [0, 1000] (0 = clean image); got {t}")
         with _quiet_loading():
             self._load()
-        n_blocks = len(self.family.blocks(self.transformer))
-        self._layers = []
-        for layer in layers:
-            layer = int(layer)
-            if not -n_blocks <= layer < n_blocks:
-                raise ProbekitError(f"layer {layer} is out of range: {self.transformer_class} in {self.root} has "
-                                    f"{n_blocks} blocks (0..{n_blocks - 1})")
-            self._layers.append(layer % n_blocks)
+        self._layers = normalise_layers(layers, len(self.family.blocks(self.transformer)),
+                                        f"{self.transformer_class} in {self.root}")
         self._cond_cache: dict[str, dict[str, torch.Tensor]] = {}
 
     # -- loading ----------------------------------------------------------------------------
@@ -424,42 +404,40 @@ class DiffusersDiTExtractor(Extractor):
                   "vae_scale": 2 ** (len(self.vae.config.block_out_channels) - 1) if self.vae is not None else 1}
         return x_t, sigma, t_int, cond, extras, self.family.grid(self.transformer, *x0.shape[-2:])
 
+    def feature_shapes(self, image_size: tuple[int, int]) -> dict[str, tuple[int, int, int]]:
+        """(inner width, token rows, token columns) of every map, from the configs alone (no forward)."""
+        h, w = (self.resolution, self.resolution) if self.resolution is not None else image_size
+        if self.vae is not None:
+            scale = 2 ** (len(self.vae.config.block_out_channels) - 1)
+            if h % scale or w % scale:
+                raise ProbekitError(f"image size {h}x{w} is not divisible by the VAE's downsampling factor {scale}; "
+                                    "change --resolution")
+            h, w = h // scale, w // scale
+        gh, gw = self.family.grid(self.transformer, h, w)
+        c = self.transformer.config
+        width = int(c.num_attention_heads * c.attention_head_dim)
+        return {k: (width, gh, gw) for k in self.feature_keys()}
+
     @torch.inference_mode()
     def extract(self, images: torch.Tensor, captions: Sequence[str], indices: Sequence[int]) -> dict[str, torch.Tensor]:
+        """Maps on the extractor's device: in the compute dtype for one noise draw, float32 means for several."""
         b, n_t = images.shape[0], len(self._timesteps)
         blocks = self.family.blocks(self.transformer)
         sums: dict[str, torch.Tensor] = {}
         for draw in range(self.ensemble):
             x_t, sigma, t_int, cond, extras, (gh, gw) = self.model_inputs(images, captions, indices, draw)
-            captured = self._run_hooked(blocks, x_t, sigma, t_int, cond, extras, gh * gw)
+            captured = capture_blocks(blocks, self._layers, lambda: self.family.forward(
+                self.transformer, x_t, sigma, t_int, cond, extras), n_img=gh * gw)
+            missing = set(self._layers) - set(captured)
+            if missing:
+                raise ProbekitError(f"blocks {sorted(missing)} of {self.transformer_class} never ran during the forward")
             for layer, tokens in captured.items():
-                maps = tokens.float().reshape(b, n_t, gh, gw, -1).permute(0, 1, 4, 2, 3)  # (B, T, C, h, w)
+                if self.ensemble > 1:
+                    tokens = tokens.float()
+                maps = tokens.reshape(b, n_t, gh, gw, -1).permute(0, 1, 4, 2, 3)  # (B, T, C, h, w)
                 for j, t in enumerate(self._timesteps):
                     key = feature_key(t, layer)
-                    sums[key] = sums[key] + maps[:, j] if key in sums else maps[:, j].clone()
-        return {k: (sums[k] / self.ensemble).cpu() for k in self.feature_keys()}
-
-    def _run_hooked(self, blocks, x_t, sigma, t_int, cond, extras, n_img: int) -> dict[int, torch.Tensor]:
-        captured: dict[int, torch.Tensor] = {}
-        last = max(self._layers)
-
-        def make_hook(layer: int):
-            def hook(module, args, kwargs, output):
-                out = output[-1] if isinstance(output, tuple) else output  # (text, image) pairs end with image
-                captured[layer] = out[:, -n_img:]  # FLUX joined sequences are [text, image]
-                if layer == last:
-                    raise _StopForward
-            return hook
-
-        handles = [blocks[layer].register_forward_hook(make_hook(layer), with_kwargs=True) for layer in set(self._layers)]
-        try:
-            self.family.forward(self.transformer, x_t, sigma, t_int, cond, extras)
-        except _StopForward:
-            pass
-        finally:
-            for h in handles:
-                h.remove()
-        missing = set(self._layers) - set(captured)
-        if missing:
-            raise ProbekitError(f"blocks {sorted(missing)} of {self.transformer_class} never ran during the forward")
-        return captured
+                    sums[key] = sums[key] + maps[:, j] if key in sums else maps[:, j]
+        if self.ensemble == 1:
+            return {k: sums[k] for k in self.feature_keys()}
+        return {k: sums[k] / self.ensemble for k in self.feature_keys()}

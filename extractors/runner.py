@@ -1,13 +1,22 @@
 """Dataset -> extractor -> feature file: the extraction stage as a library function.
 
-The work is cut into shards (probekit.shards): each finished shard is committed atomically, so a killed run
-resumes where it stopped, and ranks of a distributed run take disjoint shards.
+The work is cut into shards (``extractors/shards.py``): each finished shard is committed atomically, so a
+killed run resumes where it stopped, and ranks of a distributed run take disjoint shards. Three things
+overlap, so the device never waits for the disk when the disk can keep up:
+
+- a loader thread reads and checks the next batch of images (``probekit.prefetch``);
+- the main thread runs the model, reduces each map on the device (pooling, projection, the storage dtype:
+  ``extractors/storage.py``) and starts non-blocking copies into pinned host memory;
+- the writer thread (``extractors/writer.py``) waits for the copies, writes HDF5 and commits shards.
+
+Before the first forward the plan (maps, shapes, bytes) is printed and checked against the free space of the
+output's disk (``extractors/plan.py``).
 """
 
 from __future__ import annotations
 
 import os
-import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,9 +27,13 @@ from tqdm.auto import tqdm
 from probekit.datasets.base import LABEL_NAMES
 from probekit.errors import ProbekitError, SampleError
 from probekit.extractors.base import Extractor
+from probekit.extractors.plan import ExtractionPlan, free_bytes
+from probekit.extractors.shards import DEFAULT_SHARD_SIZE, ExtractionRun, Shard, open_run
+from probekit.extractors.storage import Projection, Reducer, StorageOptions, stored_shape
+from probekit.extractors.workers import Workers
+from probekit.extractors.writer import BackgroundWriter, HostBatch
+from probekit.prefetch import prefetched
 from probekit.provenance import base_provenance
-from probekit.shards import DEFAULT_SHARD_SIZE, ExtractionRun, Shard, open_run
-from probekit.workers import Workers
 
 ON_ERROR = ("raise", "skip")
 
@@ -64,80 +77,182 @@ def _load(dataset, index: int, reference, on_error: str, skipped: list[dict[str,
         return None
 
 
-def run_fingerprint(extractor: Extractor, reference: dict[str, Any], num_samples: int) -> dict:
+def _first_sample(dataset, n: int, on_error: str):
+    """The first usable sample: it fixes the image size (for the plan) and the labels every sample must have."""
+    skipped: list[dict[str, Any]] = []
+    for i in range(n):
+        sample = _load(dataset, i, None, on_error, skipped)
+        if sample is not None:
+            return sample
+    raise ProbekitError(f"none of the {n} samples could be loaded (first error: {skipped[0]['id']}: "
+                        f"{skipped[0]['error']})")
+
+
+def run_fingerprint(extractor: Extractor, reference: dict[str, Any], num_samples: int,
+                    storage: dict[str, Any] | None = None) -> dict:
     """What determines the features: a rerun must match it to resume. Batch size, device index and --on-error
     do not count: a run stopped by a bad sample can go on with --on-error skip and keep its shards."""
     config = dict(extractor.config())
     if "device" in config:
         config["device"] = str(config["device"]).split(":")[0]  # ranks use cuda:0, cuda:1, ...
-    return {"extractor": config, "weights": extractor.weights_identity(), "dataset": reference,
-            "num_samples": num_samples}
+    out = {"extractor": config, "weights": extractor.weights_identity(), "dataset": reference,
+           "num_samples": num_samples}
+    if storage:
+        out["storage"] = storage
+    return out
 
 
-def _extract_shard(extractor, dataset, run: ExtractionRun, shard: Shard, attrs, batch_size, on_error, bar) -> None:
-    start = time.perf_counter()
-    skipped: list[dict[str, Any]] = []
-    samples = []
-    for i in shard.positions():
-        sample = _load(dataset, i, samples[0] if samples else None, on_error, skipped)
+def _storage_fingerprint(options: StorageOptions, source: Projection | None) -> dict[str, Any] | None:
+    """The storage choices that change the stored values (None for plain float16 maps)."""
+    if not options.reduces and options.dtype == "float16":
+        return None
+    out: dict[str, Any] = {"pool": options.pool, "channels": options.channels, "dtype": options.dtype}
+    if options.channels is not None:
+        out["projection"] = options.projection if source is None else {"from": source.sha256()}
+        if source is None and options.projection == "pca":
+            out["fit_samples"] = options.fit_samples
+        if source is None and options.projection == "random":
+            out["seed"] = options.seed
+    return out
+
+
+def _load_batches(dataset, shards: list[Shard], batch_size: int, reference, on_error: str) -> Iterator[tuple]:
+    """(shard, samples, skipped, last-of-shard) for every batch of the given shards, in order."""
+    for shard in shards:
+        positions = list(shard.positions())
+        for a in range(0, len(positions), batch_size):
+            skipped: list[dict[str, Any]] = []
+            samples = [s for s in (_load(dataset, i, reference, on_error, skipped)
+                                   for i in positions[a:a + batch_size]) if s is not None]
+            yield shard, samples, skipped, a + batch_size >= len(positions)
+
+
+def _to_host(feats: dict[str, torch.Tensor], keys: list[str], reducer: Reducer):
+    """Reduce every map on its device and start copying it to the host: (host maps, finite flags, event)."""
+    reduced = {k: reducer(k, feats[k]) for k in keys}
+    finite = torch.stack([torch.isfinite(v).flatten(1).all(1) for v in reduced.values()], dim=1)
+    if finite.device.type != "cuda":
+        return reduced, finite, None
+    host = {k: torch.empty(v.shape, dtype=v.dtype, pin_memory=True).copy_(v, non_blocking=True)
+            for k, v in reduced.items()}
+    finite_host = torch.empty(finite.shape, dtype=torch.bool, pin_memory=True).copy_(finite, non_blocking=True)
+    event = torch.cuda.Event()
+    event.record()
+    return host, finite_host, event
+
+
+def _fit_batches(extractor, dataset, reference, n: int, batch_size: int, reducer: Reducer) -> Iterator[dict]:
+    """Pooled maps of the first ``n`` usable samples, for fitting a PCA projection."""
+    samples, skipped, i = [], [], 0
+    while len(samples) < n and i < len(dataset):
+        sample = _load(dataset, i, reference, "skip", skipped)
         if sample is not None:
             samples.append(sample)
-    writer, tmp = run.shard_writer(shard, [s.id for s in samples], [s.index for s in samples], attrs)
-    with writer:
-        for a in range(0, len(samples), batch_size):
-            batch = samples[a:a + batch_size]
-            feats = extractor.extract(_to_tensor([s.image for s in batch]), [s.caption for s in batch],
-                                      [s.index for s in batch])
-            labels = {name: np.stack([getattr(s, name) for s in batch])
-                      for name in LABEL_NAMES if getattr(batch[0], name) is not None}
-            # float16 (the stored type) converted by torch: several times faster than numpy's astype
-            writer.write_batch(range(a, a + len(batch)), {k: v.to(torch.float16).numpy() for k, v in feats.items()},
-                               labels, [s.caption for s in batch])
-            bar.update(len(batch))
-        bar.update(len(skipped))
-        writer.set_attr("skipped", skipped)
-        writer.set_attr("extract_wall_time_s", round(time.perf_counter() - start, 3))
-        writer.finalize()
-    run.commit(shard, tmp)
+        i += 1
+    for a in range(0, len(samples), batch_size):
+        batch = samples[a:a + batch_size]
+        feats = extractor.extract(_to_tensor([s.image for s in batch]), [s.caption for s in batch],
+                                  [s.index for s in batch])
+        yield {k: reducer.pool(v) for k, v in feats.items()}
+
+
+def _projection(extractor, dataset, first, split: str | None, run: ExtractionRun, options: StorageOptions, source,
+                raw_shapes, batch_size: int, workers: Workers, echo) -> Projection | None:
+    """The run's channel projection: kept in OUT.parts/ (so a resumed run reuses it), made once."""
+    if options.channels is None:
+        return None
+    path = run.projection_path
+    if not path.is_file():
+        if workers.distributed and not workers.is_main:
+            workers.barrier()  # rank 0 makes it
+        else:
+            if source is not None:
+                projection = source
+            elif options.projection == "random":
+                channels = {k: s[0] for k, s in raw_shapes.items()}
+                projection = Projection.random(channels, options.channels, options.seed)
+            else:
+                echo(f"fitting PCA to {options.channels} channels on the first {options.fit_samples} images")
+                with torch.inference_mode():
+                    projection = Projection.fit_pca(
+                        _fit_batches(extractor, dataset, first, options.fit_samples, batch_size,
+                                     Reducer(options)), options.channels,
+                        {"fit_samples": options.fit_samples, "fit_split": split})
+            _save_first(projection, path)
+            if workers.distributed:
+                workers.barrier()
+    elif workers.distributed:
+        workers.barrier()
+    return Projection.load(path)
+
+
+def _save_first(projection: Projection, path: Path) -> None:
+    """Save unless another job got there first (independent --part jobs): exclusive, via a hard link."""
+    tmp = path.with_name(f".tmp-{os.getpid()}-{path.name}")
+    projection.save(tmp)
+    try:
+        os.link(tmp, path)
+    except FileExistsError:
+        pass
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def extract_dataset(extractor: Extractor, dataset, out: str | os.PathLike, *, limit: int | None = None,
                     batch_size: int = 8, overwrite: bool = False, progress: bool = True,
                     run_params: dict[str, Any] | None = None, shard_size: int = DEFAULT_SHARD_SIZE,
-                    on_error: str = "raise", workers: Workers | None = None, echo=None) -> Path:
+                    on_error: str = "raise", workers: Workers | None = None, echo=None,
+                    storage: StorageOptions | None = None, dry_run: bool = False, queue_depth: int = 4):
     """Extract features for the first ``limit`` samples of ``dataset`` into ``out`` (HDF5), resumably.
 
-    ``on_error="skip"`` leaves out samples that fail to load or check, recording their ids and errors in the
-    file's ``skipped`` attribute. ``workers`` splits the shards: torchrun ranks (rank 0 merges after a
-    barrier) or independent ``--part I/N`` jobs (merged afterwards by ``merge_parts``). Returns ``out``, or the
-    parts directory when this worker did not merge.
+    ``on_error="skip"`` leaves out samples that fail to load or check, or whose maps are not finite, recording
+    their ids and errors in the file's ``skipped`` attribute. ``workers`` splits the shards: torchrun ranks
+    (rank 0 writes the index after a barrier) or independent ``--part I/N`` jobs (indexed afterwards by
+    ``merge_parts``). ``storage`` reduces what is stored. Returns ``out``, the parts directory when this worker
+    did not write the index, or, with ``dry_run``, the plan (nothing is written).
     """
     workers = workers or Workers()
     echo = echo or (lambda msg: None)
+    storage = storage or StorageOptions()
+    if batch_size <= 0:
+        raise ProbekitError(f"--batch-size must be positive, got {batch_size}")
+    if shard_size <= 0:
+        raise ProbekitError(f"--shard-size must be positive, got {shard_size}")
+    if limit is not None and limit <= 0:
+        raise ProbekitError(f"--limit must be positive, got {limit}")
+    if on_error not in ON_ERROR:
+        raise ProbekitError(f"on_error must be one of {ON_ERROR}, got {on_error!r}")
     n = len(dataset) if limit is None else min(int(limit), len(dataset))
     if n <= 0:
-        raise ValueError(f"nothing to extract: the dataset has {len(dataset)} samples and limit is {limit}")
-    if batch_size <= 0:
-        raise ValueError(f"batch_size must be positive, got {batch_size}")
-    if on_error not in ON_ERROR:
-        raise ValueError(f"on_error must be one of {ON_ERROR}, got {on_error!r}")
+        raise ProbekitError(f"nothing to extract: the dataset has {len(dataset)} samples")
+    out = Path(out)
     reference = dataset.reference()
-    provenance = {
-        **base_provenance(),
-        "stage": "extract",
-        "extractor": extractor.config(),
-        "weights": extractor.weights_identity(),
-        "dataset": reference,
-        "run": {"limit": limit, "batch_size": batch_size, "shard_size": shard_size, "on_error": on_error,
-                "world_size": workers.world_size, **(run_params or {})},
-        "notes": extractor.notes(),
-    }
-    attrs = {
-        "extractor": extractor.name, "timesteps": extractor.timesteps, "layers": extractor.layers,
-        "seed": extractor.config().get("seed"), "ensemble": extractor.config().get("ensemble"),
-        "dataset": reference, "provenance": provenance,
-    }
-    run = ExtractionRun(out, run_fingerprint(extractor, reference, n), n, shard_size)
+    first = _first_sample(dataset, n, on_error)
+    raw_shapes = extractor.feature_shapes(tuple(first.image.shape[:2]))
+    shapes = {k: stored_shape(s, storage) for k, s in raw_shapes.items()}
+    source = None
+    if storage.projection_from is not None:
+        source = Projection.from_feature_file(storage.projection_from, list(raw_shapes),
+                                              {k: s[0] for k, s in raw_shapes.items()}, storage.channels)
+    run = ExtractionRun(out, run_fingerprint(extractor, reference, n, _storage_fingerprint(storage, source)), n,
+                        shard_size)
+    resumable = run.dir.is_dir() and not overwrite and (run.dir / "run.json").is_file() and not out.exists()
+    plan = ExtractionPlan(out=out, num_samples=n, shard_size=shard_size,
+                          shards_done=len(run.shards) - len(run.missing()) if resumable else 0,
+                          raw_shapes=raw_shapes, shapes=shapes, feature_dtype=storage.dtype,
+                          label_shapes={name: getattr(first, name).shape for name in LABEL_NAMES
+                                        if getattr(first, name) is not None}, storage=storage)
+    free = free_bytes(out.parent)
+    if workers.is_main:
+        for line in plan.lines(free, verbose=dry_run):
+            echo(line)
+    if dry_run:
+        if run.finished_output() and not overwrite:
+            echo(f"{out} is already complete with these settings: nothing would be done")
+        return plan
+    if not (run.finished_output() and not overwrite):
+        plan.check_space(free)
+
     distributed_jobs = workers.world_size > 1 and not workers.distributed
     if distributed_jobs and overwrite:
         raise ProbekitError("--overwrite cannot be combined with --part: remove the output and its .parts "
@@ -148,40 +263,105 @@ def extract_dataset(extractor: Extractor, dataset, out: str | os.PathLike, *, li
         state = run.prepare(overwrite=False)
     if state == "finished":
         echo(f"{out} is already complete with these settings; nothing to do (--overwrite to redo it)")
-        return Path(out)
+        return out
+    try:
+        return _extract(extractor, dataset, run, state, first, reference, storage, source, raw_shapes, limit,
+                        batch_size, progress, run_params, on_error, workers, echo, queue_depth)
+    except BaseException:
+        if state == "new" and workers.is_main and not distributed_jobs:
+            run.abandon_if_empty()  # nothing was computed: leave no parts behind for the corrected command
+        raise
+
+
+def _extract(extractor, dataset, run: ExtractionRun, state: str, first, reference, storage: StorageOptions, source,
+             raw_shapes, limit, batch_size, progress, run_params, on_error, workers: Workers, echo, queue_depth):
+    projection = _projection(extractor, dataset, first, reference.get("split"), run, storage, source, raw_shapes,
+                             batch_size, workers, echo)
+    reducer = Reducer(storage, projection)
+    provenance = {
+        **base_provenance(),
+        "stage": "extract",
+        "extractor": extractor.config(),
+        "weights": extractor.weights_identity(),
+        "dataset": reference,
+        "storage": reducer.describe(),
+        "run": {"limit": limit, "batch_size": batch_size, "shard_size": run.shard_size, "on_error": on_error,
+                "world_size": workers.world_size, **(run_params or {})},
+        "notes": extractor.notes(),
+    }
+    attrs = {
+        "extractor": extractor.name, "timesteps": extractor.timesteps, "layers": extractor.layers,
+        "seed": extractor.config().get("seed"), "ensemble": extractor.config().get("ensemble"),
+        "dataset": reference, "provenance": provenance, "storage": reducer.describe(),
+    }
     mine = [s for k, s in enumerate(run.shards) if k % workers.world_size == workers.rank]
     run.discard_temporaries(mine)
     pending = [s for s in mine if not run.is_done(s)]
     if state == "resumed" and workers.is_main:
         echo(f"resuming: {len(run.shards) - len(run.missing())} of {len(run.shards)} shards already done in {run.dir}")
-    total = sum(s.stop - s.start for s in mine)
-    desc = f"extract {extractor.name} -> {Path(out).name}"
+    total = sum(s.size for s in mine)
+    desc = f"extract {extractor.name} -> {run.out.name}"
     if workers.world_size > 1:
         desc += f" [part {workers.rank}/{workers.world_size}]"
-    bar = tqdm(total=total, initial=total - sum(s.stop - s.start for s in pending), desc=desc, unit="img",
+    bar = tqdm(total=total, initial=total - sum(s.size for s in pending), desc=desc, unit="img",
                disable=not progress)
+    keys = extractor.feature_keys()
+    writer = BackgroundWriter(run, attrs, storage.dtype, on_error, depth=queue_depth)
+    skipped_shown = 0
     try:
-        for shard in pending:
-            _extract_shard(extractor, dataset, run, shard, attrs, batch_size, on_error, bar)
+        with torch.inference_mode():
+            for shard, samples, skipped, last in prefetched(
+                    _load_batches(dataset, pending, batch_size, first, on_error), depth=2):
+                writer.skip(shard, skipped)
+                if samples:
+                    feats = extractor.extract(_to_tensor([s.image for s in samples]), [s.caption for s in samples],
+                                              [s.index for s in samples])
+                    host, finite, event = _to_host(feats, keys, reducer)
+                    labels = {name: np.stack([getattr(s, name) for s in samples])
+                              for name in LABEL_NAMES if getattr(samples[0], name) is not None}
+                    writer.write(HostBatch(shard, host, finite, event, labels, [s.id for s in samples],
+                                           [s.index for s in samples], [s.caption for s in samples]))
+                if last:
+                    writer.commit(shard)
+                bar.update(len(samples) + len(skipped))
+                if len(writer.skipped) != skipped_shown:  # counted by the writer thread, so shown a little late
+                    skipped_shown = len(writer.skipped)
+                    bar.set_postfix(skipped=skipped_shown)
+        writer.close()
     except SampleError as exc:
+        try:  # a bad input sample (read ahead): first write and commit everything before it
+            writer.close()
+        except BaseException:  # noqa: BLE001 - the writer's own error (e.g. non-finite maps) is reported instead
+            writer.abort()
         done = len(run.shards) - len(run.missing())
         raise ProbekitError(f"{exc}. {done} of {len(run.shards)} shards are done and kept in {run.dir}; fix the "
                             "input and rerun the same command to resume, or pass --on-error skip") from None
+    except BaseException:
+        writer.abort()
+        raise
     finally:
         bar.close()
+    if writer.skipped:
+        echo(f"skipped {len(writer.skipped)} of {total} samples (their ids and reasons are in the file's "
+             f"'skipped' attribute); first: {writer.skipped[0]['id']}: {writer.skipped[0]['error']}")
     workers.barrier()  # every rank's shards are committed
-    if distributed_jobs:  # independent jobs cannot agree on who merges: the user does, once all are done
+    if workers.world_size > 1 and not workers.distributed:  # independent jobs cannot agree on who indexes
         echo(f"part {workers.rank}/{workers.world_size} done; {len(run.missing())} of {len(run.shards)} shards "
-             f"remain. When every part is done: probekit merge {out}")
+             f"remain. When every part is done: probekit merge {run.out}")
         return run.dir
     if not workers.is_main:
         return run.dir
-    path = run.merge()
-    echo(f"wrote {path}")
+    path = run.write_index()
+    echo(f"wrote {path} (an index over {run.dir.name}/; keep the two together)")
     return path
 
 
-def merge_parts(out: str | os.PathLike) -> Path:
-    """Join the shards of OUT.parts into OUT (after ``--part`` jobs, or to finish an interrupted merge)."""
-    return open_run(out).merge()
+def merge_parts(out: str | os.PathLike, standalone: bool = False, progress: bool = False) -> Path:
+    """Index the shards of OUT.parts as OUT (after ``--part`` jobs, or to finish an interrupted run); with
+    ``standalone``, copy everything into one self-contained file instead."""
+    from probekit.extractors.shards import consolidate
 
+    out = Path(out)
+    if not out.exists():
+        open_run(out).write_index()
+    return consolidate(out, progress=progress) if standalone else out

@@ -21,7 +21,7 @@ class FlowSampler:
 
         from probekit.extractors.shapeworld_mmdit import prediction_type
         from probekit.extractors.text_conditioning import TextConditioner
-        from probekit.provenance import refuse_pickled_weights
+        from probekit.safety import refuse_pickled_weights
 
         folder = Path(folder)
         refuse_pickled_weights(folder)

@@ -66,7 +66,7 @@ def load_denoiser(folder: str | Path):
     from diffusers import SD3Transformer2DModel
 
     from probekit.extractors.text_conditioning import TextConditioner
-    from probekit.provenance import refuse_pickled_weights
+    from probekit.safety import refuse_pickled_weights
 
     folder = Path(folder)
     refuse_pickled_weights(folder)

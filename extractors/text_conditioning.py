@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from probekit.provenance import refuse_pickled_weights
+from probekit.safety import refuse_pickled_weights
 
 
 class TextConditioner(torch.nn.Module):

@@ -16,9 +16,10 @@ import torch
 import torch.nn.functional as F
 
 from probekit.errors import ProbekitError
-from probekit.extractors.base import Extractor
-from probekit.provenance import PICKLE_SUFFIXES, weights_identity
-from probekit.store import feature_key
+from probekit.extractors.base import Extractor, normalise_layers, resolve_device, resolve_dtype
+from probekit.keys import feature_key
+from probekit.provenance import weights_identity
+from probekit.safety import refuse_pickled_weights
 
 
 class TimmViTExtractor(Extractor):
@@ -33,16 +34,12 @@ class TimmViTExtractor(Extractor):
         self.model_name, self.weights, self.resolution = model, weights, resolution
         self.ignored = sorted(k for k, v in ignored.items() if v is not None)
         self.model_kwargs = dict(model_kwargs or {})
-        self.device = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
-                                   ("cpu" if device == "auto" else device))
-        self.dtype = torch.bfloat16 if dtype == "auto" and self.device.type == "cuda" else (
-            torch.float32 if dtype == "auto" else getattr(torch, dtype))
+        self.device = resolve_device(device)
+        self.dtype = resolve_dtype(dtype, self.device)
         kwargs: dict[str, Any] = {"dynamic_img_size": True, "num_classes": 0, **self.model_kwargs}
         if weights is not None:
             path = Path(weights)
-            if path.suffix in PICKLE_SUFFIXES:
-                raise ProbekitError(f"{path}: pickled weight files are not loaded (they can run code); "
-                                    "convert them to .safetensors")
+            refuse_pickled_weights(path)
             if path.exists():
                 kwargs.update(pretrained=True, pretrained_cfg_overlay={"file": str(path)})
             else:  # a hub tag such as "vit_small_patch16_dinov3.lvd1689m", served from the local cache
@@ -55,12 +52,7 @@ class TimmViTExtractor(Extractor):
                                 f"({type(exc).__name__}: {str(exc)[:300]}). Offline, pass a local .safetensors "
                                 "file with --weights.") from None
         self.model = self.model.to(self.device, self.dtype).eval().requires_grad_(False)
-        depth = len(self.model.blocks)
-        self._layers = []
-        for layer in layers:
-            if not -depth <= int(layer) < depth:
-                raise ProbekitError(f"layer {layer} is out of range: {model} has {depth} blocks (0..{depth - 1})")
-            self._layers.append(int(layer) % depth)
+        self._layers = normalise_layers(layers, len(self.model.blocks), model)
         cfg = timm.data.resolve_data_config({}, model=self.model)
         self.mean = torch.tensor(cfg["mean"]).view(1, 3, 1, 1)
         self.std = torch.tensor(cfg["std"]).view(1, 3, 1, 1)
@@ -88,6 +80,13 @@ class TimmViTExtractor(Extractor):
                 "std": self.std.flatten().tolist(), "model_kwargs": self.model_kwargs, "device": str(self.device),
                 "dtype": str(self.dtype).replace("torch.", ""), "ignored_options": self.ignored}
 
+    def feature_shapes(self, image_size: tuple[int, int]) -> dict[str, tuple[int, int, int]]:
+        h, w = (self.resolution, self.resolution) if self.resolution is not None else image_size
+        patch = _patch_size(self.model)
+        if h % patch or w % patch:
+            raise ProbekitError(f"image size {h}x{w} is not divisible by the patch size {patch}; set --resolution")
+        return {k: (int(self.model.embed_dim), h // patch, w // patch) for k in self.feature_keys()}
+
     @torch.inference_mode()
     def extract(self, images: torch.Tensor, captions: Sequence[str], indices: Sequence[int]) -> dict[str, torch.Tensor]:
         x = images.float()
@@ -99,8 +98,12 @@ class TimmViTExtractor(Extractor):
             raise ProbekitError(f"image size {tuple(x.shape[-2:])} is not divisible by the patch size {patch}; "
                                 "set --resolution")
         x = ((x - self.mean) / self.std).to(self.device, self.dtype)
-        maps = self.model.forward_intermediates(x, indices=self._layers, output_fmt="NCHW", intermediates_only=True)
-        return {feature_key(None, layer): m.float().cpu() for layer, m in zip(self._layers, maps)}
+        # stop_early: blocks after the deepest requested one are not run (as the DiT path stops its forward).
+        order = sorted(self._layers)
+        maps = self.model.forward_intermediates(x, indices=order, output_fmt="NCHW", intermediates_only=True,
+                                                stop_early=True)
+        by_layer = dict(zip(order, maps))
+        return {feature_key(None, layer): by_layer[layer] for layer in self._layers}
 
 
 def _patch_size(model) -> int:

@@ -122,12 +122,26 @@ def ls_command(kind: str | None) -> None:
 @click.option("--part", default=None, metavar="I/N",
               help="Do only part I of N (0-based) as an independent job; join with `probekit merge OUT`. Under "
                    "torchrun the ranks split the work without it.")
+@click.option("--pool", type=click.IntRange(min=1), default=None,
+              help="Store each map average-pooled on the device to K tokens along its shorter side.")
+@click.option("--channels", type=click.IntRange(min=1), default=None,
+              help="Store each map projected to D channels by a fixed projection (see --projection).")
+@click.option("--projection", type=click.Choice(["pca", "random"]), default="pca", show_default=True,
+              help="pca: fitted on the first --fit-samples images of this run; random: seeded orthogonal.")
+@click.option("--projection-from", type=click.Path(dir_okay=False), default=None,
+              help="Reuse the channel projection stored in this feature file (the training split's) for val/test.")
+@click.option("--fit-samples", type=click.IntRange(min=1), default=64, show_default=True,
+              help="Images whose tokens fit the PCA projection.")
+@click.option("--store-dtype", type=click.Choice(["float16", "bfloat16", "float32"]), default="float16",
+              show_default=True, help="Stored precision; bfloat16 keeps float32's range (float16 overflows above "
+                                      "65,504).")
+@click.option("--dry-run", is_flag=True, help="Print the plan (maps, shapes, bytes, shards, free space) and exit.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing output file (or an interrupted run of it).")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 @_friendly_errors
 def extract(extractor, dataset, split, data_root, image_size, timesteps, layers, out, weights, limit, batch_size, device, dtype, seed,
             ensemble, conditioning, resolution, concept_attention, concepts, concept_layers, shard_size, on_error,
-            part, overwrite, quiet):
+            part, pool, channels, projection, projection_from, fit_samples, store_dtype, dry_run, overwrite, quiet):
     """Extract per-timestep, per-layer features of a dataset split into an HDF5 feature file.
 
     Resumable: rerun the same command after an interruption. Distributed: `torchrun --nproc-per-node N -m
@@ -136,8 +150,11 @@ def extract(extractor, dataset, split, data_root, image_size, timesteps, layers,
     from probekit.api import build_extractor
     from probekit.datasets import load_dataset
     from probekit.extractors.runner import extract_dataset
-    from probekit.workers import device_for, from_environment
+    from probekit.extractors.storage import StorageOptions
+    from probekit.extractors.workers import device_for, from_environment
 
+    storage = StorageOptions(pool=pool, channels=channels, projection=projection, projection_from=projection_from,
+                             fit_samples=fit_samples, dtype=store_dtype, seed=seed)
     # A wrong dataset, split or data root fails before a large model is loaded.
     ds = load_dataset(dataset, split, root=data_root, image_size=image_size)
     try:
@@ -156,9 +173,9 @@ def extract(extractor, dataset, split, data_root, image_size, timesteps, layers,
     for note in ex.notes():
         click.secho(f"note: {note}", fg="yellow", err=True)
     try:
-        path = extract_dataset(ex, ds, out, limit=limit, batch_size=batch_size, overwrite=overwrite,
-                               progress=not quiet and workers.is_main, shard_size=shard_size, on_error=on_error,
-                               workers=workers, echo=click.echo)
+        extract_dataset(ex, ds, out, limit=limit, batch_size=batch_size, overwrite=overwrite,
+                        progress=not quiet and workers.is_main, shard_size=shard_size, on_error=on_error,
+                        workers=workers, echo=click.echo, storage=storage, dry_run=dry_run)
     finally:
         workers.close()
 
@@ -190,12 +207,15 @@ def data_check(name, root, splits, limit, quiet):
 
 @cli.command()
 @click.argument("out", type=click.Path(dir_okay=False))
+@click.option("--standalone", is_flag=True,
+              help="Copy the data into OUT itself (one self-contained file) and remove OUT.parts/.")
 @_friendly_errors
-def merge(out):
-    """Join the shards of OUT.parts into the feature file OUT (after `probekit extract --part I/N` jobs)."""
+def merge(out, standalone):
+    """Write the feature file OUT as an index over the shards in OUT.parts/ (after `probekit extract --part I/N`
+    jobs); with --standalone, one self-contained file."""
     from probekit.extractors.runner import merge_parts
 
-    click.echo(f"wrote {merge_parts(out)}")
+    click.echo(f"wrote {merge_parts(out, standalone=standalone, progress=True)}")
 
 
 class _FloatList(click.ParamType):

@@ -1,7 +1,8 @@
 """Read ahead of the consumer: a background thread fills a bounded queue from an iterator.
 
-Probe training reads each minibatch from HDF5 while the previous one is on the model; h5py releases the GIL
-during I/O and torch during compute, so the two overlap. The queue bound keeps memory at ``depth`` batches.
+Used by probe training (minibatches read from HDF5 while the previous one is on the model) and by extraction
+(input images loaded while the previous batch runs): I/O and torch's kernels release the GIL, so the two
+overlap. The queue bound keeps memory at ``depth`` items.
 """
 
 from __future__ import annotations

@@ -15,27 +15,6 @@ import probekit
 
 TRACKED_PACKAGES = ("torch", "diffusers", "transformers", "timm", "h5py", "numpy", "safetensors")
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".gguf")
-PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
-
-
-def refuse_pickled_weights(folder: str | os.PathLike) -> None:
-    """Refuse a model folder whose weights exist only as pickles (unpickling can run arbitrary code).
-
-    A component folder (transformer/, vae/, text_encoder/, ...) that has .safetensors is fine even if pickles
-    lie beside them: loaders are told to use the safetensors.
-    """
-    from probekit.errors import ProbekitError
-
-    root = Path(folder)
-    if not root.is_dir():
-        return
-    for directory in [root, *[p for p in root.rglob("*") if p.is_dir()]]:
-        files = [p for p in directory.iterdir() if p.is_file()]
-        pickles = [p for p in files if p.suffix in PICKLE_SUFFIXES]
-        if pickles and not any(p.suffix == ".safetensors" for p in files):
-            raise ProbekitError(f"{pickles[0]}: weights stored as a pickle, which can run code when loaded; "
-                                "probekit loads .safetensors only. Convert the folder (e.g. load it once in a "
-                                "trusted environment and save_pretrained(..., safe_serialization=True)).")
 
 
 def package_versions(names=TRACKED_PACKAGES) -> dict[str, str | None]:

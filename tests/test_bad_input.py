@@ -12,7 +12,7 @@ from click.testing import CliRunner
 from disk_fixtures import build, label_file
 from probekit.cli import cli
 from probekit.errors import FeatureFileError
-from probekit.shards import parts_dir
+from probekit.extractors.shards import parts_dir
 from probekit.store import FeatureReader
 
 EXTRACT = ["extract", "-e", "tiny-mmdit-random", "-d", "ecssd", "-s", "test", "--image-size", "32", "-t", "300",
@@ -79,6 +79,13 @@ def test_feature_file_truncated_anywhere_is_refused_naming_it(tmp_path):
     res = CliRunner().invoke(cli, ["extract", "-e", "tiny-mmdit-random", "--limit", "6", "-t", "300", "-l", "0",
                                    "-q", "-o", str(out)])
     assert res.exit_code == 0, res.output
+    shard = parts_dir(out) / "shard-000000000-000000006.h5"
+    shard.rename(tmp_path / "whole-shard.h5")
+    shard.write_bytes((tmp_path / "whole-shard.h5").read_bytes()[:3000])  # the index's data, truncated
+    with FeatureReader(out) as r, pytest.raises(FeatureFileError, match="shard-000000000-000000006.h5.*cannot be read"):
+        r.read("t=300/layer=0", [0])
+    (tmp_path / "whole-shard.h5").replace(shard)
+    assert CliRunner().invoke(cli, ["merge", "--standalone", str(out)]).exit_code == 0  # one file, to cut up
     with h5py.File(out, "r") as f:
         last_chunk = f["features/t=300/layer=0"].id.get_chunk_info(5).byte_offset
     data = out.read_bytes()

@@ -9,7 +9,7 @@ from click.testing import CliRunner
 from probekit.cli import cli
 from probekit.combined import CombinedReader
 from probekit.errors import FeatureFileError
-from probekit.store import FeatureWriter
+from probekit.store import write_features
 from test_probes import REF, _labels, informative
 
 
@@ -23,12 +23,9 @@ def _write(path, split, n, key, grid, extractor, seed, order=None, size=None):
     rows = list(range(n)) if order is None else order
     ids = [f"synthetic/{split}/{i:06d}" for i in rows]
     ref = {**REF, "split": split, **({"size": size} if size else {})}
-    with FeatureWriter(path, sample_ids=ids, indices=rows,
-                       attrs={"extractor": extractor, "dataset": ref, "provenance": {"extractor": {"e": extractor}}}) as w:
-        w.write_batch(list(range(n)), {key: feats[rows]}, {"seg": seg[rows], "depth": depth[rows],
-                                                           "saliency": sal[rows]}, [""] * n)
-        w.finalize()
-    return path
+    return write_features(path, {key: feats[rows]}, {"seg": seg[rows], "depth": depth[rows], "saliency": sal[rows]},
+                          ids, indices=rows,
+                          attrs={"extractor": extractor, "dataset": ref, "provenance": {"extractor": {"e": extractor}}})
 
 
 @pytest.fixture(scope="module")

@@ -10,6 +10,7 @@ from probekit.errors import ProbekitError
 from probekit.extractors.diffusers_dit import DiffusersDiTExtractor
 from probekit.extractors.noise import NoiseSchedule, sample_noise
 from probekit.extractors.runner import extract_dataset
+from probekit.extractors.hooks import capture_blocks
 from probekit.store import FeatureReader
 
 TIMESTEPS = [0, 300, 900]
@@ -167,7 +168,8 @@ def test_noise_ensemble_is_the_mean_over_draws(tiny_models, ds32):
     draws = []
     for draw in range(2):
         x_t, sigma, t_int, cond, extras, grid = single.model_inputs(images, ["", ""], [0, 1], draw)
-        tokens = single._run_hooked(blocks, x_t, sigma, t_int, cond, extras, 256)[2]
+        tokens = capture_blocks(blocks, [2], lambda: single.family.forward(single.transformer, x_t, sigma, t_int,
+                                                                          cond, extras), n_img=256)[2]
         draws.append(tokens.reshape(2, 16, 16, -1).permute(0, 3, 1, 2))
     torch.testing.assert_close(mean, (draws[0] + draws[1]) / 2)
     assert not torch.allclose(draws[0], draws[1])

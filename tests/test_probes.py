@@ -10,7 +10,7 @@ from safetensors.torch import load_file
 from probekit.probes.fusion import GroupedFusion
 from probekit.probes.heads import HEADS
 from probekit.probes.trainer import train_probe
-from probekit.store import FeatureWriter
+from probekit.store import write_features
 
 CLASSES = ["background", "a", "b"]
 REF = {"dataset": "synthetic", "split": None, "manifest_sha256": "0", "params_hash": "0", "classes": CLASSES,
@@ -35,12 +35,9 @@ def _write(path, split, n, maps_fn, seed):
     onehot = np.eye(3, dtype=np.float32)[seg[:, ::2, ::2]].transpose(0, 3, 1, 2)  # (n, 3, 8, 8)
     feats = maps_fn(onehot, rng)
     ids = [f"synthetic/{split}/{i:06d}" for i in range(n)]
-    with FeatureWriter(path, sample_ids=ids, indices=list(range(n)),
-                       attrs={"extractor": "synthetic", "dataset": {**REF, "split": split},
-                              "provenance": {"extractor": {"name": "synthetic"}}}) as w:
-        w.write_batch(list(range(n)), feats, {"seg": seg, "depth": depth, "saliency": sal}, [""] * n)
-        w.finalize()
-    return path
+    return write_features(path, feats, {"seg": seg, "depth": depth, "saliency": sal}, ids,
+                          attrs={"extractor": "synthetic", "dataset": {**REF, "split": split},
+                                 "provenance": {"extractor": {"name": "synthetic"}}})
 
 
 def informative(onehot, rng):

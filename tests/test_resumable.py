@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -17,7 +18,7 @@ from click.testing import CliRunner
 
 from probekit.cli import cli
 from probekit.errors import FeatureFileError
-from probekit.shards import parts_dir
+from probekit.extractors.shards import parts_dir
 from probekit.store import FeatureReader
 
 ARGS = ["extract", "-e", "tiny-mmdit-random", "-t", "100,600", "-l", "0,1", "-q"]
@@ -62,27 +63,53 @@ def _run(args):
     return result
 
 
-def test_sigkilled_extraction_resumes_to_the_uninterrupted_file(tmp_path):
-    common = ARGS + ["--limit", "120", "--shard-size", "1", "--batch-size", "1"]
+def test_sigkill_in_the_writer_thread_resumes_to_the_uninterrupted_file(tmp_path):
+    common = ARGS + ["--limit", "24", "--shard-size", "4", "--batch-size", "2"]
     _run(common + ["-o", str(tmp_path / "reference.h5")])
     out = tmp_path / "killed.h5"
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "probekit", *common, "-o", str(out)], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    # The writer thread kills the process right after writing its 7th batch: shards 0-2 are committed, the
+    # first batch of shard 3 is half a temporary file, and the model has run ahead of the writer.
+    env = {**os.environ, "PROBEKIT_FAULT_INJECT": "writer-batch:7"}
+    proc = subprocess.run([sys.executable, "-m", "probekit", *common, "-o", str(out)], env=env,
+                          capture_output=True, timeout=300)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr.decode()[-2000:]
     parts = parts_dir(out)
-    deadline = time.monotonic() + 120
-    while not list(parts.glob("shard-*.h5")) and time.monotonic() < deadline and proc.poll() is None:
-        time.sleep(0.002)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    done = len(list(parts.glob("shard-*.h5")))
-    assert not out.exists() and 1 <= done < 120, f"the kill was not mid-run ({done} shards done)"
+    assert sorted(p.name for p in parts.glob("shard-*.h5")) == [
+        f"shard-{a:09d}-{a + 4:09d}.h5" for a in (0, 4, 8)]
+    assert (parts / ".tmp-shard-000000012-000000016.h5").exists() and not out.exists()
     with pytest.raises(FeatureFileError, match="interrupted.*rerun the same"):
         FeatureReader(out)  # an unfinished extraction cannot be probed by accident
     result = _run(common + ["-o", str(out)])
-    assert "resuming" in result.output
-    assert not parts.exists()
+    assert "resuming: 3 of 6 shards" in result.output
+    assert not (parts / ".tmp-shard-000000012-000000016.h5").exists()
     assert_same_file(tmp_path / "reference.h5", out)
+
+
+def test_the_finished_file_is_an_index_over_its_shards_that_needs_them_and_can_be_made_standalone(tmp_path):
+    out = tmp_path / "f.h5"
+    _run(ARGS + ["--limit", "6", "--shard-size", "4", "-o", str(out)])
+    reference = _datasets(out)
+    with h5py.File(out) as f:
+        assert f["features/t=100/layer=0"].is_virtual and f["labels/seg"].is_virtual
+    assert out.stat().st_size < 100_000  # metadata: the data stays in the shards, written once
+    moved = tmp_path / "elsewhere"
+    moved.mkdir()
+    out.rename(moved / "f.h5")
+    parts_dir(out).rename(parts_dir(moved / "f.h5"))
+    with FeatureReader(moved / "f.h5") as r:  # the pair moves together
+        np.testing.assert_array_equal(r.read_raw("t=100/layer=0", [5, 0, 4]),
+                                      reference["features/t=100/layer=0"][[5, 0, 4]])
+    (parts_dir(moved / "f.h5") / "shard-000000004-000000006.h5").rename(tmp_path / "aside.h5")
+    with pytest.raises(FeatureFileError, match="1 of them are missing.*shard-000000004-000000006.h5"):
+        FeatureReader(moved / "f.h5")
+    (tmp_path / "aside.h5").rename(parts_dir(moved / "f.h5") / "shard-000000004-000000006.h5")
+    _run(["merge", "--standalone", str(moved / "f.h5")])
+    assert not parts_dir(moved / "f.h5").exists()
+    with h5py.File(moved / "f.h5") as f:
+        assert not f["features/t=100/layer=0"].is_virtual
+    got = _datasets(moved / "f.h5")
+    for name, value in reference.items():
+        np.testing.assert_array_equal(got[name], value, err_msg=name)
 
 
 def test_half_written_shard_is_discarded_and_redone(tmp_path):
@@ -91,7 +118,8 @@ def test_half_written_shard_is_discarded_and_redone(tmp_path):
     _run(common + ["-o", str(out)])
     reference = _datasets(out)
     # Recreate the state of a run killed while writing shard 2 after shards 0 and 1 were committed.
-    out.rename(tmp_path / "ref.h5")
+    out.unlink()
+    shutil.rmtree(parts_dir(out))
     _run(common + ["--part", "0/3", "-o", str(out)])
     _run(common + ["--part", "1/3", "-o", str(out)])
     (parts_dir(out) / ".tmp-shard-000000004-000000006.h5").write_bytes(b"\x89HDF\r\n\x1a\n truncated")

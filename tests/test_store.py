@@ -13,14 +13,13 @@ def _write(path, n=10, complete=True, **kw):
     feats = {k: rng.normal(size=(n, 8, 4, 4)).astype(np.float32) for k in KEYS}
     seg = rng.integers(0, 5, size=(n, 16, 16)).astype(np.uint8)
     depth = rng.uniform(1, 50, size=(n, 16, 16)).astype(np.float32)
-    w = FeatureWriter(path, sample_ids=[f"ds/train/{i:06d}" for i in range(n)], indices=list(range(n)),
-                      attrs={"extractor": "toy", "provenance": {"seed": 3, "nested": {"a": [1, 2]}},
-                             "dataset": {"dataset": "toy", "split": "train"}}, **kw)
+    w = FeatureWriter(path, capacity=n, attrs={"extractor": "toy", "provenance": {"seed": 3, "nested": {"a": [1, 2]}},
+                                               "dataset": {"dataset": "toy", "split": "train"}}, **kw)
     stop = n if complete else n // 2
     for start in range(0, stop, 3):
         pos = list(range(start, min(start + 3, stop)))
-        w.write_batch(pos, {k: v[pos] for k, v in feats.items()}, {"seg": seg[pos], "depth": depth[pos]},
-                      [f"caption {p}" for p in pos])
+        w.append({k: v[pos] for k, v in feats.items()}, {"seg": seg[pos], "depth": depth[pos]},
+                 [f"ds/train/{p:06d}" for p in pos], pos, [f"caption {p}" for p in pos])
     if complete:
         w.finalize()
     w.close()
@@ -67,25 +66,52 @@ def test_batches_cover_every_sample_once_and_shuffle_reproducibly(tmp_path):
 def test_incomplete_file_is_refused_unless_allowed(tmp_path):
     path = tmp_path / "partial.h5"
     _write(path, complete=False)
-    with pytest.raises(FeatureFileError, match="incomplete: 5 of 10 samples"):
+    with pytest.raises(FeatureFileError, match="incomplete: 5 samples were written but the file was never finished"):
         FeatureReader(path)
     with FeatureReader(path, allow_incomplete=True) as r:
-        assert r.num_samples == 10
+        assert r.num_samples == 5 and r.sample_ids[-1] == "ds/train/000004"
 
 
-def test_finalize_refuses_missing_samples(tmp_path):
-    w = FeatureWriter(tmp_path / "x.h5", sample_ids=["a", "b"], indices=[0, 1], attrs={})
-    w.write_batch([0], {"layer=0": np.zeros((1, 2, 2, 2))}, {}, ["c"])
-    with pytest.raises(FeatureFileError, match="1 of 2 samples were never written"):
-        w.finalize()
+def test_finalize_trims_rows_never_written_and_appending_beyond_capacity_is_refused(tmp_path):
+    w = FeatureWriter(tmp_path / "x.h5", capacity=3, attrs={})
+    w.append({"layer=0": np.ones((2, 2, 2, 2))}, {}, ["a", "b"], [0, 1], ["", ""])
+    with pytest.raises(FeatureFileError, match="exceed the planned 3"):
+        w.append({"layer=0": np.ones((2, 2, 2, 2))}, {}, ["c", "d"], [2, 3], ["", ""])
+    w.finalize()
     w.close()
+    with FeatureReader(tmp_path / "x.h5") as r:
+        assert r.num_samples == 2 and r.sample_ids == ["a", "b"] and r.shape("layer=0") == (2, 2, 2)
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16", "float32"])
+def test_every_storage_dtype_round_trips_and_non_finite_rows_are_refused_with_their_ids(tmp_path, dtype):
+    values = np.array([[1.5, -2.25], [3.0e5 if dtype != "float16" else 60000.0, 0.0078125]], np.float32)
+    values = values.reshape(2, 2, 1, 1)
+    path = tmp_path / f"{dtype}.h5"
+    with FeatureWriter(path, capacity=3, attrs={}, feature_dtype=dtype) as w:
+        w.append({"layer=0": values}, {}, ["a", "b"], [0, 1], ["", ""])
+        bad = np.array([[[[np.inf]], [[0.0]]]], np.float32)
+        with pytest.raises(FeatureFileError, match="'layer=0' of c holds NaN or inf"):
+            w.append({"layer=0": bad}, {}, ["c"], [2], [""])
+        w.finalize()
+    with FeatureReader(path) as r:
+        assert r.feature_dtype == dtype and r.num_samples == 2
+        got = r.read("layer=0", [1, 0])
+        expected = values[[1, 0]]
+        if dtype == "float16":
+            expected = expected.astype(np.float16).astype(np.float32)
+        np.testing.assert_allclose(got, expected, rtol=1e-2 if dtype == "bfloat16" else 1e-3)
+    if dtype == "float16":  # float16 cannot hold 70,000: storing it is refused, not turned into inf silently
+        with FeatureWriter(tmp_path / "over.h5", capacity=1, attrs={}) as w, \
+                pytest.raises(FeatureFileError, match="NaN or inf"):
+            w.append({"layer=0": np.full((1, 1, 1, 1), 7e4, np.float32)}, {}, ["big"], [0], [""])
 
 
 def test_existing_file_is_not_overwritten_by_default(tmp_path):
     path = tmp_path / "f.h5"
     _write(path)
     with pytest.raises(FeatureFileError, match="already exists"):
-        FeatureWriter(path, sample_ids=["a"], indices=[0], attrs={})
+        FeatureWriter(path, capacity=1, attrs={})
     _write(path, n=4, overwrite=True)
     assert FeatureReader(path).num_samples == 4
 
