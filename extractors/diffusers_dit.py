@@ -22,7 +22,8 @@ import torch
 import torch.nn.functional as F
 
 from probekit.errors import ProbekitError
-from probekit.extractors.base import Extractor, normalise_layers, resolve_device, resolve_dtype
+from probekit.devices import resolve_device, resolve_dtype
+from probekit.extractors.base import Extractor, normalise_layers
 from probekit.extractors.hooks import capture_blocks
 from probekit.extractors.noise import NoiseSchedule, sample_noise
 from probekit.keys import feature_key

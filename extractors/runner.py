@@ -34,6 +34,7 @@ from probekit.extractors.workers import Workers
 from probekit.extractors.writer import BackgroundWriter, HostBatch
 from probekit.prefetch import prefetched
 from probekit.provenance import base_provenance
+from probekit.store import thumbnail
 
 ON_ERROR = ("raise", "skip")
 
@@ -117,14 +118,15 @@ def _storage_fingerprint(options: StorageOptions, source: Projection | None) -> 
 
 
 def _load_batches(dataset, shards: list[Shard], batch_size: int, reference, on_error: str) -> Iterator[tuple]:
-    """(shard, samples, skipped, last-of-shard) for every batch of the given shards, in order."""
+    """(shard, samples, skipped, last-of-shard, thumbnails) for every batch of the given shards, in order."""
     for shard in shards:
         positions = list(shard.positions())
         for a in range(0, len(positions), batch_size):
             skipped: list[dict[str, Any]] = []
             samples = [s for s in (_load(dataset, i, reference, on_error, skipped)
                                    for i in positions[a:a + batch_size]) if s is not None]
-            yield shard, samples, skipped, a + batch_size >= len(positions)
+            thumbs = np.stack([thumbnail(s.image) for s in samples]) if samples else None
+            yield shard, samples, skipped, a + batch_size >= len(positions), thumbs
 
 
 def _to_host(feats: dict[str, torch.Tensor], keys: list[str], reducer: Reducer):
@@ -310,7 +312,7 @@ def _extract(extractor, dataset, run: ExtractionRun, state: str, first, referenc
     skipped_shown = 0
     try:
         with torch.inference_mode():
-            for shard, samples, skipped, last in prefetched(
+            for shard, samples, skipped, last, thumbs in prefetched(
                     _load_batches(dataset, pending, batch_size, first, on_error), depth=2):
                 writer.skip(shard, skipped)
                 if samples:
@@ -320,7 +322,7 @@ def _extract(extractor, dataset, run: ExtractionRun, state: str, first, referenc
                     labels = {name: np.stack([getattr(s, name) for s in samples])
                               for name in LABEL_NAMES if getattr(samples[0], name) is not None}
                     writer.write(HostBatch(shard, host, finite, event, labels, [s.id for s in samples],
-                                           [s.index for s in samples], [s.caption for s in samples]))
+                                           [s.index for s in samples], [s.caption for s in samples], thumbs))
                 if last:
                     writer.commit(shard)
                 bar.update(len(samples) + len(skipped))

@@ -246,6 +246,8 @@ class ExtractionRun:
                 for group, names in (("features", first.keys), ("labels", first.label_names)):
                     for name in names:
                         self._virtual(f, f"{group}/{name}", full, n)
+                if first.read_thumbnails([]) is not None:
+                    self._virtual(f, "thumbnails", full, n)
                 self._copy_projection(f)
         finally:
             for r in readers:
@@ -304,7 +306,7 @@ def consolidate(out: str | os.PathLike, dest: str | os.PathLike | None = None, p
                     writer.append({k: reader.read_raw(k, rows) for k in reader.keys},
                                   {n: reader.read_labels(n, rows) for n in reader.label_names},
                                   [reader.sample_ids[i] for i in rows], reader.indices[rows],
-                                  [captions[i] for i in rows])
+                                  [captions[i] for i in rows], thumbnails=reader.read_thumbnails(rows), checked=True)
                 for key in reader.keys:
                     proj = reader.projection(key)
                     if proj is not None:

@@ -16,7 +16,8 @@ import torch
 import torch.nn.functional as F
 
 from probekit.errors import ProbekitError
-from probekit.extractors.base import Extractor, normalise_layers, resolve_device, resolve_dtype
+from probekit.devices import resolve_device, resolve_dtype
+from probekit.extractors.base import Extractor, normalise_layers
 from probekit.keys import feature_key
 from probekit.provenance import weights_identity
 from probekit.safety import refuse_pickled_weights

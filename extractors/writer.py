@@ -43,6 +43,7 @@ class HostBatch:
     sample_ids: list[str]
     indices: list[int]
     captions: list[str]
+    thumbnails: np.ndarray | None = None
 
 
 @dataclass
@@ -163,7 +164,8 @@ class BackgroundWriter:
             state.writer.append({k: take(as_numpy(v)) for k, v in batch.features.items()},
                                 {n: take(v) for n, v in batch.labels.items()},
                                 [batch.sample_ids[i] for i in rows], [batch.indices[i] for i in rows],
-                                [batch.captions[i] for i in rows], checked=True)
+                                [batch.captions[i] for i in rows],
+                                thumbnails=None if batch.thumbnails is None else take(batch.thumbnails), checked=True)
         self._batches += 1
         if self._fault == self._batches:
             os.kill(os.getpid(), signal.SIGKILL)

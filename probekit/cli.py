@@ -13,6 +13,7 @@ import click
 
 import probekit
 from probekit.errors import ProbekitError
+from probekit.probes.config import DEFAULT_BATCH_SIZE, DEFAULT_EPOCHS, DEFAULT_FUSION_LR, DEFAULT_LRS
 
 
 def _friendly_errors(fn):
@@ -230,23 +231,35 @@ class _FloatList(click.ParamType):
             self.fail(f"{value!r} is not a comma-separated list of numbers", param, ctx)
 
 
+class _IntListOption(click.ParamType):
+    name = "INTS"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, list):
+            return value
+        try:
+            return parse_int_list(value)
+        except click.BadParameter as exc:
+            self.fail(str(exc.message), param, ctx)
+
+
 @cli.command()
-@click.option("--features", "-f", required=True, multiple=True, type=click.Path(exists=True, dir_okay=False),
+@click.option("--features", "-f", required=True, multiple=True, type=click.Path(dir_okay=False),
               help="Feature file of the training split; repeat to combine backbones (samples aligned by id).")
-@click.option("--eval-features", "-E", required=True, multiple=True, type=click.Path(exists=True, dir_okay=False),
+@click.option("--eval-features", "-E", required=True, multiple=True, type=click.Path(dir_okay=False),
               help="Feature file(s) of the held-out split the probe is scored on (same backbones, same order).")
-@click.option("--val-features", "-V", multiple=True, type=click.Path(exists=True, dir_okay=False),
+@click.option("--val-features", "-V", multiple=True, type=click.Path(dir_okay=False),
               help="Feature file(s) of the validation split (learning-rate selection); default: a seeded 15% of "
                    "the training file.")
-@click.option("--guidance", type=click.Path(exists=True, dir_okay=False), default=None,
+@click.option("--guidance", type=click.Path(dir_okay=False), default=None,
               help="Concept-attention maps of the training split, appended as extra input channels.")
-@click.option("--eval-guidance", type=click.Path(exists=True, dir_okay=False), default=None,
+@click.option("--eval-guidance", type=click.Path(dir_okay=False), default=None,
               help="Concept-attention maps of the evaluation split (with --guidance).")
-@click.option("--val-guidance", type=click.Path(exists=True, dir_okay=False), default=None,
+@click.option("--val-guidance", type=click.Path(dir_okay=False), default=None,
               help="Concept-attention maps of the validation split (with --guidance and --val-features).")
 @click.option("--task", default="seg", show_default=True, help="seg | saliency | depth (see `probekit ls tasks`).")
-@click.option("--fusion", default="single", show_default=True,
-              type=click.Choice(["single", "concat", "global", "spatial"]), help="How the feature maps are fused.")
+@click.option("--fusion", default="single", show_default=True, help="single | concat | global | spatial "
+              "(see `probekit ls fusions`).")
 @click.option("--head", default="linear", show_default=True, help="linear | conv | deeplab | dpt.")
 @click.option("--timestep", type=int, default=None, help="Timestep of the feature map (single fusion).")
 @click.option("--layer", type=int, default=None, help="Layer of the feature map (single fusion).")
@@ -254,40 +267,51 @@ class _FloatList(click.ParamType):
 @click.option("--out", "-o", type=click.Path(file_okay=False), default=None,
               help="Run directory; default results/<extractor>/<dataset>/<task>/<probe>.")
 @click.option("--results-root", default="results", show_default=True, help="Root of the default run directories.")
-@click.option("--epochs", type=int, default=10, show_default=True)
-@click.option("--batch-size", type=int, default=16, show_default=True)
-@click.option("--lrs", type=_FloatList(), default="1e-3,1e-2", show_default=True,
-              help="Learning rates swept; the best on validation is kept.")
+@click.option("--epochs", type=click.IntRange(min=1), default=DEFAULT_EPOCHS, show_default=True)
+@click.option("--batch-size", type=click.IntRange(min=1), default=DEFAULT_BATCH_SIZE, show_default=True)
+@click.option("--lrs", type=_FloatList(), default=",".join(f"{x:g}" for x in DEFAULT_LRS), show_default=True,
+              help="Learning rates swept per seed; the best on validation is kept (a choice at either end of the "
+                   "grid is flagged in the record).")
+@click.option("--fusion-lr", type=float, default=DEFAULT_FUSION_LR, show_default=True,
+              help="Learning rate of the fusion weights (their own group, no weight decay).")
 @click.option("--weight-decay", type=float, default=1e-4, show_default=True)
-@click.option("--fusion-dim", type=int, default=64, show_default=True, help="Bottleneck width of fusion projections.")
+@click.option("--fusion-dim", type=click.IntRange(min=1), default=64, show_default=True,
+              help="Bottleneck width of fusion projections.")
 @click.option("--depth-output", type=click.Choice(["bins", "regression"]), default="bins", show_default=True)
 @click.option("--eval-crop", type=_FloatList(), default=None,
               help="Depth evaluation crop as TOP,BOTTOM,LEFT,RIGHT fractions of the image (e.g. an Eigen-style crop).")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seeds initialisation, shuffling, val split.")
-@click.option("--device", default="cpu", show_default=True)
+@click.option("--seeds", type=_IntListOption(), default="0", show_default=True,
+              help="Seeds of initialisation and shuffling, e.g. 0,1,2: the record holds mean ± std over them. The "
+                   "validation slice follows the first seed.")
+@click.option("--device", default="auto", show_default=True, help="auto (the GPU when there is one), cpu, cuda, ...")
 @click.option("--cross-dataset", is_flag=True,
               help="Allow training and evaluation features from different datasets with the same classes "
                    "(e.g. train on generated data, test on real).")
 @click.option("--overwrite", "overwrite_mode", flag_value="overwrite", help="Replace an existing result.")
 @click.option("--skip-existing", "overwrite_mode", flag_value="skip", help="Keep an existing result, skip the run.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+@click.pass_context
 @_friendly_errors
-def probe(features, eval_features, val_features, guidance, eval_guidance, val_guidance, task, fusion, head, timestep,
-          layer, grid, out, results_root,
-          epochs, batch_size, lrs, weight_decay, fusion_dim, depth_output, eval_crop, seed, device, cross_dataset,
-          overwrite_mode, quiet):
+def probe(ctx, features, eval_features, val_features, guidance, eval_guidance, val_guidance, task, fusion, head,
+          timestep, layer, grid, out, results_root, epochs, batch_size, lrs, fusion_lr, weight_decay, fusion_dim,
+          depth_output, eval_crop, seeds, device, cross_dataset, overwrite_mode, quiet):
     """Train probe heads on frozen features, select on validation, score on held-out features."""
+    from probekit import scores
+
     features, eval_features = list(features), list(eval_features)
     val_features = list(val_features) or None
-    config = dict(task=task, head=head, epochs=epochs, batch_size=batch_size, lrs=lrs, weight_decay=weight_decay,
-                  fusion_dim=fusion_dim, depth_output=depth_output, seed=seed, device=device,
-                  cross_dataset=cross_dataset, eval_crop=eval_crop, guidance=guidance,
+    config = dict(task=task, head=head, epochs=epochs, batch_size=batch_size, lrs=lrs, fusion_lr=fusion_lr,
+                  weight_decay=weight_decay, fusion_dim=fusion_dim, depth_output=depth_output, seeds=seeds,
+                  device=device, cross_dataset=cross_dataset, eval_crop=eval_crop, guidance=guidance,
                   eval_guidance=eval_guidance, val_guidance=val_guidance)
     if grid:
         from probekit.probes.grid import run_grid
 
         if out:
             raise click.UsageError("--grid writes one run per cell under --results-root; drop --out")
+        for name in ("fusion", "timestep", "layer"):
+            if ctx.get_parameter_source(name) == click.core.ParameterSource.COMMANDLINE:
+                raise click.UsageError(f"--grid runs every map and every fusion; drop --{name}")
         run_grid(features, eval_features, val_features=val_features, results_root=results_root,
                  overwrite=overwrite_mode or "skip", progress=not quiet, echo=click.echo, **config)
         return
@@ -299,10 +323,12 @@ def probe(features, eval_features, val_features, guidance, eval_guidance, val_gu
     if record is None:
         click.echo("skipped: a result already exists (--skip-existing)")
         return
-    score = record["main_score"]
-    shown = f"{100 * score:.2f}" if record["main_score_name"] in ("mIoU", "maxF") else f"{score:.4f}"
-    click.echo(f"{record['task']} {record['main_score_name']} = {shown}  ({record['probe']['name']}, "
-               f"lr {record['config']['selected_lr']:g}) -> {record['_path']}")
+    unit = scores.info(record["main_score_name"], record)["unit"]
+    click.echo(f"{record['task']} {record['main_score_name']} = "
+               f"{scores.format_score(record['main_score'], unit, record.get('main_score_std'))}  "
+               f"({record['probe']['name']}, lr {record['config']['selected_lr']:g}"
+               f"{', ' + str(len(record['seeds'])) + ' seeds' if len(record['seeds']) > 1 else ''}) -> "
+               f"{record['_path']}")
     for note in record.get("notes", []):
         click.secho(f"note: {note}", fg="yellow", err=True)
 
@@ -330,13 +356,14 @@ def zeroshot(features, mode, out, results_root, overwrite_mode):
 @click.option("--out", "-o", required=True, type=click.Path(file_okay=False), help="Directory for the report.")
 @click.option("--concepts", multiple=True, type=click.Path(exists=True, dir_okay=False),
               help="Concept-attention feature file(s) to draw as concept-map grids.")
+@click.option("--skip-invalid", is_flag=True, help="Leave out unreadable result.json files (named in the report).")
 @_friendly_errors
-def report(runs, out, concepts):
+def report(runs, out, concepts, skip_invalid):
     """Tables, leaderboard, figures (PNG + PDF) and one self-contained HTML page from the result records
     under RUNS (searched recursively)."""
     from probekit.reports.report import write_report
 
-    written = write_report(list(runs), out, list(concepts))
+    written = write_report(list(runs), out, list(concepts), skip_invalid=skip_invalid)
     click.echo(written["markdown"].read_text())
     click.echo(f"{written['records'].summary()}")
     click.echo(f"{written['rows']} runs -> {written['markdown']}, {written['csv']}, {written['leaderboard']}, "
@@ -348,12 +375,13 @@ def report(runs, out, concepts):
 @click.option("--format", "fmt", type=click.Choice(["md", "csv", "latex", "html"]), default="md", show_default=True)
 @click.option("--secondary", is_flag=True, help="Add secondary metrics (pixel acc, MAE, S-measure, AbsRel, ...).")
 @click.option("--out", "-o", type=click.Path(dir_okay=False), default=None, help="Write to a file, not stdout.")
+@click.option("--skip-invalid", is_flag=True, help="Leave out unreadable result.json files (named on stderr).")
 @_friendly_errors
-def leaderboard(results, fmt, secondary, out):
+def leaderboard(results, fmt, secondary, out, skip_invalid):
     """One row per (extractor, fusion, head), one column per task's main metric, best marked, ranked."""
     from probekit.reports.tables import leaderboard as build
 
-    body, recset = build(list(results), fmt=fmt, secondary=secondary)
+    body, recset = build(list(results), fmt=fmt, secondary=secondary, skip_invalid=skip_invalid)
     if out:
         from pathlib import Path
 

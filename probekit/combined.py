@@ -78,6 +78,20 @@ class CombinedReader:
                 "sources": [{"path": str(r.path), "provenance": r.provenance} for r in self.readers],
                 "notes": [n for r in self.readers for n in r.provenance.get("notes", [])]}
 
+    @property
+    def storage(self) -> dict[str, Any]:
+        """Each source's storage, side by side ({} when every source stores plain maps)."""
+        sources = [r.storage for r in self.readers]
+        if not any(sources):
+            return {}
+        return {"label": "+".join(s.get("label") or "plain" for s in sources),
+                "pool": [s.get("pool") for s in sources], "channels": [s.get("channels") for s in sources],
+                "projection": {"sha256": "+".join(str((s.get("projection") or {}).get("sha256")) for s in sources)}}
+
+    def feature_dtype_of(self, key: str) -> str:
+        i, k = self._resolve(key)
+        return self.readers[i].feature_dtype_of(k)
+
     def shape(self, key: str) -> tuple[int, ...]:
         i, k = self._resolve(key)
         return self.readers[i].shape(k)
@@ -99,6 +113,9 @@ class CombinedReader:
 
     def read_labels(self, name: str, positions: Sequence[int]) -> np.ndarray:
         return self.readers[0].read_labels(name, positions)
+
+    def read_thumbnails(self, positions: Sequence[int]) -> np.ndarray | None:
+        return self.readers[0].read_thumbnails(positions)
 
     def batches(self, keys: Sequence[str], batch_size: int, *, labels: Sequence[str] = (), shuffle: bool = False,
                 seed: int = 0, epoch: int = 0, subset: Sequence[int] | None = None,

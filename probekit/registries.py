@@ -1,4 +1,4 @@
-"""The project's registries. Adding a backbone, dataset, task or head is one line here.
+"""The project's registries. Adding a backbone, dataset, task, head or fusion is one line here.
 
 Targets are strings, resolved only when an entry is built (see probekit.registry).
 """
@@ -11,6 +11,7 @@ EXTRACTORS = Registry("extractor")
 DATASETS = Registry("dataset")
 TASKS = Registry("task")
 HEADS = Registry("head")
+FUSIONS = Registry("fusion")
 
 _DIT = "probekit.extractors.diffusers_dit:DiffusersDiTExtractor"
 
@@ -104,4 +105,12 @@ HEADS.register("conv", "probekit.probes.heads:ConvHead", "two 3x3 conv + BN + Re
 HEADS.register("deeplab", "probekit.probes.heads:DeepLabHead", "DeepLabV3+-lite: ASPP + light decoder with skip")
 HEADS.register("dpt", "probekit.probes.heads:DPTHead", "DPT-lite: reassemble up to 4 layers + residual fusion blocks")
 
-ALL = {"extractors": EXTRACTORS, "datasets": DATASETS, "tasks": TASKS, "heads": HEADS}
+FUSIONS.register("single", "probekit.probes.fusion:SingleFusion", "one (timestep, layer) map, untouched")
+FUSIONS.register("concat", "probekit.probes.fusion:ConcatFusion",
+                 "every map through its layer's bottleneck, concatenated")
+FUSIONS.register("global", "probekit.probes.fusion:GlobalFusion",
+                 "one learned softmax weight per (timestep, layer) over the bottleneck projections")
+FUSIONS.register("spatial", "probekit.probes.fusion:SpatialFusion",
+                 "per-location softmax weights over the maps, predicted from the features themselves")
+
+ALL = {"extractors": EXTRACTORS, "datasets": DATASETS, "tasks": TASKS, "heads": HEADS, "fusions": FUSIONS}

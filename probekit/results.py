@@ -1,7 +1,7 @@
 """Versioned result records: one JSON per probe run, at a predictable path.
 
-Schema (version 1) is documented in docs/results.md. Readers accept every version this project
-has written; writers always write the newest.
+Schema (version 2) is documented in docs/results.md. Readers accept every version this project
+has written (``upgrade`` brings older ones to the current layout); writers always write the newest.
 """
 
 from __future__ import annotations
@@ -13,9 +13,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from probekit import atomic, scores
 from probekit.errors import ProbekitError
 
-SCHEMA_VERSION = 1
+# 2: seeds (main_score as a mean, main_score_std, per_seed, metrics_std), metrics_info (direction, unit)
+SCHEMA_VERSION = 2
 RESULT_FILE = "result.json"
 OVERWRITE_MODES = ("error", "overwrite", "skip")
 
@@ -36,18 +38,21 @@ class ResultRecord:
     wall_time_s: float
     trials: list[dict[str, Any]] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    main_score_std: float | None = None  # over seeds (None for one seed)
+    seeds: list[int] = field(default_factory=list)
+    per_seed: list[dict[str, Any]] = field(default_factory=list)  # seed, main_score, selected_lr, val_score
+    metrics_std: dict[str, Any] = field(default_factory=dict)
+    metrics_info: dict[str, dict[str, Any]] = field(default_factory=dict)  # name -> higher_is_better, unit
     schema_version: int = SCHEMA_VERSION
 
     def to_dict(self) -> dict[str, Any]:
         return _json_safe(asdict(self))
 
     def write(self, run_dir: str | os.PathLike) -> Path:
-        path = Path(run_dir) / RESULT_FILE
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(self.to_dict(), indent=2, sort_keys=False) + "\n")
-        os.replace(tmp, path)  # never leave a half-written record behind
-        return path
+        if not (isinstance(self.main_score, (int, float)) and math.isfinite(self.main_score)):
+            raise ProbekitError(f"refusing to write a result whose {self.main_score_name} is {self.main_score}")
+        # Written aside and renamed: never half a record.
+        return atomic.write_text(Path(run_dir) / RESULT_FILE, json.dumps(self.to_dict(), indent=2) + "\n")
 
 
 def default_run_dir(root: str | os.PathLike, extractor: str, dataset: str, task: str, probe_name: str) -> Path:
@@ -78,12 +83,34 @@ def read_record(path: str | os.PathLike) -> dict[str, Any]:
         raise ProbekitError(f"no result record at {path}") from None
     except json.JSONDecodeError as exc:
         raise ProbekitError(f"{path} is not valid JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise ProbekitError(f"{path} is not a result record (a JSON object was expected)")
     version = data.get("schema_version")
-    if version is None or version > SCHEMA_VERSION:
+    if not isinstance(version, int) or not 1 <= version <= SCHEMA_VERSION:
         raise ProbekitError(f"{path}: result schema version {version!r} is not one this probekit reads "
                             f"(1..{SCHEMA_VERSION})")
+    missing = [k for k in ("task", "main_score_name", "main_score", "extractor", "probe") if k not in data]
+    if missing:
+        raise ProbekitError(f"{path} is not a complete result record (no {', '.join(missing)})")
+    data = upgrade(data)
     data["_path"] = str(path)
     return data
+
+
+def upgrade(rec: dict[str, Any]) -> dict[str, Any]:
+    """Bring an older record to the current field layout."""
+    if rec.get("schema_version", 1) < 2:
+        rec.setdefault("main_score_std", None)
+        seed = (rec.get("config") or {}).get("seed")
+        rec.setdefault("seeds", [seed] if seed is not None else [])
+        rec.setdefault("per_seed", [])
+        rec.setdefault("metrics_std", {})
+        rec["metrics_info"] = {name: scores.info(name) for name in rec.get("metrics", {})
+                               if isinstance(rec["metrics"][name], (int, float))}
+        rec["metrics_info"][rec["main_score_name"]] = {
+            "higher_is_better": bool(rec.get("higher_is_better", True)),
+            "unit": scores.info(rec["main_score_name"])["unit"]}
+    return rec
 
 
 def find_records(paths: list[str | os.PathLike]) -> list[Path]:

@@ -8,6 +8,7 @@ Layout::
     /indices      (N,)       int64 index of each sample in its dataset split
     /done         (N,)       uint8, 1 once every feature and label of the sample is written
     /captions     (N,)       utf-8 strings
+    /thumbnails   (N,h,w,3)  uint8 images, at most THUMBNAIL_SIZE px on a side (what reports draw)
     /labels/<name> (N,H,W)   seg uint8 | depth float32 | saliency uint8
     /features/<key> (N,C,h,w) float16 (or float32, or bfloat16 kept as its uint16 bit pattern), one chunk per
                              sample, keys like "t=250/layer=2"
@@ -41,6 +42,7 @@ FORMAT_VERSION = 2  # 2: index files over shards (virtual datasets), storage dty
 FEATURE_DTYPES = {"float16": np.float16, "bfloat16": np.uint16, "float32": np.float32}
 DEFAULT_FEATURE_DTYPE = "float16"
 LABEL_DTYPES = {"seg": np.uint8, "depth": np.float32, "saliency": np.uint8}
+THUMBNAIL_SIZE = 128
 _STR = h5py.string_dtype("utf-8")
 
 
@@ -151,7 +153,8 @@ class FeatureWriter:
             return arr.astype(target)
 
     def append(self, features: dict[str, np.ndarray], labels: dict[str, np.ndarray], sample_ids: Sequence[str],
-               indices: Sequence[int], captions: Sequence[str], *, checked: bool = False) -> None:
+               indices: Sequence[int], captions: Sequence[str], *, thumbnails: np.ndarray | None = None,
+               checked: bool = False) -> None:
         """Add one batch of samples after those already written, and mark them done.
 
         Features holding NaN or inf are refused (``NonFiniteFeatures`` names the samples), unless the caller
@@ -177,6 +180,12 @@ class FeatureWriter:
             f[f"features/{key}"][rows] = arr
         for name, arr in labels.items():
             f[f"labels/{name}"][rows] = np.asarray(arr)
+        if thumbnails is not None:
+            if "thumbnails" not in f:
+                shape = tuple(thumbnails.shape[1:])
+                f.create_dataset("thumbnails", shape=(self.capacity, *shape), maxshape=(None, *shape), dtype=np.uint8,
+                                 chunks=(1, *shape))
+            f["thumbnails"][rows] = thumbnails
         f["sample_ids"][rows] = np.asarray(list(sample_ids), dtype=object)
         f["indices"][rows] = np.asarray(indices, dtype=np.int64)
         f["captions"][rows] = np.asarray(list(captions), dtype=object)
@@ -199,6 +208,7 @@ class FeatureWriter:
         for name in ("sample_ids", "indices", "done", "captions"):
             f[name].resize((self.rows,))
         names = [f"features/{k}" for k in self._keys or []] + [f"labels/{n}" for n in self._labels]
+        names += ["thumbnails"] if "thumbnails" in f else []
         for name in names:
             f[name].resize((self.rows, *f[name].shape[1:]))
         f.attrs["num_samples"] = self.rows
@@ -216,15 +226,27 @@ class FeatureWriter:
         self.close()
 
 
+def thumbnail(image: np.ndarray, size: int = THUMBNAIL_SIZE) -> np.ndarray:
+    """An (H, W, 3) uint8 image brought within ``size`` px on its longer side (unchanged when already small)."""
+    h, w = image.shape[:2]
+    if max(h, w) <= size:
+        return image
+    from PIL import Image
+
+    scale = size / max(h, w)
+    return np.asarray(Image.fromarray(image).resize((max(1, round(w * scale)), max(1, round(h * scale))),
+                                                    Image.BILINEAR))
+
+
 def write_features(path: str | os.PathLike, features: dict[str, np.ndarray], labels: dict[str, np.ndarray],
                    sample_ids: Sequence[str], *, attrs: dict[str, Any], indices: Sequence[int] | None = None,
                    captions: Sequence[str] | None = None, feature_dtype: str = DEFAULT_FEATURE_DTYPE,
-                   overwrite: bool = False) -> Path:
+                   overwrite: bool = False, thumbnails: np.ndarray | None = None) -> Path:
     """A complete feature file from whole arrays (features (N, C, h, w) per key, labels (N, H, W) per name)."""
     n = len(sample_ids)
     with FeatureWriter(path, capacity=n, attrs=attrs, overwrite=overwrite, feature_dtype=feature_dtype) as w:
         w.append(features, labels, sample_ids, list(range(n)) if indices is None else indices,
-                 [""] * n if captions is None else captions)
+                 [""] * n if captions is None else captions, thumbnails=thumbnails)
         w.finalize()
     return Path(path)
 
@@ -354,7 +376,8 @@ class FeatureReader:
 
     def _datasets(self) -> list[h5py.Dataset]:
         f = self._file
-        return [f[f"features/{k}"] for k in self.keys] + [f[f"labels/{n}"] for n in self.label_names]
+        return ([f[f"features/{k}"] for k in self.keys] + [f[f"labels/{n}"] for n in self.label_names]
+                + ([f["thumbnails"]] if "thumbnails" in f else []))
 
     def _source_path(self, name: str) -> Path:
         path = Path(name)
@@ -401,6 +424,10 @@ class FeatureReader:
         """How the maps were reduced before storing (pooling, channel projection, dtype); {} for plain maps."""
         return self.attr("storage", {}) or {}
 
+    def feature_dtype_of(self, key: str) -> str:
+        """The stored dtype of ``key`` (one per file; combined readers differ per source)."""
+        return self.feature_dtype
+
     @property
     def is_index(self) -> bool:
         """True when the per-sample data lives in shard files beside this one."""
@@ -443,6 +470,12 @@ class FeatureReader:
 
     def read_labels(self, name: str, positions: Sequence[int]) -> np.ndarray:
         return self._read_rows(self._label(name), positions, f"label {name!r}")
+
+    def read_thumbnails(self, positions: Sequence[int]) -> np.ndarray | None:
+        """Small uint8 copies of the images (None for files written before thumbnails were stored)."""
+        if "thumbnails" not in self._file:
+            return None
+        return self._read_rows(self._file["thumbnails"], positions, "thumbnails")
 
     def _read_rows(self, ds: h5py.Dataset, positions: Sequence[int], what: str) -> np.ndarray:
         positions = np.asarray(positions, dtype=np.int64)

@@ -11,6 +11,12 @@ Modes (each one small module):
 
 Maps may come at different grids (combined backbones); all are resampled to the finest grid first.
 A probe whose head reads several layers (DPT) fuses each layer's timesteps separately ("groups").
+
+What a fusion weight means: every map's projection is normalised per image (GroupNorm) *before* it is
+weighted, and the weights are applied after the bottleneck, so nothing downstream can undo them and nothing
+upstream can make a map loud or quiet: a map's weight is its share of the fused map. The weights
+(``weight_parameters``) learn in their own optimiser group, at their own rate and without weight decay (which
+would pull them back to uniform), so they can leave the uniform start within a probe's training.
 """
 
 from __future__ import annotations
@@ -19,12 +25,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from probekit.store import parse_key
+from probekit.keys import FeatureKey
 
 
 def _layer_of(key: str) -> str:
     """The key without its timestep: maps of one (source, layer) share a projection across timesteps."""
-    return "/".join(f"{k}={v}" for k, v in parse_key(key).items() if k != "t")
+    return FeatureKey(key).without_timestep
 
 
 def _module_name(group: str) -> str:
@@ -82,6 +88,10 @@ class Fusion(nn.Module):
         """Learned global weight of each key (global mode), else None."""
         return None
 
+    def weight_parameters(self) -> list[nn.Parameter]:
+        """Parameters that set the fusion weights (trained at their own rate, without weight decay)."""
+        return []
+
 
 class SingleFusion(Fusion):
     mode = "single"
@@ -124,6 +134,9 @@ class GlobalFusion(Fusion):
     def key_weights(self):
         return dict(zip(self.keys, torch.softmax(self.logits.detach(), 0).cpu().tolist()))
 
+    def weight_parameters(self):
+        return [self.logits]
+
 
 class SpatialFusion(Fusion):
     mode = "spatial"
@@ -143,24 +156,25 @@ class SpatialFusion(Fusion):
         self.last_weights = w.detach()
         return (p * w.unsqueeze(2)).sum(1)
 
-
-FUSIONS = {cls.mode: cls for cls in (SingleFusion, ConcatFusion, GlobalFusion, SpatialFusion)}
+    def weight_parameters(self):
+        return list(self.gate[-1].parameters())  # the per-location logits; the gate's features learn as usual
 
 
 class GroupedFusion(nn.Module):
     """One fusion per group of keys: all keys in one group, or one group per layer (multi-layer heads)."""
 
     def __init__(self, mode: str, keys: list[str], channels: dict[str, int], dim: int = 64, by_layer: bool = False):
+        from probekit.registries import FUSIONS
+
         super().__init__()
-        if mode not in FUSIONS:
-            raise ValueError(f"unknown fusion {mode!r}; choose from {', '.join(FUSIONS)}")
+        cls = FUSIONS.get(mode).load()  # unknown names: UnknownNameError with a suggestion
         if by_layer:
             layers = list(dict.fromkeys(_layer_of(k) for k in keys))
             groups = [[k for k in keys if _layer_of(k) == layer] for layer in layers]
         else:
             groups = [list(keys)]
         self.mode = mode
-        self.groups = nn.ModuleList(FUSIONS[mode](g, channels, dim) for g in groups)
+        self.groups = nn.ModuleList(cls(g, channels, dim) for g in groups)
         self.out_channels = [g.out_channels for g in self.groups]
 
     def forward(self, feats: dict[str, torch.Tensor]) -> list[torch.Tensor]:
@@ -173,6 +187,9 @@ class GroupedFusion(nn.Module):
         for g in self.groups:
             out.update(g.key_weights())
         return out
+
+    def weight_parameters(self) -> list[nn.Parameter]:
+        return [p for g in self.groups for p in g.weight_parameters()]
 
     def spatial_weights(self) -> list[torch.Tensor] | None:
         if self.mode != "spatial":

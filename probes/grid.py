@@ -6,8 +6,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from probekit.probes.trainer import FUSION_MODES, train_probe
+from probekit import scores
 from probekit.combined import open_features
+from probekit.probes.trainer import train_probe
+
+FUSION_MODES = ("single", "concat", "global", "spatial")  # the grid's order: each map alone, then fused
 
 
 def grid_cells(keys: Sequence[str], fusions: Sequence[str] = FUSION_MODES) -> list[dict[str, Any]]:
@@ -33,11 +36,11 @@ def run_grid(train_features: str | Path, eval_features: str | Path, *, val_featu
         if record is None:
             echo(f"kept existing {cell['fusion']} {','.join(cell['keys']) if cell['fusion'] == 'single' else ''}")
             continue
-        echo(f"{record['task']} {record['main_score_name']} {_pct(record)}  {record['probe']['name']}")
+        echo(f"{record['task']} {record['main_score_name']} {describe_score(record)}  {record['probe']['name']}")
         records.append(record)
     return records
 
 
-def _pct(record: dict[str, Any]) -> str:
-    v = record["main_score"]
-    return f"{100 * v:6.2f}" if abs(v) <= 1 else f"{v:8.4f}"
+def describe_score(record: dict[str, Any]) -> str:
+    unit = scores.info(record["main_score_name"], record)["unit"]
+    return scores.format_score(record["main_score"], unit, record.get("main_score_std"))

@@ -2,7 +2,7 @@
 
 Every head takes ``maps`` (a list of (B, C_i, h, w) tensors: one map, or one per layer for a head with
 ``multi_layer = True``) and returns logits on the features' grid, or a finer one; the probe upsamples them
-bilinearly to the label size.
+bilinearly to the label size. Heads are found by name through ``probekit.registries.HEADS``.
 """
 
 from __future__ import annotations
@@ -141,5 +141,3 @@ class DPTHead(nn.Module):
             path = block(path, level)
         return self.out(path)
 
-
-HEADS = {"linear": LinearHead, "conv": ConvHead, "deeplab": DeepLabHead, "dpt": DPTHead}

@@ -1,7 +1,7 @@
 """Monocular depth metrics, raw and after per-image least-squares scale-and-shift alignment.
 
-Per image, over valid pixels (ground truth > 0 and inside the evaluation crop, if any), predictions clamped to
-the dataset's depth range:
+Per image, over valid pixels (min_depth < ground truth < max_depth, as the NYU and KITTI protocols do, and
+inside the evaluation crop, if any), predictions clamped to the dataset's depth range:
 
     AbsRel = mean(|p - g| / g)          SqRel = mean((p - g)^2 / g)
     RMSE   = sqrt(mean((p - g)^2))      RMSE_log = sqrt(mean((ln p - ln g)^2))
@@ -18,7 +18,6 @@ from __future__ import annotations
 import numpy as np
 
 METRICS = ("AbsRel", "SqRel", "RMSE", "RMSE_log", "log10", "SILog", "delta1", "delta2", "delta3")
-LOWER_IS_BETTER = {"AbsRel", "SqRel", "RMSE", "RMSE_log", "log10", "SILog"}
 
 
 def align_scale_shift(pred: np.ndarray, gt: np.ndarray) -> np.ndarray:
@@ -56,7 +55,9 @@ class DepthMetrics:
         self._aligned: list[dict[str, float]] = []
 
     def _valid(self, gt: np.ndarray) -> np.ndarray:
-        valid = (gt > self.min_depth) & (gt <= self.max_depth) & np.isfinite(gt)
+        # gt at max_depth is out of range (a sky, a sensor's far limit), not a measurement: excluded, as with "<"
+        # in the NYU (Eigen) and KITTI (Garg) protocols.
+        valid = (gt > self.min_depth) & (gt < self.max_depth) & np.isfinite(gt)
         if self.crop is not None:
             h, w = gt.shape
             top, bottom, left, right = self.crop

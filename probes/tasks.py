@@ -12,8 +12,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from probekit import scores
 from probekit.probes.metrics import ConfusionMatrix
-from probekit.probes.metrics_depth import LOWER_IS_BETTER, DepthMetrics
+from probekit.probes.metrics_depth import DepthMetrics
+
+
+def _metrics_info(names) -> dict[str, dict[str, Any]]:
+    """Direction and unit of each metric a task reports (written into every record)."""
+    return {name: scores.info(name) for name in names}
 
 
 class SegmentationTask:
@@ -50,6 +56,9 @@ class SegmentationTask:
 
     def compute(self, metric: ConfusionMatrix) -> dict[str, Any]:
         return metric.compute(self.classes)
+
+    def metrics_info(self) -> dict[str, dict[str, Any]]:
+        return _metrics_info(("mIoU", "pixel_acc", "num_pixels"))
 
     def config(self) -> dict[str, Any]:
         return {"classes": self.classes, "ignore_index": self.ignore_index, "loss": "cross-entropy with ignore"}
@@ -91,6 +100,11 @@ class SaliencyTask:
 
     def compute(self, metric) -> dict[str, Any]:
         return metric.compute()
+
+    def metrics_info(self) -> dict[str, dict[str, Any]]:
+        from probekit.probes.metrics_saliency import KEYS
+
+        return _metrics_info(KEYS)
 
     def config(self) -> dict[str, Any]:
         return {"loss": "BCE + soft IoU"}
@@ -141,7 +155,7 @@ class DepthTask:
     def loss(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """SigLoss: sqrt(mean(d^2) - lambda * mean(d)^2), d = ln(pred) - ln(gt), over valid pixels."""
         pred = self.predict(output)
-        valid = (target > self.min_depth) & (target <= self.max_depth)
+        valid = (target > self.min_depth) & (target < self.max_depth)  # as the metrics: the far limit is invalid
         d = torch.log(pred[valid].clamp_min(1e-6)) - torch.log(target[valid])
         return torch.sqrt((d**2).mean() - self.silog_lambda * d.mean() ** 2 + 1e-8)
 
@@ -153,9 +167,12 @@ class DepthTask:
             metric.update(p, g)
 
     def compute(self, metric: DepthMetrics) -> dict[str, Any]:
-        out = metric.compute()
-        out["lower_is_better"] = sorted(LOWER_IS_BETTER)
-        return out
+        return metric.compute()
+
+    def metrics_info(self) -> dict[str, dict[str, Any]]:
+        from probekit.probes.metrics_depth import METRICS
+
+        return _metrics_info([*METRICS, *(f"{m}_aligned" for m in METRICS), "num_images"])
 
     def config(self) -> dict[str, Any]:
         return {"depth_output": self.depth_output, "bins": self.bins if self.depth_output == "bins" else None,

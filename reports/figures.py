@@ -1,7 +1,12 @@
-"""Paper-style figures from result records (and, for image panels, the records' saved predictions).
+"""Paper-style figures from result records and the files saved beside them (never the datasets).
 
 One style for all: the Okabe-Ito colour-blind-safe palette, 8 pt text, widths for a 3.3 in paper column or a
-6.9 in page. Each figure function returns a matplotlib Figure; ``save`` writes it as PNG and PDF.
+6.9 in page. Each figure function returns a matplotlib Figure; ``save`` writes it as PNG and PDF. A figure
+that does not apply to the records at hand raises ``NotApplicable``; any other error is a real problem that
+the report names.
+
+Seeds: a run with several seeds shows its mean, with error bars (curves), bands (reference lines) or a
+``± std`` line (heatmap cells) for the spread over seeds.
 """
 
 from __future__ import annotations
@@ -15,10 +20,17 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from probekit import scores  # noqa: E402
+from probekit.keys import FeatureKey, timesteps_of  # noqa: E402
+
 OKABE_ITO = ["#0072B2", "#E69F00", "#009E73", "#D55E00", "#CC79A7", "#56B4E9", "#F0E442", "#000000"]
 COLUMN_IN, PAGE_IN = 3.3, 6.9
 TASK_ORDER = ["seg", "saliency", "depth"]
 TASK_LABEL = {"seg": "segmentation", "saliency": "saliency", "depth": "depth"}
+
+
+class NotApplicable(ValueError):
+    """The records at hand hold nothing this figure draws (not an error)."""
 
 
 def style() -> None:
@@ -66,29 +78,42 @@ def timestep_task_heatmap(records: list[dict[str, Any]], extractor: str):
     chosen = _fusion_records(records, extractor)
     tasks = [t for t in TASK_ORDER if t in chosen] + sorted(set(chosen) - set(TASK_ORDER))
     if not tasks:
-        raise ValueError(f"no global or spatial fusion records with weights for {extractor!r}")
+        raise NotApplicable(f"no global or spatial fusion records with weights for {extractor!r}")
     timesteps = _matrix(chosen[tasks[0]])[1]
     data = np.full((len(tasks), len(timesteps)), np.nan)
+    spread = np.full_like(data, np.nan)
     for i, task in enumerate(tasks):
-        m, ts, _ = _matrix(chosen[task])
-        per_t = np.nansum(m, axis=1)
-        per_t = per_t / per_t.sum()
+        fw = chosen[task]["probe"]["fusion_weights"]
+        ts = fw["timesteps"]
+        per_seed = fw.get("per_seed") or [fw["per_key"]]
+        shares = np.array([_per_timestep(w, ts) for w in per_seed])  # (seeds, T), summed over layers
         for j, t in enumerate(ts):
             if t in timesteps:
-                data[i, timesteps.index(t)] = per_t[j]
-    fig, ax = plt.subplots(figsize=(COLUMN_IN, 0.45 * len(tasks) + 1.0))
+                data[i, timesteps.index(t)] = shares[:, j].mean()
+                if len(shares) > 1:
+                    spread[i, timesteps.index(t)] = shares[:, j].std(ddof=1)
+    fig, ax = plt.subplots(figsize=(COLUMN_IN, 0.5 * len(tasks) + 1.1))
     im = ax.imshow(data, cmap="viridis", vmin=0, vmax=max(0.5, float(np.nanmax(data))), aspect="auto")
     for (i, j), v in np.ndenumerate(data):
         if np.isfinite(v):
-            ax.text(j, i, f"{v:.2f}", ha="center", va="center", color="white" if v < 0.35 else "black", fontsize=6)
+            text = f"{v:.2f}" + (f"\n±{spread[i, j]:.2f}" if np.isfinite(spread[i, j]) else "")
+            ax.text(j, i, text, ha="center", va="center", color="white" if v < 0.35 else "black", fontsize=5.5)
     ax.set_xticks(range(len(timesteps)), [str(t) for t in timesteps])
     ax.set_yticks(range(len(tasks)), [TASK_LABEL.get(t, t) for t in tasks])
     ax.set_xlabel("timestep t (0 = clean image)")
     ax.set_ylabel("task")
     kinds = sorted({chosen[t]["probe"]["fusion"] for t in tasks})
-    ax.set_title(f"Timestep contribution ({'/'.join(kinds)} fusion weights), {extractor}")
-    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="weight")
+    n_seeds = max(len(chosen[t]["probe"]["fusion_weights"].get("per_seed") or [None]) for t in tasks)
+    seeds = f", mean ± std over {n_seeds} seeds" if n_seeds > 1 else ", one seed"
+    ax.set_title(f"Timestep contribution ({'/'.join(kinds)} fusion weights{seeds}), {extractor}")
+    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="share of the fused map")
     return fig
+
+
+def _per_timestep(weights: dict[str, float], timesteps: list[int]) -> list[float]:
+    """A key -> weight dict summed over layers per timestep, renormalised to sum to 1."""
+    per_t = np.array([sum(v for k, v in weights.items() if FeatureKey(k).timestep == t) for t in timesteps])
+    return (per_t / per_t.sum()).tolist() if per_t.sum() > 0 else per_t.tolist()
 
 
 def timestep_layer_heatmaps(records: list[dict[str, Any]], extractor: str):
@@ -97,7 +122,7 @@ def timestep_layer_heatmaps(records: list[dict[str, Any]], extractor: str):
     chosen = _fusion_records(records, extractor)
     tasks = [t for t in TASK_ORDER if t in chosen]
     if not tasks:
-        raise ValueError(f"no global or spatial fusion records with weights for {extractor!r}")
+        raise NotApplicable(f"no global or spatial fusion records with weights for {extractor!r}")
     fig, axes = plt.subplots(1, len(tasks), figsize=(min(PAGE_IN, 2.3 * len(tasks)), 2.2), squeeze=False)
     for ax, task in zip(axes[0], tasks):
         m, ts, layers = _matrix(chosen[task])
@@ -114,28 +139,37 @@ def timestep_layer_heatmaps(records: list[dict[str, Any]], extractor: str):
 
 
 def metric_vs_timestep(records: list[dict[str, Any]], extractor: str, task: str):
-    """Single-map probes: score against timestep, one line per layer; fused probes as reference lines."""
+    """Single-map probes: score against timestep, one line per layer (error bars: std over seeds); fused
+    probes as reference lines (band: std over seeds)."""
     style()
     singles = [r for r in records if r.get("extractor") == extractor and r["task"] == task
                and r["probe"].get("fusion") == "single" and r["probe"].get("timestep") is not None]
     if not singles:
-        raise ValueError(f"no single-timestep {task} records for {extractor!r}")
+        raise NotApplicable(f"no single-timestep {task} records for {extractor!r}")
     metric = singles[0]["main_score_name"]
-    scale = 100 if metric in ("mIoU", "maxF") else 1
+    info = scores.info(metric, singles[0])
+    scale = 100 if info["unit"] == "fraction" else 1
     fig, ax = plt.subplots(figsize=(COLUMN_IN, 2.3))
     layers = sorted({str(r["probe"]["layer"]) for r in singles}, key=lambda x: (len(x), x))
     markers = "osD^v<>p"
     for i, layer in enumerate(layers):
-        pts = sorted((r["probe"]["timestep"], r["main_score"] * scale) for r in singles
-                     if str(r["probe"]["layer"]) == layer)
-        ax.plot(*zip(*pts), marker=markers[i % len(markers)], ms=3, lw=1.2, label=f"layer {layer}")
+        pts = sorted((r["probe"]["timestep"], r["main_score"] * scale, (r.get("main_score_std") or 0.0) * scale)
+                     for r in singles if str(r["probe"]["layer"]) == layer)
+        xs, ys, err = zip(*pts)
+        ax.errorbar(xs, ys, yerr=err if any(err) else None, marker=markers[i % len(markers)], ms=3, lw=1.2,
+                    capsize=2, label=f"layer {layer}")
     styles = {"spatial": "-", "global": "--", "concat": ":"}
     for rec in records:
         fusion = rec["probe"].get("fusion")
         if rec.get("extractor") == extractor and rec["task"] == task and fusion in styles:
-            ax.axhline(rec["main_score"] * scale, color="0.2", ls=styles[fusion], lw=1, label=f"{fusion} fusion")
+            y = rec["main_score"] * scale
+            ax.axhline(y, color="0.2", ls=styles[fusion], lw=1, label=f"{fusion} fusion")
+            if rec.get("main_score_std"):
+                std = rec["main_score_std"] * scale
+                ax.axhspan(y - std, y + std, color="0.2", alpha=0.12, lw=0)
     ax.set_xlabel("timestep t (0 = clean image)")
-    ax.set_ylabel(f"{metric}{' (%)' if scale == 100 else ''} {'(lower is better)' if metric == 'RMSE' else ''}")
+    direction = "" if info["higher_is_better"] else " (lower is better)"
+    ax.set_ylabel(f"{metric}{scores.unit_label(info['unit'])}{direction}")
     ax.set_title(f"{TASK_LABEL.get(task, task)} vs timestep, {extractor}")
     ax.legend(frameon=False, ncol=2)
     fig.tight_layout()
@@ -143,23 +177,20 @@ def metric_vs_timestep(records: list[dict[str, Any]], extractor: str, task: str)
 
 
 # -- image panels ----------------------------------------------------------------------------
-def _eval_samples(rec: dict[str, Any], indices: list[int]):
-    from probekit.datasets import load_dataset
-
-    ref = rec["features"]["eval"]["provenance"].get("dataset") or {}
-    if "sources" in rec["features"]["eval"]["provenance"]:  # combined features: the first source's dataset
-        ref = rec["features"]["eval"]["provenance"]["sources"][0]["provenance"]["dataset"]
-    ds = load_dataset(ref["dataset"], ref["split"], **ref.get("params", {}))
-    return [ds[i] for i in indices]
-
-
-def _load_predictions(rec: dict[str, Any]) -> tuple[np.ndarray, list[int]]:
+def load_examples(rec: dict[str, Any]) -> dict[str, Any]:
+    """The evaluation examples a probe saved beside its record: pred, truth, image (thumbnail, if stored)."""
     from safetensors import safe_open
 
-    path = Path(rec["_path"]).parent / rec["probe"].get("predictions", "predictions.safetensors")
+    name = rec["probe"].get("examples")
+    if not name:
+        raise NotApplicable(f"{rec['_path']}: this run saved no example images (written by an older probekit; "
+                            "rerun the probe to draw them)")
+    path = Path(rec["_path"]).parent / name
     with safe_open(str(path), "np") as f:
-        meta = f.metadata()
-        return f.get_tensor("pred"), [int(x) for x in meta["dataset_indices"].split(",")]
+        out = {k: f.get_tensor(k) for k in f.keys()}
+        meta = f.metadata() or {}
+    out["indices"] = [int(x) for x in meta.get("dataset_indices", "").split(",") if x]
+    return out
 
 
 def _show_label(ax, task: str, array: np.ndarray, num_classes: int = 7, depth_max: float | None = None) -> None:
@@ -175,27 +206,30 @@ def _show_label(ax, task: str, array: np.ndarray, num_classes: int = 7, depth_ma
 
 
 def qualitative_panels(task_records: dict[str, dict[str, Any]], n: int = 4):
-    """Rows: evaluation images; columns: image, then ground truth and prediction for each task."""
+    """Rows: evaluation images; columns: image (when stored), then ground truth and prediction for each task."""
     style()
     tasks = [t for t in TASK_ORDER if t in task_records]
     if not tasks:
-        raise ValueError("no records to draw")
-    preds = {t: _load_predictions(task_records[t]) for t in tasks}
-    indices = preds[tasks[0]][1][:n]
-    samples = _eval_samples(task_records[tasks[0]], indices)
-    cols = 1 + 2 * len(tasks)
-    fig, axes = plt.subplots(len(samples), cols, figsize=(min(PAGE_IN, 1.0 * cols), 1.0 * len(samples) + 0.3),
-                             squeeze=False)
-    for r, sample in enumerate(samples):
-        axes[r, 0].imshow(sample.image)
+        raise NotApplicable("no records to draw")
+    examples = {t: load_examples(task_records[t]) for t in tasks}
+    first = examples[tasks[0]]
+    rows = min(n, len(first["pred"]))
+    image = "image" in first
+    cols = int(image) + 2 * len(tasks)
+    fig, axes = plt.subplots(rows, cols, figsize=(min(PAGE_IN, 1.05 * cols), 1.05 * rows + 0.45), squeeze=False)
+    for r in range(rows):
+        if image:
+            axes[r, 0].imshow(first["image"][r])
         for j, task in enumerate(tasks):
-            pred, pred_idx = preds[task]
-            k = pred_idx.index(sample.index)
-            ncls = len(task_records[task]["config"].get("task_config", {}).get("classes") or [None] * 7)
-            dmax = (task_records[task]["config"].get("task_config", {}).get("depth_range") or [0, None])[1]
-            _show_label(axes[r, 1 + 2 * j], task, getattr(sample, task), ncls, dmax)
-            _show_label(axes[r, 2 + 2 * j], task, pred[k], ncls, dmax)
-    _grid_finish(fig, axes, ["image"] + [f"{TASK_LABEL[t]} {w}" for t in tasks for w in ("truth", "prediction")])
+            ex = examples[task]
+            k = ex["indices"].index(first["indices"][r]) if first["indices"] else r
+            tc = task_records[task]["config"].get("task_config", {})
+            ncls = len(tc.get("classes") or [None] * 7)
+            dmax = (tc.get("depth_range") or [0, None])[1]
+            _show_label(axes[r, int(image) + 2 * j], task, ex["truth"][k], ncls, dmax)
+            _show_label(axes[r, int(image) + 2 * j + 1], task, ex["pred"][k], ncls, dmax)
+    titles = (["image"] if image else []) + [f"{TASK_LABEL[t]}\n{w}" for t in tasks for w in ("truth", "prediction")]
+    _grid_finish(fig, axes, titles)
     fig.tight_layout()
     return fig
 
@@ -218,55 +252,56 @@ def spatial_weight_maps(rec: dict[str, Any], n: int = 3):
     from safetensors import safe_open
 
     style()
-    path = Path(rec["_path"]).parent / "spatial_weights.safetensors"
-    with safe_open(str(path), "np") as f:
+    name = rec["probe"].get("spatial_weights") or "spatial_weights.safetensors"
+    with safe_open(str(Path(rec["_path"]).parent / name), "np") as f:
         weights, keys = f.get_tensor("weights"), f.metadata()["keys"].split(",")
-    from probekit.store import parse_key
-
-    timesteps = sorted({int(parse_key(k)["t"]) for k in keys if "t" in parse_key(k)})
-    per_t = np.stack([weights[:, [i for i, k in enumerate(keys) if parse_key(k).get("t") == str(t)]].sum(1)
+    timesteps = timesteps_of(keys)
+    per_t = np.stack([weights[:, [i for i, k in enumerate(keys) if FeatureKey(k).timestep == t]].sum(1)
                       for t in timesteps], axis=1)  # (img, T, h, w)
-    pred, pred_idx = _load_predictions(rec)
-    samples = _eval_samples(rec, pred_idx[:n])
+    ex = load_examples(rec)
     task = rec["task"]
-    cols = 3 + len(timesteps)
-    fig, axes = plt.subplots(len(samples), cols, figsize=(min(PAGE_IN, 0.95 * cols), 0.95 * len(samples) + 0.5),
-                             squeeze=False)
-    ncls = len(rec["config"].get("task_config", {}).get("classes") or [None] * 7)
-    dmax = (rec["config"].get("task_config", {}).get("depth_range") or [0, None])[1]
-    for r, sample in enumerate(samples):
-        axes[r, 0].imshow(sample.image)
-        _show_label(axes[r, 1], task, getattr(sample, task), ncls, dmax)
-        _show_label(axes[r, 2], task, pred[r], ncls, dmax)
+    rows = min(n, len(ex["pred"]), len(per_t))
+    image = "image" in ex
+    cols = int(image) + 2 + len(timesteps)
+    fig, axes = plt.subplots(rows, cols, figsize=(min(PAGE_IN, 0.95 * cols), 0.95 * rows + 0.55), squeeze=False)
+    tc = rec["config"].get("task_config", {})
+    ncls = len(tc.get("classes") or [None] * 7)
+    dmax = (tc.get("depth_range") or [0, None])[1]
+    for r in range(rows):
+        if image:
+            axes[r, 0].imshow(ex["image"][r])
+        _show_label(axes[r, int(image)], task, ex["truth"][r], ncls, dmax)
+        _show_label(axes[r, int(image) + 1], task, ex["pred"][r], ncls, dmax)
         for j in range(len(timesteps)):
-            im = axes[r, 3 + j].imshow(per_t[r, j], cmap="viridis", vmin=0, vmax=1)
-    _grid_finish(fig, axes, ["image", "truth", "prediction"] + [f"w(t={t})" for t in timesteps], im, 3,
-                 "fusion weight")
+            im = axes[r, int(image) + 2 + j].imshow(per_t[r, j], cmap="viridis", vmin=0, vmax=1)
+    _grid_finish(fig, axes, (["image"] if image else []) + ["truth", "prediction"] + [f"w(t={t})" for t in timesteps],
+                 im, int(image) + 2, "fusion weight")
     fig.suptitle(f"Spatial fusion weights, {TASK_LABEL.get(task, task)}, {rec['extractor']}", fontsize=8)
     return fig
 
 
 def concept_maps_grid(features: str | Path, n: int = 3, mode: str = "output"):
-    """Rows: images; columns: the image, then one concept-attention map per concept."""
+    """Rows: images (the feature file's thumbnails); columns: the image, then one concept-attention map per
+    concept."""
     from probekit.store import FeatureReader
 
     style()
     with FeatureReader(features) as r:
         key = f"concepts={mode}"
-        maps = r.read(key, list(range(min(n, r.num_samples))))
+        rows = list(range(min(n, r.num_samples)))
+        maps = r.read(key, rows)
         concepts = r.provenance["extractor"]["concepts"]
-        ref, indices = r.dataset, [int(i) for i in r.indices[: len(maps)]]
+        thumbs = r.read_thumbnails(rows)
         extractor = r.attr("extractor")
-    from probekit.datasets import load_dataset
-
-    ds = load_dataset(ref["dataset"], ref["split"], **ref.get("params", {}))
-    cols = 1 + len(concepts)
+    image = thumbs is not None
+    cols = int(image) + len(concepts)
     fig, axes = plt.subplots(len(maps), cols, figsize=(min(PAGE_IN, 0.9 * cols), 0.9 * len(maps) + 0.4),
                              squeeze=False)
-    for i, idx in enumerate(indices):
-        axes[i, 0].imshow(ds[idx].image)
+    for i in range(len(maps)):
+        if image:
+            axes[i, 0].imshow(thumbs[i])
         for j in range(len(concepts)):
-            im = axes[i, 1 + j].imshow(maps[i, j], cmap="viridis", vmin=0, vmax=1)
-    _grid_finish(fig, axes, ["image"] + concepts, im, 1, "concept probability")
+            im = axes[i, int(image) + j].imshow(maps[i, j], cmap="viridis", vmin=0, vmax=1)
+    _grid_finish(fig, axes, (["image"] if image else []) + concepts, im, int(image), "concept probability")
     fig.suptitle(f"Concept attention ({mode}), {extractor}", fontsize=8)
     return fig

@@ -41,9 +41,8 @@ def figure_html(png: Path, caption: str) -> str:
             f"<figcaption>{html.escape(caption)}</figcaption></figure>")
 
 
-def page(title: str, sections: list[tuple[str, str]], notes: list[str] = ()) -> str:
+def page(title: str, sections: list[tuple[str, str]]) -> str:
     body = [f"<h1>{html.escape(title)}</h1>"]
-    body += [f'<p class="note">note: {html.escape(n)}</p>' for n in notes]
     for heading, content in sections:
         body.append(f"<h2>{html.escape(heading)}</h2>{content}")
     return ("<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\">"

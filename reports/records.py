@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from probekit.errors import ProbekitError
 from probekit.results import SCHEMA_VERSION, find_records, read_record
 
 READABLE_VERSIONS = tuple(range(1, SCHEMA_VERSION + 1))
@@ -22,12 +23,14 @@ class RecordSet:
     records: list[dict[str, Any]]
     versions: Counter = field(default_factory=Counter)
     duplicates: list[tuple[str, str]] = field(default_factory=list)  # (kept, dropped) paths
+    invalid: list[tuple[str, str]] = field(default_factory=list)  # (path, why) of records skipped as unreadable
 
     def summary(self) -> str:
         versions = ", ".join(f"schema v{v}: {n}" for v, n in sorted(self.versions.items()))
         dup = (f"; {len(self.duplicates)} duplicate(s) resolved newest-first" if self.duplicates
                else "; no duplicates")
-        return f"{len(self.records)} result records ({versions}){dup}"
+        bad = f"; {len(self.invalid)} unreadable record(s) skipped: {self.invalid[0][0]}" if self.invalid else ""
+        return f"{len(self.records)} result records ({versions}){dup}{bad}"
 
 
 def identity(rec: dict[str, Any]) -> tuple:
@@ -35,16 +38,26 @@ def identity(rec: dict[str, Any]) -> tuple:
     return (rec.get("dataset"), rec.get("extractor"), rec.get("task"), rec.get("probe", {}).get("name"), eval_split)
 
 
-def load_records(paths: list[str | Path]) -> RecordSet:
-    """All records under ``paths`` (searched recursively), upgraded to the newest schema's field names."""
+def load_records(paths: list[str | Path], skip_invalid: bool = False) -> RecordSet:
+    """All records under ``paths`` (searched recursively), upgraded to the newest schema's field names.
+
+    An unreadable record stops the load with its path named, unless ``skip_invalid``: then it is left out and
+    listed in ``RecordSet.invalid`` (and in the summary).
+    """
     found = find_records(paths)
     if not found:
-        raise FileNotFoundError(f"no result.json under {', '.join(map(str, paths))}")
+        raise ProbekitError(f"no result.json under {', '.join(map(str, paths))}")
     versions: Counter = Counter()
     newest: dict[tuple, dict[str, Any]] = {}
-    duplicates = []
+    duplicates, invalid = [], []
     for path in found:
-        rec = upgrade(read_record(path))
+        try:
+            rec = read_record(path)
+        except ProbekitError as exc:
+            if not skip_invalid:
+                raise ProbekitError(f"{exc}. Pass --skip-invalid to leave it out and report the others.") from None
+            invalid.append((str(path), str(exc)))
+            continue
         versions[rec["schema_version"]] += 1
         key = identity(rec)
         if key in newest:
@@ -54,12 +67,9 @@ def load_records(paths: list[str | Path]) -> RecordSet:
             newest[key] = keep
         else:
             newest[key] = rec
-    return RecordSet(records=list(newest.values()), versions=versions, duplicates=duplicates)
-
-
-def upgrade(rec: dict[str, Any]) -> dict[str, Any]:
-    """Bring an older record to the current field layout (v1 is current; later versions add steps here)."""
-    return rec
+    if not newest:
+        raise ProbekitError(f"no readable result.json under {', '.join(map(str, paths))} ({len(invalid)} skipped)")
+    return RecordSet(records=list(newest.values()), versions=versions, duplicates=duplicates, invalid=invalid)
 
 
 def _created(rec: dict[str, Any]) -> str:

@@ -1,4 +1,8 @@
-"""Result records -> tables: every run, and a leaderboard (Markdown, CSV, LaTeX, HTML)."""
+"""Result records -> tables: every run, and a leaderboard (Markdown, CSV, LaTeX, HTML).
+
+Directions and units come from each record's own ``metrics_info`` (``probekit.scores``); every score is shown
+by ``scores.format_score``, as ``mean ± std`` when the run had several seeds.
+"""
 
 from __future__ import annotations
 
@@ -10,13 +14,15 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from probekit import scores
 from probekit.reports.records import RecordSet, load_records
 
 RUN_COLUMNS = ["extractor", "dataset", "task", "fusion", "head", "timestep", "layer", "metric", "score",
-               "eval_split", "n_train", "n_eval", "seed", "run"]
+               "eval_split", "n_train", "n_eval", "seeds", "run"]
 SECONDARY = {"seg": ["pixel_acc"], "saliency": ["MAE", "Sm", "maxE"], "depth": ["AbsRel", "delta1", "RMSE_aligned"]}
-LOWER_IS_BETTER = {"MAE", "AbsRel", "SqRel", "RMSE", "RMSE_log", "log10", "SILog", "RMSE_aligned", "AbsRel_aligned"}
-PERCENT = {"mIoU", "pixel_acc", "maxF", "meanF", "adpF", "Sm", "maxE", "meanE", "delta1", "delta2", "delta3"}
+TASK_ORDER = {"seg": 0, "saliency": 1, "depth": 2}
+RANK_RULE = ("rows are ranked by their mean rank over every task of their dataset; a row that lacks a task is "
+             "not ranked (rank -) and follows the ranked rows")
 
 
 # -- every run ---------------------------------------------------------------------------------
@@ -24,14 +30,16 @@ def runs_frame(recset: RecordSet) -> pd.DataFrame:
     rows = []
     for rec in recset.records:
         probe, feats = rec.get("probe", {}), rec.get("features", {})
+        info = scores.info(rec["main_score_name"], rec)
         rows.append({
             "extractor": rec.get("extractor"), "dataset": rec.get("dataset"), "task": rec.get("task"),
             "fusion": probe.get("fusion"), "head": probe.get("head"), "timestep": probe.get("timestep"),
             "layer": probe.get("layer"), "metric": rec.get("main_score_name"), "score": rec.get("main_score"),
+            "score_std": rec.get("main_score_std"), "unit": info["unit"],
             "eval_split": feats.get("eval", {}).get("split"),
             "n_train": feats.get("train", {}).get("num_samples"), "n_eval": feats.get("eval", {}).get("num_samples"),
-            "seed": rec.get("config", {}).get("seed"), "run": str(Path(rec["_path"]).parent),
-            "_sign": 1 if rec.get("higher_is_better", True) else -1,
+            "seeds": ",".join(str(s) for s in rec.get("seeds") or []), "run": str(Path(rec["_path"]).parent),
+            "_sign": 1 if info["higher_is_better"] else -1,
         })
     frame = pd.DataFrame(rows)
     frame["_key"] = frame["score"] * frame["_sign"]
@@ -40,17 +48,18 @@ def runs_frame(recset: RecordSet) -> pd.DataFrame:
 
 
 # -- leaderboard -------------------------------------------------------------------------------
-def _column(task: str, metric: str) -> str:
-    return f"{task} {metric} {'↓' if metric in LOWER_IS_BETTER else '↑'}"
+def _column(task: str, metric: str, rec: dict[str, Any] | None = None) -> str:
+    return f"{task} {metric} {scores.arrow(metric, rec)}"
 
 
 def leaderboard_frame(recset: RecordSet, secondary: bool = False) -> pd.DataFrame:
     """One row per (dataset, extractor, fusion, head); one column per task's main metric (and secondary ones).
 
     A row's score for a task is its best record (for `single` fusion: the best (t, layer) cell, named in
-    ``<task> cell``). Rows are ranked by their mean rank over the task columns they have.
+    ``<task> cell``); its spread over seeds is kept in ``<column> std``. Ranking: ``RANK_RULE``.
     """
     cells: dict[tuple, dict[str, Any]] = {}
+    units: dict[str, str] = {}
     for rec in recset.records:
         probe = rec.get("probe", {})
         head = probe.get("head", "")
@@ -59,33 +68,50 @@ def leaderboard_frame(recset: RecordSet, secondary: bool = False) -> pd.DataFram
         key = (rec.get("dataset"), rec.get("extractor"), probe.get("fusion"), head)
         row = cells.setdefault(key, {"dataset": key[0], "extractor": key[1], "fusion": key[2], "head": key[3]})
         task, metric = rec["task"], rec["main_score_name"]
-        col = _column(task, metric)
-        higher = rec.get("higher_is_better", True)
+        col = _column(task, metric, rec)
+        units[col] = scores.info(metric, rec)["unit"]
+        higher = scores.higher_is_better(metric, rec)
         score = rec.get("main_score")
         if score is None or (isinstance(score, float) and math.isnan(score)):
             continue
         if col not in row or (score > row[col] if higher else score < row[col]):
             row[col] = score
+            row[f"{col} std"] = rec.get("main_score_std")
             row[f"{task} cell"] = _cell(probe)
             if secondary:
                 for m in SECONDARY.get(task, []):
-                    row[_column(task, m)] = rec.get("metrics", {}).get(m)
+                    sub = _column(task, m, rec)
+                    units[sub] = scores.info(m, rec)["unit"]
+                    row[sub] = rec.get("metrics", {}).get(m)
+                    row[f"{sub} std"] = (rec.get("metrics_std") or {}).get(m)
     frame = pd.DataFrame(list(cells.values()))
     score_cols = [c for c in frame.columns if c.endswith(("↑", "↓"))]
     main_cols = [c for c in score_cols if c.split(" ")[1] in ("mIoU", "maxF", "RMSE") or not secondary]
-    ranks = pd.DataFrame({c: frame[c].rank(ascending=c.endswith("↓"), method="average") for c in main_cols})
-    frame["mean rank"] = ranks.mean(axis=1, skipna=True)
-    frame = frame.sort_values(["dataset", "mean rank"], kind="stable").reset_index(drop=True)
-    frame.insert(0, "rank", frame.groupby("dataset")["mean rank"].rank(method="min").astype(int))
+    ranks = pd.DataFrame({c: frame.groupby("dataset")[c].rank(ascending=c.endswith("↓"), method="average")
+                          for c in main_cols})
+    # Fair ranking: a mean rank only over every task column the row's dataset has (complete rows).
+    needed = {ds: [c for c in main_cols if frame.loc[frame.dataset == ds, c].notna().any()]
+              for ds in frame["dataset"].unique()}
+    complete = pd.Series([frame.loc[i, needed[frame.loc[i, "dataset"]]].notna().all() for i in frame.index],
+                         index=frame.index)
+    frame["mean rank"] = ranks.mean(axis=1, skipna=True).where(complete)
+    frame["_complete"] = complete
+    frame["_first"] = frame[main_cols].apply(lambda r: next((v for v in r if pd.notna(v)), np.nan), axis=1)
+    frame = frame.sort_values(["dataset", "_complete", "mean rank"], ascending=[True, False, True],
+                              kind="stable").reset_index(drop=True)
+    ranked = frame.groupby("dataset")["mean rank"].rank(method="min")
+    frame.insert(0, "rank", ranked.astype("Int64"))
     ordered = ["rank", "dataset", "extractor", "fusion", "head"] + sorted(score_cols, key=_task_order) + \
               [c for c in frame.columns if c.endswith(" cell")] + ["mean rank"]
-    return frame[ordered]
+    out = frame[ordered + [f"{c} std" for c in score_cols if f"{c} std" in frame.columns]]
+    out.attrs["units"] = units
+    out.attrs["rank_rule"] = RANK_RULE
+    return out
 
 
 def _task_order(col: str) -> tuple:
     task, metric = col.split(" ")[:2]
-    return ({"seg": 0, "saliency": 1, "depth": 2}.get(task, 9), task,
-            0 if metric in ("mIoU", "maxF", "RMSE") else 1, metric)
+    return (TASK_ORDER.get(task, 9), task, 0 if metric in ("mIoU", "maxF", "RMSE") else 1, metric)
 
 
 def _cell(probe: dict[str, Any]) -> str:
@@ -109,41 +135,51 @@ def best_mask(frame: pd.DataFrame) -> pd.DataFrame:
     return mask
 
 
-def _fmt(value: Any, col: str = "", metric: str | None = None) -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
+def _shown_columns(frame: pd.DataFrame) -> list[str]:
+    return [c for c in frame.columns if c != "run" and not c.endswith(" std") and c != "unit"
+            and c != "score_std"]
+
+
+def _fmt(frame: pd.DataFrame, i, col: str) -> str:
+    """One cell as shown: scores by their unit (with ± std when there is one), the rest as plain text."""
+    row = frame.loc[i]
+    value = row[col]
+    if col == "score":
+        return scores.format_score(value, row.get("unit", "ratio"), row.get("score_std"))
+    if col.endswith(("↑", "↓")):
+        std = row.get(f"{col} std") if f"{col} std" in frame.columns else None
+        return scores.format_score(value, frame.attrs.get("units", {}).get(col, "ratio"), std)
+    if value is None or (isinstance(value, float) and math.isnan(value)) or value is pd.NA:
         return "-"
-    metric = metric or (col.split(" ")[1] if col.count(" ") >= 2 else col)
-    if isinstance(value, (float, np.floating)):
-        if col in ("timestep", "n_train", "n_eval", "seed") and float(value).is_integer():
-            return str(int(value))
-        if metric in PERCENT:
-            return f"{100 * value:.2f}"
-        return f"{value:.3f}" if abs(value) < 100 else f"{value:.1f}"
+    if col == "mean rank":
+        return f"{float(value):.3f}"
+    if isinstance(value, (float, np.floating)) and float(value).is_integer():
+        return str(int(value))
     return str(value)
 
 
 def to_markdown(frame: pd.DataFrame, mark: pd.DataFrame | None = None, columns: list[str] | None = None) -> str:
-    cols = columns or [c for c in frame.columns if c != "run"]
+    cols = columns or _shown_columns(frame)
     lines = ["| " + " | ".join(cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]
-    for i, row in frame.iterrows():
+    for i in frame.index:
         cells = []
         for c in cols:
-            text = _fmt(row[c], c, row["metric"] if c == "score" and "metric" in row else None)
+            text = _fmt(frame, i, c)
             cells.append(f"**{text}**" if mark is not None and c in mark and mark.loc[i, c] else text)
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
 def to_latex(frame: pd.DataFrame, mark: pd.DataFrame) -> str:
-    cols = list(frame.columns)
+    cols = _shown_columns(frame)
     esc = lambda s: str(s).replace("_", r"\_").replace("&", r"\&").replace("%", r"\%").replace("#", r"\#")  # noqa: E731
     head = [esc(c).replace("↑", r"$\uparrow$").replace("↓", r"$\downarrow$") for c in cols]
     lines = [r"\begin{tabular}{" + "l" * 5 + "r" * (len(cols) - 5) + "}", r"\toprule", " & ".join(head) + r" \\",
              r"\midrule"]
-    for i, row in frame.iterrows():
+    for i in frame.index:
         cells = []
         for c in cols:
-            text = esc(_fmt(row[c], c))
+            text = esc(_fmt(frame, i, c)).replace("±", r"$\pm$")
             cells.append(rf"\textbf{{{text}}}" if c in mark and mark.loc[i, c] else text)
         lines.append(" & ".join(cells) + r" \\")
     lines += [r"\bottomrule", r"\end{tabular}"]
@@ -152,16 +188,17 @@ def to_latex(frame: pd.DataFrame, mark: pd.DataFrame) -> str:
 
 def to_html_table(frame: pd.DataFrame, mark: pd.DataFrame | None = None, table_id: str = "table") -> str:
     """A sortable table (sorting by the small script in the report page; works without a server)."""
-    cols = [c for c in frame.columns if c != "run"]
+    cols = _shown_columns(frame)
     out = [f'<table class="sortable" id="{html.escape(table_id)}"><thead><tr>']
     out += [f'<th data-col="{j}">{html.escape(c)}</th>' for j, c in enumerate(cols)]
     out.append("</tr></thead><tbody>")
-    for i, row in frame.iterrows():
+    for i in frame.index:
         out.append("<tr>")
         for c in cols:
-            value = row[c]
-            sort_key = "" if value is None or (isinstance(value, float) and math.isnan(value)) else value
-            text = html.escape(_fmt(value, c))
+            value = frame.loc[i, c]
+            missing = value is None or value is pd.NA or (isinstance(value, float) and math.isnan(value))
+            sort_key = "" if missing else value
+            text = html.escape(_fmt(frame, i, c))
             best = mark is not None and c in mark and mark.loc[i, c]
             out.append(f'<td data-sort="{html.escape(str(sort_key))}"{" class=best" if best else ""}>'
                        f'{"<strong>" + text + "</strong>" if best else text}</td>')
@@ -179,12 +216,13 @@ def to_csv(frame: pd.DataFrame, mark: pd.DataFrame | None = None) -> str:
     return out.to_csv(index=False)
 
 
-def leaderboard(paths: list[str | Path], fmt: str = "md", secondary: bool = False) -> tuple[str, RecordSet]:
-    recset = load_records(paths)
+def leaderboard(paths: list[str | Path], fmt: str = "md", secondary: bool = False,
+                skip_invalid: bool = False) -> tuple[str, RecordSet]:
+    recset = load_records(paths, skip_invalid=skip_invalid)
     frame = leaderboard_frame(recset, secondary=secondary)
     mark = best_mask(frame)
     if fmt == "md":
-        body = to_markdown(frame, mark)
+        body = to_markdown(frame, mark) + f"\nRanking: {RANK_RULE}.\n"
     elif fmt == "csv":
         body = to_csv(frame, mark)
     elif fmt == "latex":

@@ -2,6 +2,7 @@
 
 import json
 
+import click
 import pytest
 from click.testing import CliRunner
 
@@ -44,9 +45,10 @@ def test_probe_then_report(features):
         assert "seg mIoU" in res.output
     run = root / "results" / "tiny-mmdit-random" / "shapeworld" / "seg" / "linear-single-t100-l2"
     record = json.loads((run / "result.json").read_text())
-    assert record["schema_version"] == 1 and record["main_score_name"] == "mIoU" and record["higher_is_better"]
+    assert record["schema_version"] == 2 and record["main_score_name"] == "mIoU" and record["higher_is_better"]
+    assert record["metrics_info"]["mIoU"] == {"higher_is_better": True, "unit": "fraction"}
     assert 0 <= record["main_score"] <= 1 and set(record["metrics"]["per_class_iou"]) >= {"background", "circle"}
-    assert record["config"]["seed"] == 0 and record["config"]["epochs"] == 2
+    assert record["config"]["seed"] == 0 and record["seeds"] == [0] and record["config"]["epochs"] == 2
     assert record["features"]["train"]["provenance"]["extractor"]["timesteps"] == [100, 600]
     assert record["probe"]["feature_keys"] == ["t=100/layer=2"] and record["wall_time_s"] > 0
     assert (run / "head.safetensors").is_file()
@@ -107,7 +109,7 @@ def test_int_lists():
     assert parse_int_list("100,300") == [100, 300]
     assert parse_int_list("0:1000:250") == [0, 250, 500, 750]
     assert parse_int_list("0:500:250, 900, 250") == [0, 250, 900]
-    with pytest.raises(Exception):
+    with pytest.raises(click.BadParameter, match="'a' is not an integer"):
         parse_int_list("a,b")
 
 

@@ -8,7 +8,7 @@ import torch
 from safetensors.torch import load_file
 
 from probekit.probes.fusion import GroupedFusion
-from probekit.probes.heads import HEADS
+from probekit.registries import FUSIONS, HEADS
 from probekit.probes.trainer import train_probe
 from probekit.store import write_features
 
@@ -108,8 +108,8 @@ def test_spatial_fusion_weights_vary_across_the_image(files, tmp_path):
     assert rec["main_score"] > glob["main_score"]
 
 
-@pytest.mark.parametrize("head", sorted(HEADS))
-@pytest.mark.parametrize("fusion", ["single", "concat", "global", "spatial"])
+@pytest.mark.parametrize("head", HEADS.names())
+@pytest.mark.parametrize("fusion", FUSIONS.names())
 def test_every_head_and_fusion_trains_and_records(files, tmp_path, head, fusion):
     kw = {"key": "t=100/layer=0"} if fusion == "single" else {}
     rec = _run(files["steps"], tmp_path, head=head, fusion=fusion, epochs=2, lrs=[1e-3, 1e-2], **kw)

@@ -36,7 +36,7 @@ def _record(root, extractor, task, fusion, score, t=None, layer=None, created="2
         task=task, main_score_name=metric, main_score=score, higher_is_better=higher, metrics={metric: score},
         extractor=extractor, dataset="shapeworld",
         probe={"name": name, "fusion": fusion, "head": "linear", "timestep": t, "layer": layer,
-               "fusion_weights": fw, "predictions": "predictions.safetensors"},
+               "fusion_weights": fw, "examples": "examples.safetensors"},
         config={"seed": 0, "selected_lr": 0.01, "task_config": {"classes": REF["classes"],
                                                                  "depth_range": REF["depth_range"]}},
         features={"eval": {"split": "test", "num_samples": 8, "provenance": {"dataset": REF}},
@@ -82,9 +82,14 @@ def test_leaderboard_rows_marks_and_ranks(results):
     best_depth = board.loc[mark["depth RMSE ↓"], ["extractor", "fusion"]].values.tolist()
     assert best_depth == [["weak", "spatial"]]  # lower is better
     assert board.iloc[0]["extractor"] == "good" and board.iloc[0]["rank"] == 1
-    assert list(board["mean rank"]) == sorted(board["mean rank"])
+    # Fair ranking: only rows with every task are ranked (here the global rows); the others follow, unranked.
+    ranked = board[board["rank"].notna()]
+    assert ranked[["extractor", "fusion"]].values.tolist() == [["good", "global"], ["weak", "global"]]
+    assert list(ranked["mean rank"]) == sorted(ranked["mean rank"])
+    assert board["rank"].isna().sum() == 4 and board["rank"].notna().iloc[:2].all()
+    assert board.attrs["rank_rule"].startswith("rows are ranked by their mean rank over every task")
     md, _ = leaderboard([results], "md")
-    assert "**85.00**" in md and "| good | spatial | linear |" in md
+    assert "**85.00**" in md and "| good | spatial | linear |" in md and "Ranking: rows are ranked" in md
     latex, _ = leaderboard([results], "latex")
     assert r"\textbf{85.00}" in latex and r"$\downarrow$" in latex
     csv, _ = leaderboard([results], "csv")
@@ -95,7 +100,7 @@ def test_duplicates_are_resolved_newest_first_and_reported(results):
     _record(results, "good", "seg", "spatial", 0.99, created="2027-01-01T00:00:00+00:00", subdir="rerun")
     recset = load_records([results])
     assert len(recset.duplicates) == 1 and "rerun" in recset.duplicates[0][0]
-    assert "1 duplicate(s) resolved newest-first" in recset.summary() and "schema v1" in recset.summary()
+    assert "1 duplicate(s) resolved newest-first" in recset.summary() and "schema v2" in recset.summary()
     board = leaderboard_frame(recset)
     assert board[(board.extractor == "good") & (board.fusion == "spatial")]["seg mIoU ↑"].item() == 0.99
 
@@ -126,32 +131,37 @@ def test_timestep_heatmaps_show_the_learned_weights(results):
 def test_metric_vs_timestep_has_a_line_per_layer_and_fused_references(results):
     fig = figures.metric_vs_timestep(load_records([results]).records, "good", "seg")
     ax = fig.axes[0]
-    labels = [l.get_label() for l in ax.get_lines()]
-    assert labels == ["layer 2", "layer 4", "global fusion", "spatial fusion"]
+    labels = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert sorted(labels) == ["global fusion", "layer 2", "layer 4", "spatial fusion"]
     assert list(ax.get_lines()[0].get_xdata()) == TIMESTEPS
     assert ax.get_ylabel().startswith("mIoU (%)")
 
 
-def test_image_panels_from_saved_predictions(results, tmp_path):
+def test_image_panels_come_from_the_examples_saved_beside_each_record(results):
     ds = ShapeWorld("test")
+    samples = [ds[i] for i in range(4)]
     recs = load_records([results]).records
     by_task = {}
     for rec in recs:
         if rec["extractor"] == "good" and rec["probe"]["fusion"] == "global":
-            samples = [ds[i] for i in range(4)]
-            pred = np.stack([getattr(s, rec["task"]) for s in samples]).astype(np.float32)
-            save_file({"pred": torch.from_numpy(pred)}, str(tmp_path / "p.safetensors"),
+            truth = np.stack([getattr(s, rec["task"]) for s in samples])
+            save_file({"pred": torch.from_numpy(truth.astype(np.float32)), "truth": torch.from_numpy(truth),
+                       "image": torch.from_numpy(np.stack([s.image for s in samples]))},
+                      str(results / "good" / rec["task"] / rec["probe"]["name"] / "examples.safetensors"),
                       metadata={"dataset_indices": "0,1,2,3"})
-            shutil.copy(tmp_path / "p.safetensors", results / "good" / rec["task"] / rec["probe"]["name"] /
-                        "predictions.safetensors")
             by_task[rec["task"]] = rec
     fig = figures.qualitative_panels(by_task, n=3)
     assert len(fig.axes) == 3 * 7
     assert [fig.axes[c].get_title() for c in range(7)] == [
-        "image", "segmentation truth", "segmentation prediction", "saliency truth", "saliency prediction",
-        "depth truth", "depth prediction"]
-    # The prediction panel shows what was saved (here: the ground truth itself).
+        "image", "segmentation\ntruth", "segmentation\nprediction", "saliency\ntruth", "saliency\nprediction",
+        "depth\ntruth", "depth\nprediction"]
+    # The prediction panel shows what was saved (here: the ground truth itself), the image column the thumbnail.
     np.testing.assert_array_equal(fig.axes[2].images[0].get_array(), ds[0].seg)
+    np.testing.assert_array_equal(fig.axes[0].images[0].get_array(), ds[0].image)
+    # A run without saved examples is not drawn from the dataset: the figure says it does not apply.
+    (results / "good" / "seg" / "linear-global" / "examples.safetensors").unlink()
+    with pytest.raises(FileNotFoundError):
+        figures.qualitative_panels(by_task, n=3)
 
 
 def test_report_writes_tables_figures_and_a_self_contained_page(results, tmp_path):

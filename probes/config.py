@@ -1,0 +1,116 @@
+"""Every setting of one probe run, checked once, before any data is read (torch-free: the CLI builds it).
+
+Defaults train to convergence on the embedded default and are recorded in every result: a learning-rate grid
+wide enough to bracket the chosen rate (a choice at the edge of the grid is flagged), fusion weights with a
+rate of their own, and several seeds when a claim needs a spread.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from probekit.errors import ProbekitError
+
+DEFAULT_LRS = (1e-3, 3e-3, 1e-2, 3e-2, 1e-1)
+DEFAULT_EPOCHS = 20
+DEFAULT_BATCH_SIZE = 32
+DEFAULT_FUSION_LR = 0.05
+
+
+@dataclass
+class ProbeConfig:
+    task: str = "seg"
+    fusion: str = "single"
+    head: str = "linear"
+    keys: list[str] | None = None  # feature maps to fuse; None = all (single: exactly one)
+    epochs: int = DEFAULT_EPOCHS
+    batch_size: int = DEFAULT_BATCH_SIZE
+    lrs: list[float] = field(default_factory=lambda: list(DEFAULT_LRS))
+    fusion_lr: float = DEFAULT_FUSION_LR  # the fusion weights' own rate (constant, no weight decay)
+    weight_decay: float = 1e-4
+    seeds: list[int] = field(default_factory=lambda: [0])
+    device: str = "auto"
+    fusion_dim: int = 64
+    depth_output: str = "bins"
+    val_fraction: float = 0.15  # of the training file, when no validation file is given
+    cross_dataset: bool = False  # allow train and eval features from different datasets with the same classes
+    train_limit: int | None = None  # train on the first N training rows only (learning curves)
+    eval_crop: list[float] | None = None  # depth: (top, bottom, left, right) fractions kept for evaluation
+    # Features are held in memory (on the device) when they fit in this many bytes, else streamed from the
+    # file batch by batch (None: a quarter of the RAM, capped at 8 GiB; on a GPU, a third of its free memory).
+    resident_bytes: int | None = None
+    # Minibatches read ahead on a background thread when streaming (None: 2 on a GPU, 0 on a CPU, where the
+    # reader thread competes with torch for the cores). Never changes results.
+    prefetch: int | None = None
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        """Refuse settings that would train nothing or train on nonsense, naming the option."""
+        from probekit.registries import FUSIONS, HEADS, TASKS
+
+        TASKS.get(self.task), HEADS.get(self.head), FUSIONS.get(self.fusion)  # unknown names: did-you-mean
+        if int(self.epochs) < 1:
+            raise ProbekitError(f"--epochs must be at least 1, got {self.epochs}: an untrained head is not a result")
+        if int(self.batch_size) < 1:
+            raise ProbekitError(f"--batch-size must be at least 1, got {self.batch_size}")
+        self.lrs = [float(x) for x in self.lrs]
+        if not self.lrs:
+            raise ProbekitError("--lrs is empty: give at least one learning rate, e.g. --lrs 1e-3,1e-2")
+        bad = [x for x in self.lrs if not (math.isfinite(x) and x > 0)]
+        if bad:
+            raise ProbekitError(f"--lrs must be positive finite numbers, got {bad[0]}")
+        if len(set(self.lrs)) != len(self.lrs):
+            raise ProbekitError(f"--lrs lists a rate twice: {self.lrs}")
+        if not (math.isfinite(float(self.fusion_lr)) and float(self.fusion_lr) > 0):
+            raise ProbekitError(f"--fusion-lr must be a positive finite number, got {self.fusion_lr}")
+        if not (math.isfinite(float(self.weight_decay)) and float(self.weight_decay) >= 0):
+            raise ProbekitError(f"--weight-decay must be a finite number >= 0, got {self.weight_decay}")
+        self.seeds = [int(s) for s in self.seeds]
+        if not self.seeds:
+            raise ProbekitError("--seeds is empty: give at least one seed")
+        if len(set(self.seeds)) != len(self.seeds):
+            raise ProbekitError(f"--seeds lists a seed twice: {self.seeds}")
+        if int(self.fusion_dim) < 1:
+            raise ProbekitError(f"--fusion-dim must be at least 1, got {self.fusion_dim}")
+        if not 0 < float(self.val_fraction) < 1:
+            raise ProbekitError(f"the validation fraction must be in (0, 1), got {self.val_fraction}")
+        if self.train_limit is not None and int(self.train_limit) < 1:
+            raise ProbekitError(f"train_limit must be at least 1, got {self.train_limit}")
+        if self.eval_crop is not None:
+            crop = [float(x) for x in self.eval_crop]
+            if len(crop) != 4 or not (0 <= crop[0] < crop[1] <= 1 and 0 <= crop[2] < crop[3] <= 1):
+                raise ProbekitError(f"--eval-crop must be TOP,BOTTOM,LEFT,RIGHT fractions with top < bottom and "
+                                    f"left < right, got {self.eval_crop}")
+            self.eval_crop = crop
+        if self.depth_output not in ("bins", "regression"):
+            raise ProbekitError(f"--depth-output must be bins or regression, got {self.depth_output!r}")
+
+    @property
+    def seed(self) -> int:
+        """The first seed: it alone decides the validation slice, so every seed sees the same split."""
+        return self.seeds[0]
+
+    @classmethod
+    def build(cls, **options: Any) -> "ProbeConfig":
+        """From keyword options as the CLI and the library pass them (``seed``/``lr``/``key`` shorthands)."""
+        if "seed" in options:
+            seed = options.pop("seed")
+            options.setdefault("seeds", [seed])
+        if "lr" in options:
+            options["lrs"] = [options.pop("lr")]
+        if "key" in options:
+            options["keys"] = [options.pop("key")]
+        options = {k: v for k, v in options.items() if v is not None or k in ("keys", "train_limit", "eval_crop")}
+        unknown = sorted(set(options) - set(cls.__dataclass_fields__))
+        if unknown:
+            raise ProbekitError(f"unknown probe setting(s): {', '.join(unknown)}")
+        return cls(**options)
+
+    def to_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["seed"] = self.seed
+        return out

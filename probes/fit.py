@@ -1,0 +1,118 @@
+"""Fitting one probe at one learning rate, and scoring a probe on a split.
+
+The head and the bottlenecks train with AdamW at the trial's rate on a cosine schedule; the fusion weights
+(``Fusion.weight_parameters``) have a group of their own: ``fusion_lr``, no weight decay. A trial whose loss
+stops being finite is reported as diverged (its rate is too high for these features) instead of yielding a
+head of NaNs; predictions that are not finite are refused before any metric is computed.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from probekit.errors import ProbekitError
+from probekit.probes.data import ProbeData, Split
+
+SPATIAL_EXAMPLES = 8  # eval images whose per-location fusion weights (and predictions) are saved for the reports
+
+
+class Diverged(ProbekitError):
+    def __init__(self, lr: float, epoch: int):
+        self.lr, self.epoch = lr, epoch
+        super().__init__(f"training at learning rate {lr:g} diverged (the loss stopped being finite in epoch "
+                         f"{epoch + 1})")
+
+
+def optimizer_for(model, cfg, lr: float, total_steps: int):
+    weights = list(model.fusion.weight_parameters())
+    ids = {id(p) for p in weights}
+    groups = [{"params": [p for p in model.parameters() if id(p) not in ids], "lr": lr,
+               "weight_decay": cfg.weight_decay}]
+    if weights:  # their own rate and no decay: decay would pull them back towards the uniform mix
+        groups.append({"params": weights, "lr": cfg.fusion_lr, "weight_decay": 0.0})
+    optimizer = torch.optim.AdamW(groups)
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, total_steps))
+    return optimizer, schedule
+
+
+def train_one(model, data: ProbeData, lr: float, seed: int, progress: bool = False, desc: str = "") -> list[float]:
+    """Train ``model`` in place on the training split; returns the mean training loss of every epoch."""
+    cfg, task = data.cfg, data.task
+    steps = cfg.epochs * math.ceil(len(data.train) / cfg.batch_size)
+    optimizer, schedule = optimizer_for(model, cfg, lr, steps)
+    history: list[float] = []
+    bar = tqdm(range(cfg.epochs), desc=desc, unit="epoch", disable=not progress, leave=False)
+    for epoch in bar:
+        model.train()
+        total = torch.zeros((), device=data.device)
+        count = 0
+        for _, feats, target in data.batches(data.train, shuffle=True, seed=seed, epoch=epoch):
+            loss = task.loss(model(feats, data.label_size), target)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            schedule.step()
+            total += loss.detach() * len(target)
+            count += len(target)
+        mean = float(total) / max(count, 1)  # one device sync per epoch
+        if not math.isfinite(mean):
+            bar.close()
+            raise Diverged(lr, epoch)
+        history.append(round(mean, 6))
+        bar.set_postfix(loss=f"{mean:.4f}")
+    bar.close()
+    return history
+
+
+@dataclass
+class Evaluation:
+    metrics: dict[str, Any]
+    spatial: dict[str, Any] | None = None  # mean spatial fusion weights and examples
+    predictions: dict[str, Any] | None = None  # the first evaluation images' predictions
+
+
+def evaluate(model, data: ProbeData, split: Split, keep_examples: bool = False) -> Evaluation:
+    """Metrics of ``model`` on ``split``; with ``keep_examples``, the first images' predictions and spatial
+    fusion weights too (for the reports)."""
+    task = data.task
+    model.eval()
+    metric = task.new_metric()
+    spatial_mode = keep_examples and model.fusion.mode == "spatial"
+    sums, count, examples = None, 0, []
+    rows, preds = [], []
+    with torch.inference_mode():
+        for positions, feats, target in data.batches(split):
+            out = model(feats, data.label_size)
+            if not bool(torch.isfinite(out).all()):
+                bad = [split.reader.sample_ids[int(p)] for p, ok in
+                       zip(positions, torch.isfinite(out).flatten(1).all(1).tolist()) if not ok]
+                raise ProbekitError(f"the probe's predictions on {split.reader.path} are not finite (e.g. for "
+                                    f"{bad[0]}): its weights hold NaN or inf; nothing is saved")
+            out, target = out.cpu(), target.cpu()
+            task.update(metric, out, target)
+            if keep_examples and len(rows) < SPATIAL_EXAMPLES:
+                take = SPATIAL_EXAMPLES - len(rows)
+                rows.extend(int(p) for p in positions[:take])
+                preds.append(task.predict(out[:take]).float())
+            if spatial_mode:
+                maps = model.fusion.spatial_weights()
+                means = [m.mean(dim=(0, 2, 3)) * m.shape[0] for m in maps]
+                sums = means if sums is None else [s + m for s, m in zip(sums, means)]
+                count += maps[0].shape[0]
+                if sum(m.shape[0] for m in examples) < SPATIAL_EXAMPLES:
+                    examples.append(torch.cat([m.cpu() for m in maps], dim=1))  # (B, keys, h, w)
+    metrics = task.compute(metric)
+    main = metrics.get(task.main_metric)
+    if main is None or not math.isfinite(float(main)):
+        raise ProbekitError(f"{task.main_metric} on {split.reader.path} is not a number (no valid pixels among its "
+                            f"{len(split)} samples?); nothing is saved")
+    spatial = None
+    if spatial_mode and count:
+        spatial = {"mean": [(s / count).tolist() for s in sums], "examples": torch.cat(examples)[:SPATIAL_EXAMPLES]}
+    predictions = {"rows": rows, "pred": torch.cat(preds)} if keep_examples and preds else None
+    return Evaluation(metrics, spatial, predictions)
