@@ -275,8 +275,8 @@ class _IntListOption(click.ParamType):
 @click.option("--fusion-lr", type=float, default=DEFAULT_FUSION_LR, show_default=True,
               help="Learning rate of the fusion weights (their own group, no weight decay).")
 @click.option("--weight-decay", type=float, default=1e-4, show_default=True)
-@click.option("--fusion-dim", type=click.IntRange(min=1), default=64, show_default=True,
-              help="Bottleneck width of fusion projections.")
+@click.option("--fusion-dim", type=click.IntRange(min=1), default=None,
+              help="Project every fused map to this many channels (default: the maps' own width when they agree).")
 @click.option("--depth-output", type=click.Choice(["bins", "regression"]), default="bins", show_default=True)
 @click.option("--eval-crop", type=_FloatList(), default=None,
               help="Depth evaluation crop as TOP,BOTTOM,LEFT,RIGHT fractions of the image (e.g. an Eigen-style crop).")

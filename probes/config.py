@@ -16,7 +16,7 @@ from probekit.errors import ProbekitError
 DEFAULT_LRS = (1e-3, 3e-3, 1e-2, 3e-2, 1e-1)
 DEFAULT_EPOCHS = 20
 DEFAULT_BATCH_SIZE = 32
-DEFAULT_FUSION_LR = 0.05
+DEFAULT_FUSION_LR = 0.2
 
 
 @dataclass
@@ -32,7 +32,7 @@ class ProbeConfig:
     weight_decay: float = 1e-4
     seeds: list[int] = field(default_factory=lambda: [0])
     device: str = "auto"
-    fusion_dim: int = 64
+    fusion_dim: int | None = None  # width of the fused maps; None: the maps' own (see probes/fusion.py)
     depth_output: str = "bins"
     val_fraction: float = 0.15  # of the training file, when no validation file is given
     cross_dataset: bool = False  # allow train and eval features from different datasets with the same classes
@@ -74,7 +74,7 @@ class ProbeConfig:
             raise ProbekitError("--seeds is empty: give at least one seed")
         if len(set(self.seeds)) != len(self.seeds):
             raise ProbekitError(f"--seeds lists a seed twice: {self.seeds}")
-        if int(self.fusion_dim) < 1:
+        if self.fusion_dim is not None and int(self.fusion_dim) < 1:
             raise ProbekitError(f"--fusion-dim must be at least 1, got {self.fusion_dim}")
         if not 0 < float(self.val_fraction) < 1:
             raise ProbekitError(f"the validation fraction must be in (0, 1), got {self.val_fraction}")
@@ -104,7 +104,8 @@ class ProbeConfig:
             options["lrs"] = [options.pop("lr")]
         if "key" in options:
             options["keys"] = [options.pop("key")]
-        options = {k: v for k, v in options.items() if v is not None or k in ("keys", "train_limit", "eval_crop")}
+        options = {k: v for k, v in options.items()
+                   if v is not None or k in ("keys", "train_limit", "eval_crop", "fusion_dim")}
         unknown = sorted(set(options) - set(cls.__dataclass_fields__))
         if unknown:
             raise ProbekitError(f"unknown probe setting(s): {', '.join(unknown)}")

@@ -24,6 +24,7 @@ from probekit.devices import resolve_device
 from probekit.keys import feature_key
 from probekit.prefetch import prefetched
 from probekit.probes.config import ProbeConfig
+from probekit.probes.fusion import STACKED, STACKED_KEYS
 from probekit.store import NonFiniteFeatures, as_tensor
 
 
@@ -134,21 +135,57 @@ class Split:
 
 
 class _Resident:
-    """A split's features and labels in memory on the device, indexed per batch (no file reads)."""
+    """A split's features and labels in memory on the device, indexed per batch (no file reads). Fused maps of
+    one shape are kept stacked, (N, K, C, h, w), so a batch of them is one gather and fusion reads it as is."""
 
-    def __init__(self, split: Split, keys: list[str], label: str, task, device: torch.device, dtype: torch.dtype):
+    def __init__(self, split: Split, keys: list[str], stack: list[str], label: str, task, device: torch.device,
+                 dtype: torch.dtype):
         r = split.reader
+        self.stack_keys = tuple(stack) if len(stack) > 1 else ()
         self.features: dict[str, torch.Tensor] = {}
+        maps = []
         for key in keys:
             t = as_tensor(r.read_raw(key, split.rows), r.feature_dtype_of(key))
             _check_finite(t, key, r, split.rows)
-            self.features[key] = t.to(device=device, dtype=dtype)
+            if key in self.stack_keys:
+                maps.append(t.to(dtype=dtype))
+            else:
+                self.features[key] = t.to(device=device, dtype=dtype)
+        self.stacked = torch.stack(maps, dim=1).to(device) if maps else None
+        del maps
         self.target = task.target(r.read_labels(label, split.rows)).to(device)
 
     def batch(self, idx: np.ndarray) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
         index = torch.from_numpy(idx).to(self.target.device)
-        feats = {k: v.index_select(0, index).float() for k, v in self.features.items()}
+        feats: dict[str, Any] = {k: v.index_select(0, index).float() for k, v in self.features.items()}
+        if self.stacked is not None:
+            x = self.stacked.index_select(0, index).float()
+            feats.update({k: x[:, i] for i, k in enumerate(self.stack_keys)})
+            feats[STACKED], feats[STACKED_KEYS] = x, self.stack_keys
         return feats, self.target.index_select(0, index)
+
+    def channel_stats(self, keys: list[str]) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        out = {}
+        for key in keys:
+            if key in self.stack_keys:
+                x = self.stacked[:, self.stack_keys.index(key)]
+            else:
+                x = self.features[key]
+            out[key] = _mean_std(x)
+        return out
+
+
+def _mean_std(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-channel mean and std of (N, C, h, w) over samples and positions, accumulated in float64 in chunks."""
+    total = torch.zeros(x.shape[1], dtype=torch.float64, device=x.device)
+    squares = torch.zeros_like(total)
+    for a in range(0, len(x), 64):
+        chunk = x[a:a + 64].double()
+        total += chunk.sum(dim=(0, 2, 3))
+        squares += (chunk * chunk).sum(dim=(0, 2, 3))
+    n = x.shape[0] * x.shape[2] * x.shape[3]
+    mean = total / n
+    return mean.float(), (squares / n - mean * mean).clamp_min(0).sqrt().float()
 
 
 def _check_finite(t: torch.Tensor, key: str, reader, rows: np.ndarray) -> None:
@@ -237,6 +274,7 @@ class ProbeData:
         self.eval = Split("eval", evaluation, np.arange(evaluation.num_samples))
         self.device = resolve_device(cfg.device)
         self._resident: dict[str, _Resident] = {}
+        self._stats: dict[str, tuple[torch.Tensor, torch.Tensor]] | None = None
         self.mode = self._choose_mode()
 
     @property
@@ -268,9 +306,37 @@ class ProbeData:
 
     def _resident_split(self, split: Split) -> _Resident:
         if split.name not in self._resident:
-            self._resident[split.name] = _Resident(split, self.all_keys, self.task.label, self.task, self.device,
-                                                   self._dtype)
+            shapes = {self.train.reader.shape(k) for k in self.keys}
+            stack = self.keys if len(shapes) == 1 else []
+            self._resident[split.name] = _Resident(split, self.all_keys, stack, self.task.label, self.task,
+                                                   self.device, self._dtype)
         return self._resident[split.name]
+
+    def channel_stats(self) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        """Per-channel mean and std of every fused map over the training rows (fusion's fixed standardisation)."""
+        if self._stats is None:
+            if self.mode == "resident":
+                self._stats = self._resident_split(self.train).channel_stats(self.keys)
+            else:
+                self._stats = self._streamed_stats()
+        return self._stats
+
+    def _streamed_stats(self) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        sums: dict[str, list[torch.Tensor]] = {}
+        n = 0
+        for _, feats, _ in self.batches(self.train):
+            for k in self.keys:
+                x = feats[k].double()
+                s = sums.setdefault(k, [torch.zeros(x.shape[1], dtype=torch.float64, device=x.device),
+                                        torch.zeros(x.shape[1], dtype=torch.float64, device=x.device)])
+                s[0] += x.sum(dim=(0, 2, 3))
+                s[1] += (x * x).sum(dim=(0, 2, 3))
+            n += next(iter(feats.values())).shape[0] * feats[self.keys[0]].shape[2] * feats[self.keys[0]].shape[3]
+        out = {}
+        for k, (total, squares) in sums.items():
+            mean = total / n
+            out[k] = (mean.float(), (squares / n - mean * mean).clamp_min(0).sqrt().float())
+        return out
 
     def batches(self, split: Split, *, shuffle: bool = False, seed: int = 0,
                 epoch: int = 0) -> Iterator[tuple[np.ndarray, dict[str, torch.Tensor], torch.Tensor]]:

@@ -1,7 +1,7 @@
 """Fitting one probe at one learning rate, and scoring a probe on a split.
 
 The head and the bottlenecks train with AdamW at the trial's rate on a cosine schedule; the fusion weights
-(``Fusion.weight_parameters``) have a group of their own: ``fusion_lr``, no weight decay. A trial whose loss
+(``Fusion.weight_parameters``) have a group of their own: ``fusion_lr``, constant, no weight decay. A trial whose loss
 stops being finite is reported as diverged (its rate is too high for these features) instead of yielding a
 head of NaNs; predictions that are not finite are refused before any metric is computed.
 """
@@ -28,23 +28,39 @@ class Diverged(ProbekitError):
                          f"{epoch + 1})")
 
 
-def optimizer_for(model, cfg, lr: float, total_steps: int):
+WARMUP_FRACTION = 0.1  # of the steps (at least one epoch): fusion weights held uniform while the head starts
+
+
+def optimizer_for(model, cfg, lr: float, total_steps: int, steps_per_epoch: int = 1):
+    """AdamW in up to three groups: the head (cosine), the fusion weights (``fusion_lr``, constant, no decay),
+    spatial fusion's gate (the head's rate, cosine); the last two after the warm-up."""
     weights = list(model.fusion.weight_parameters())
-    ids = {id(p) for p in weights}
+    gate = list(model.fusion.gate_parameters())
+    ids = {id(p) for p in weights + gate}
+    warmup = min(total_steps // 2, max(steps_per_epoch, round(WARMUP_FRACTION * total_steps))) if ids else 0
+
+    def cosine(step):
+        return 0.5 * (1 + math.cos(math.pi * min(step, total_steps) / max(1, total_steps)))
+
     groups = [{"params": [p for p in model.parameters() if id(p) not in ids], "lr": lr,
                "weight_decay": cfg.weight_decay}]
-    if weights:  # their own rate and no decay: decay would pull them back towards the uniform mix
+    schedules = [cosine]
+    if weights:  # their own rate and no decay: decay would pull them back towards the uniform mix. Constant
+        # after the warm-up: a decaying rate would halve how far they can travel from uniform.
         groups.append({"params": weights, "lr": cfg.fusion_lr, "weight_decay": 0.0})
+        schedules.append(lambda step: 0.0 if step < warmup else 1.0)
+    if gate:
+        groups.append({"params": gate, "lr": lr, "weight_decay": cfg.weight_decay})
+        schedules.append(lambda step: 0.0 if step < warmup else cosine(step))
     optimizer = torch.optim.AdamW(groups)
-    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, total_steps))
-    return optimizer, schedule
+    return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, schedules)
 
 
 def train_one(model, data: ProbeData, lr: float, seed: int, progress: bool = False, desc: str = "") -> list[float]:
     """Train ``model`` in place on the training split; returns the mean training loss of every epoch."""
     cfg, task = data.cfg, data.task
-    steps = cfg.epochs * math.ceil(len(data.train) / cfg.batch_size)
-    optimizer, schedule = optimizer_for(model, cfg, lr, steps)
+    per_epoch = math.ceil(len(data.train) / cfg.batch_size)
+    optimizer, schedule = optimizer_for(model, cfg, lr, cfg.epochs * per_epoch, per_epoch)
     history: list[float] = []
     bar = tqdm(range(cfg.epochs), desc=desc, unit="epoch", disable=not progress, leave=False)
     for epoch in bar:

@@ -1,22 +1,32 @@
 """Fusion of a (timestep x layer) stack of feature maps into the map(s) a head reads.
 
-Modes (each one small module):
+Modes (each one small module, registered in ``probekit.registries.FUSIONS``):
 
 - ``single``:  one (t, layer) map, untouched.
-- ``concat``:  every map projected by a per-layer 1x1 bottleneck (shared across timesteps), concatenated.
-- ``global``:  one learned weight per (t, layer), softmax-normalised, over per-layer bottleneck projections
-               shared across timesteps (the Diffusion Hyperfeatures design).
-- ``spatial``: per-location softmax weights over the maps, predicted by a light conv net from the projected
-               features themselves, so the mix varies across the image.
+- ``concat``:  every map standardised (and projected, see below), concatenated.
+- ``global``:  one learned softmax weight per (t, layer): the head reads ``sum_k w_k z_k``.
+- ``spatial``: per-location softmax weights over the maps, predicted by a light gate from the maps themselves,
+               so the mix varies across the image.
 
-Maps may come at different grids (combined backbones); all are resampled to the finest grid first.
-A probe whose head reads several layers (DPT) fuses each layer's timesteps separately ("groups").
+Every map ``x_k`` becomes ``z_k = P_layer((x_k - mean_k) / std_k)``: each channel of that (t, layer) map is
+standardised with statistics of its own, measured once on the training split before training and kept as
+buffers (feature statistics change strongly with the noise level; fixed statistics are the same transform in
+training and evaluation, and nothing is learned there, so no map can be made loud or quiet behind the
+weights' back). ``P_layer`` is a linear map shared by all timesteps of a layer: the identity when the maps all
+have the same width (the default), else a learned 1x1 projection to ``dim`` channels (combined backbones of
+different widths, or ``--fusion-dim``). Nothing follows the weighting but the head, so:
 
-What a fusion weight means: every map's projection is normalised per image (GroupNorm) *before* it is
-weighted, and the weights are applied after the bottleneck, so nothing downstream can undo them and nothing
-upstream can make a map loud or quiet: a map's weight is its share of the fused map. The weights
-(``weight_parameters``) learn in their own optimiser group, at their own rate and without weight decay (which
-would pull them back to uniform), so they can leave the uniform start within a probe's training.
+- a fusion weight is the share of its map in what the head reads, comparable across maps;
+- with the identity projection a one-hot weight *is* the single-map probe of that map: global fusion contains
+  every single map it fuses, and can lose to the best of them only by optimisation or noise.
+
+The weights (``weight_parameters``) learn in their own optimiser group, at their own rate and without weight
+decay (which would pull them back to uniform), so they leave the uniform start within a probe's training.
+They (and spatial fusion's gate) stay still for a short warm-up while the head learns to read the uniform mix:
+a head that reads nothing yet sends the weights arbitrary gradients, and a softmax pushed to zero for a map
+early never sees that map again.
+Maps may come at different grids (combined backbones); all are resampled to the finest grid first. A head that
+reads several layers (DPT) fuses each layer's timesteps separately ("groups").
 """
 
 from __future__ import annotations
@@ -37,51 +47,82 @@ def _module_name(group: str) -> str:
     return group.replace("=", "_").replace("/", "__").replace(".", "-")  # ModuleDict keys may not hold "."
 
 
-class Bottleneck(nn.Module):
-    """1x1 conv -> GroupNorm -> GELU: the per-layer projection, shared by every timestep of the layer.
+def fused_width(keys: list[str], channels: dict[str, int], dim: int | None) -> int:
+    """The width of each standardised map: the maps' own when they agree and no ``dim`` is asked for."""
+    widths = {channels[k] for k in keys}
+    if dim is None and len(widths) == 1:
+        return widths.pop()
+    return int(dim) if dim is not None else min(256, max(widths))
 
-    Batch statistics are deliberately kept out of the shared part: each (t, layer) map has its own input
-    BatchNorm (see Fusion), because feature statistics change strongly with the noise level, and a BatchNorm
-    shared across timesteps would normalise each map by its own batch in training but by a blend of all
-    timesteps' running statistics at evaluation.
-    """
 
-    def __init__(self, in_channels: int, dim: int):
-        super().__init__()
-        self.net = nn.Sequential(nn.Conv2d(in_channels, dim, 1, bias=False), nn.GroupNorm(1, dim), nn.GELU())
+# A batch may carry its maps already stacked, (B, K, C, h, w) under STACKED with their keys under STACKED_KEYS
+# (probes/data.py does when the maps agree in shape): fusion then reads them without copying them together.
+STACKED, STACKED_KEYS = "__stacked__", "__stacked_keys__"
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x)
+
+def _resampled(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    return x if tuple(x.shape[-2:]) == size else F.interpolate(x, size=size, mode="bilinear", align_corners=False)
 
 
 class Fusion(nn.Module):
     mode = "base"
 
-    def __init__(self, keys: list[str], channels: dict[str, int], dim: int = 64):
+    def __init__(self, keys: list[str], channels: dict[str, int], dim: int | None = None):
         super().__init__()
         if not keys:
             raise ValueError("fusion needs at least one feature map")
         self.keys = list(keys)
-        self.dim = dim
         self.layers = list(dict.fromkeys(_layer_of(k) for k in self.keys))
-        self.norm = nn.ModuleDict({_module_name(k): nn.BatchNorm2d(channels[k]) for k in self.keys})
-        self.proj = nn.ModuleDict({
-            _module_name(layer): Bottleneck(channels[next(k for k in self.keys if _layer_of(k) == layer)], dim)
-            for layer in self.layers})
+        self.dim = fused_width(self.keys, channels, dim)
+        widths = {layer: channels[next(k for k in self.keys if _layer_of(k) == layer)] for layer in self.layers}
+        # Maps of one width read as they are: one BatchNorm over the stacked maps' channels standardises each
+        # map's channels with its own statistics, as a BatchNorm per map would, in one call.
+        self.uniform = dim is None and len(set(channels[k] for k in self.keys)) == 1
+        width = max(channels[k] for k in self.keys)
+        # Per (map, channel) statistics of the training split: set by set_statistics before training.
+        self.register_buffer("mean", torch.zeros(len(self.keys), width))
+        self.register_buffer("scale", torch.ones(len(self.keys), width))
+        self._widths = [channels[k] for k in self.keys]
+        if not self.uniform:
+            self.proj = nn.ModuleDict({_module_name(layer): nn.Conv2d(width, self.dim, 1, bias=False)
+                                       for layer, width in widths.items()})
+
+    def set_statistics(self, stats: dict[str, tuple[torch.Tensor, torch.Tensor]]) -> None:
+        """Channel means and standard deviations of every map, {key: (mean (C,), std (C,))}."""
+        for i, k in enumerate(self.keys):
+            mean, std = stats[k]
+            c = self._widths[i]
+            self.mean[i, :c] = mean.to(self.mean)
+            self.scale[i, :c] = 1.0 / std.to(self.scale).clamp_min(1e-6)
+
+    def _stacked(self, feats: dict[str, torch.Tensor]) -> torch.Tensor | None:
+        """The raw maps as one (B, K, C, h, w) tensor, when the batch carries them so (no copy)."""
+        if feats.get(STACKED_KEYS) == tuple(self.keys):
+            return feats[STACKED]
+        return None
 
     @staticmethod
     def _common_grid(feats: dict[str, torch.Tensor], keys: list[str]) -> tuple[int, int]:
         return max((feats[k].shape[-2:] for k in keys), key=lambda s: s[0] * s[1])
 
+    def raw(self, feats: dict[str, torch.Tensor]) -> torch.Tensor:
+        """(B, K, C, h, w): the maps of a uniform fusion on one grid, not yet standardised."""
+        x = self._stacked(feats)
+        if x is None:
+            size = tuple(self._common_grid(feats, self.keys))
+            x = torch.stack([_resampled(feats[k], size) for k in self.keys], dim=1)
+        return x
+
     def projected(self, feats: dict[str, torch.Tensor]) -> torch.Tensor:
-        """(B, K, dim, h, w): every map through its layer's bottleneck, on one grid."""
-        size = self._common_grid(feats, self.keys)
+        """(B, K, dim, h, w): every map standardised and through its layer's projection, on one grid."""
+        if self.uniform:
+            return (self.raw(feats) - self.mean[None, :, :, None, None]) * self.scale[None, :, :, None, None]
+        size = tuple(self._common_grid(feats, self.keys))
         maps = []
-        for k in self.keys:
-            x = feats[k]
-            if tuple(x.shape[-2:]) != tuple(size):
-                x = F.interpolate(x, size=size, mode="bilinear", align_corners=False)
-            maps.append(self.proj[_module_name(_layer_of(k))](self.norm[_module_name(k)](x)))
+        for i, k in enumerate(self.keys):
+            c = self._widths[i]
+            z = (feats[k] - self.mean[i, :c, None, None]) * self.scale[i, :c, None, None]
+            maps.append(_resampled(self.proj[_module_name(_layer_of(k))](z), size))
         return torch.stack(maps, dim=1)
 
     def key_weights(self) -> dict[str, float] | None:
@@ -92,11 +133,15 @@ class Fusion(nn.Module):
         """Parameters that set the fusion weights (trained at their own rate, without weight decay)."""
         return []
 
+    def gate_parameters(self) -> list[nn.Parameter]:
+        """Parameters that shape the weights locally (spatial fusion's gate): held still during the warm-up."""
+        return []
+
 
 class SingleFusion(Fusion):
     mode = "single"
 
-    def __init__(self, keys, channels, dim=64):
+    def __init__(self, keys, channels, dim=None):
         nn.Module.__init__(self)
         if len(keys) != 1:
             raise ValueError(f"single fusion takes exactly one feature map, got {len(keys)}")
@@ -110,26 +155,29 @@ class SingleFusion(Fusion):
 class ConcatFusion(Fusion):
     mode = "concat"
 
-    def __init__(self, keys, channels, dim=64):
+    def __init__(self, keys, channels, dim=None):
         super().__init__(keys, channels, dim)
-        self.out_channels = dim * len(self.keys)
+        self.out_channels = self.dim * len(self.keys)
 
     def forward(self, feats):
-        p = self.projected(feats)
-        return p.flatten(1, 2)
+        return self.projected(feats).flatten(1, 2)
 
 
 class GlobalFusion(Fusion):
     mode = "global"
 
-    def __init__(self, keys, channels, dim=64):
+    def __init__(self, keys, channels, dim=None):
         super().__init__(keys, channels, dim)
         self.logits = nn.Parameter(torch.zeros(len(self.keys)))  # uniform mix at start
-        self.out_channels = dim
+        self.out_channels = self.dim
 
     def forward(self, feats):
         w = torch.softmax(self.logits, dim=0)
-        return (self.projected(feats) * w.view(1, -1, 1, 1, 1)).sum(1)
+        if self.uniform:  # sum_k w_k (x_k - m_k) s_k in one pass over the maps
+            coef = w[:, None] * self.scale  # (K, C)
+            shift = (coef * self.mean).sum(0)
+            return torch.einsum("bkchw,kc->bchw", self.raw(feats), coef) - shift[None, :, None, None]
+        return torch.einsum("bkchw,k->bchw", self.projected(feats), w)
 
     def key_weights(self):
         return dict(zip(self.keys, torch.softmax(self.logits.detach(), 0).cpu().tolist()))
@@ -139,31 +187,44 @@ class GlobalFusion(Fusion):
 
 
 class SpatialFusion(Fusion):
+    """Per-location weights: softmax over maps of a per-map logit (as global fusion's, at the fusion weights'
+    own rate) plus a local correction from a light gate (each standardised map through a shared 1x1 reduction,
+    the reductions side by side through a 3x3 conv; zero-initialised, trained with the head). The global part
+    finds the useful maps robustly; the gate moves the mix across the image where that helps."""
+
     mode = "spatial"
 
-    def __init__(self, keys, channels, dim=64, hidden: int = 64):
+    def __init__(self, keys, channels, dim=None, hidden: int = 32):
         super().__init__(keys, channels, dim)
         k = len(self.keys)
-        self.gate = nn.Sequential(nn.Conv2d(k * dim, hidden, 3, padding=1), nn.GELU(), nn.Conv2d(hidden, k, 1))
-        nn.init.zeros_(self.gate[-1].weight)  # start from a uniform mix, like global fusion
-        nn.init.zeros_(self.gate[-1].bias)
-        self.out_channels = dim
+        self.logits = nn.Parameter(torch.zeros(k))
+        self.reduce = nn.Sequential(nn.Conv2d(self.dim, hidden, 1), nn.GELU())
+        self.gate = nn.Conv2d(k * hidden, k, 3, padding=1)
+        nn.init.zeros_(self.gate.weight)
+        nn.init.zeros_(self.gate.bias)
+        self.out_channels = self.dim
         self.last_weights: torch.Tensor | None = None  # (B, K, h, w) of the latest forward, for reports
 
     def forward(self, feats):
-        p = self.projected(feats)
-        w = torch.softmax(self.gate(p.flatten(1, 2)), dim=1)
+        p = self.projected(feats)  # (B, K, D, h, w)
+        b, k = p.shape[:2]
+        hidden = self.reduce(p.flatten(0, 1)).unflatten(0, (b, k)).flatten(1, 2)
+        w = torch.softmax(self.logits.view(1, -1, 1, 1) + self.gate(hidden), dim=1)
         self.last_weights = w.detach()
         return (p * w.unsqueeze(2)).sum(1)
 
     def weight_parameters(self):
-        return list(self.gate[-1].parameters())  # the per-location logits; the gate's features learn as usual
+        return [self.logits]
+
+    def gate_parameters(self):
+        return list(self.reduce.parameters()) + list(self.gate.parameters())  # local correction: at the head's rate
 
 
 class GroupedFusion(nn.Module):
     """One fusion per group of keys: all keys in one group, or one group per layer (multi-layer heads)."""
 
-    def __init__(self, mode: str, keys: list[str], channels: dict[str, int], dim: int = 64, by_layer: bool = False):
+    def __init__(self, mode: str, keys: list[str], channels: dict[str, int], dim: int | None = None,
+                 by_layer: bool = False):
         from probekit.registries import FUSIONS
 
         super().__init__()
@@ -188,8 +249,16 @@ class GroupedFusion(nn.Module):
             out.update(g.key_weights())
         return out
 
+    def set_statistics(self, stats: dict[str, tuple[torch.Tensor, torch.Tensor]]) -> None:
+        for g in self.groups:
+            if hasattr(g, "set_statistics"):
+                g.set_statistics(stats)
+
     def weight_parameters(self) -> list[nn.Parameter]:
         return [p for g in self.groups for p in g.weight_parameters()]
+
+    def gate_parameters(self) -> list[nn.Parameter]:
+        return [p for g in self.groups for p in g.gate_parameters()]
 
     def spatial_weights(self) -> list[torch.Tensor] | None:
         if self.mode != "spatial":

@@ -14,7 +14,7 @@ class Probe(nn.Module):
     channels to every fused map the head reads."""
 
     def __init__(self, fusion: str, head_cls: type[nn.Module], keys: list[str], channels: dict[str, int],
-                 out_channels: int, fusion_dim: int = 64, guidance_keys: list[str] | None = None,
+                 out_channels: int, fusion_dim: int | None = None, guidance_keys: list[str] | None = None,
                  head_transform=None):
         super().__init__()
         self.head_transform = head_transform  # e.g. depth bins -> depth, on the feature grid

@@ -90,6 +90,8 @@ def _run_seed(data: ProbeData, cfg: ProbeConfig, seed: int, name: str, progress:
     for lr in cfg.lrs:
         torch.manual_seed(seed)  # every trial of a seed starts from the same initialisation
         model = _build(data, cfg).to(data.device)
+        if cfg.fusion != "single":
+            model.fusion.set_statistics(data.channel_stats())
         t0 = time.perf_counter()
         try:
             history = train_one(model, data, lr, seed, progress, f"{name} seed {seed} lr={lr:g}")
