@@ -22,8 +22,7 @@ TINY_MMDIT_CONFIG: dict[str, Any] = {
 SCHEDULER_CONFIG = {"_class_name": "FlowMatchEulerDiscreteScheduler", "num_train_timesteps": 1000, "shift": 3.0}
 
 
-def cache_dir() -> Path:
-    return Path(os.environ.get("PROBEKIT_CACHE", Path.home() / ".cache" / "probekit"))
+from probekit.provenance import cache_dir  # noqa: E402  (re-exported: tests and the tiny backbones use it)
 
 
 def build_tiny_mmdit(folder: str | os.PathLike, seed: int = 0, config: dict[str, Any] | None = None) -> Path:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import hashlib
+import json
 import os
 import platform
 import subprocess
@@ -44,12 +45,43 @@ def git_state(path: str | os.PathLike | None = None) -> dict[str, object]:
     return {"commit": commit, "dirty": bool(status)}
 
 
+def cache_dir() -> Path:
+    """probekit's cache folder ($PROBEKIT_CACHE, default ~/.cache/probekit)."""
+    return Path(os.environ.get("PROBEKIT_CACHE", Path.home() / ".cache" / "probekit"))
+
+
+_HASHES: dict[str, str] = {}
+_HASH_FILE = "file-hashes.json"
+
+
 def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(chunk), b""):
-            digest.update(block)
-    return digest.hexdigest()
+    """sha256 of a file, remembered (in this process and in the cache folder) by path, size and modification
+    time: a FLUX checkpoint is 24 GB, and every extraction records its weights' identity."""
+    path = Path(path).resolve()
+    st = path.stat()
+    key = f"{path}|{st.st_size}|{st.st_mtime_ns}"
+    if key in _HASHES:
+        return _HASHES[key]
+    store = cache_dir() / _HASH_FILE
+    try:
+        known = json.loads(store.read_text()) if store.is_file() else {}
+    except (OSError, json.JSONDecodeError):
+        known = {}
+    if key not in known:
+        digest = hashlib.sha256()
+        with open(path, "rb") as fh:
+            for block in iter(lambda: fh.read(chunk), b""):
+                digest.update(block)
+        known[key] = digest.hexdigest()
+        if st.st_size >= 64 << 20:  # only large files are worth a line in the cache
+            try:
+                from probekit import atomic
+
+                atomic.write_text(store, json.dumps(known, indent=0, sort_keys=True))
+            except OSError:
+                pass  # a read-only cache folder costs time, never correctness
+    _HASHES[key] = known[key]
+    return known[key]
 
 
 def weights_identity(weights: str | os.PathLike | None) -> dict[str, object]:
