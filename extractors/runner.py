@@ -103,6 +103,14 @@ def run_fingerprint(extractor: Extractor, reference: dict[str, Any], num_samples
     return out
 
 
+SHARD_BYTES = 256 << 20  # a shard holds about this much: what a kill can lose, and the size of the last fsync
+
+
+def auto_shard_size(bytes_per_image: int) -> int:
+    """Samples per shard: DEFAULT_SHARD_SIZE, fewer for large maps so that a shard stays near SHARD_BYTES."""
+    return max(1, min(DEFAULT_SHARD_SIZE, SHARD_BYTES // max(1, bytes_per_image)))
+
+
 def _storage_fingerprint(options: StorageOptions, source: Projection | None) -> dict[str, Any] | None:
     """The storage choices that change the stored values (None for plain float16 maps)."""
     if not options.reduces and options.dtype == "float16":
@@ -204,7 +212,7 @@ def _save_first(projection: Projection, path: Path) -> None:
 
 def extract_dataset(extractor: Extractor, dataset, out: str | os.PathLike, *, limit: int | None = None,
                     batch_size: int = 8, overwrite: bool = False, progress: bool = True,
-                    run_params: dict[str, Any] | None = None, shard_size: int = DEFAULT_SHARD_SIZE,
+                    run_params: dict[str, Any] | None = None, shard_size: int | None = None,
                     on_error: str = "raise", workers: Workers | None = None, echo=None,
                     storage: StorageOptions | None = None, dry_run: bool = False, queue_depth: int = 4):
     """Extract features for the first ``limit`` samples of ``dataset`` into ``out`` (HDF5), resumably.
@@ -220,7 +228,7 @@ def extract_dataset(extractor: Extractor, dataset, out: str | os.PathLike, *, li
     storage = storage or StorageOptions()
     if batch_size <= 0:
         raise ProbekitError(f"--batch-size must be positive, got {batch_size}")
-    if shard_size <= 0:
+    if shard_size is not None and shard_size <= 0:
         raise ProbekitError(f"--shard-size must be positive, got {shard_size}")
     if limit is not None and limit <= 0:
         raise ProbekitError(f"--limit must be positive, got {limit}")
@@ -238,14 +246,16 @@ def extract_dataset(extractor: Extractor, dataset, out: str | os.PathLike, *, li
     if storage.projection_from is not None:
         source = Projection.from_feature_file(storage.projection_from, list(raw_shapes),
                                               {k: s[0] for k, s in raw_shapes.items()}, storage.channels)
-    run = ExtractionRun(out, run_fingerprint(extractor, reference, n, _storage_fingerprint(storage, source)), n,
-                        shard_size)
-    resumable = run.dir.is_dir() and not overwrite and (run.dir / "run.json").is_file() and not out.exists()
-    plan = ExtractionPlan(out=out, num_samples=n, shard_size=shard_size,
-                          shards_done=len(run.shards) - len(run.missing()) if resumable else 0,
+    plan = ExtractionPlan(out=out, num_samples=n, shard_size=shard_size or 1, shards_done=0,
                           raw_shapes=raw_shapes, shapes=shapes, feature_dtype=storage.dtype,
                           label_shapes={name: getattr(first, name).shape for name in LABEL_NAMES
                                         if getattr(first, name) is not None}, storage=storage)
+    if shard_size is None:
+        plan.shard_size = shard_size = auto_shard_size(plan.bytes_per_image)
+    run = ExtractionRun(out, run_fingerprint(extractor, reference, n, _storage_fingerprint(storage, source)), n,
+                        shard_size)
+    if run.dir.is_dir() and not overwrite and (run.dir / "run.json").is_file() and not out.exists():
+        plan.shards_done = len(run.shards) - len(run.missing())
     free = free_bytes(out.parent)
     if workers.is_main:
         for line in plan.lines(free, verbose=dry_run):

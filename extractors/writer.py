@@ -2,10 +2,11 @@
 
 The main thread runs the model and enqueues each batch as host tensors whose device-to-host copies may still
 be in flight (with the CUDA event that marks their end); this thread waits for the copies, drops samples whose
-maps are not finite (recorded as skipped, or raised as an error), writes the rest, and commits each shard
-(fsync, then an atomic rename) once its last batch is written. The queue bound gives back-pressure: when the
-disk is the bottleneck the model waits instead of filling memory. An error in this thread is raised in the
-main thread at its next call; a kill leaves only committed shards, as before.
+maps are not finite (recorded as skipped, or raised as an error), writes the rest, and closes each shard once
+its last batch is written. A second thread commits closed shards (fsync, then an atomic rename), so the disk
+flushes one shard while the next is written. The queue bound gives back-pressure: when the disk is the
+bottleneck the model waits instead of filling memory. An error in either thread is raised in the main thread
+at its next call; a kill leaves only committed shards, as before.
 """
 
 from __future__ import annotations
@@ -65,6 +66,9 @@ class BackgroundWriter:
         self.skipped: list[dict[str, Any]] = []  # every sample skipped so far (for the summary)
         self._batches = 0
         self._fault = _parse_fault(os.environ.get(FAULT_ENV))
+        self._commits: queue.Queue = queue.Queue()
+        self._committer = threading.Thread(target=self._commit_loop, name="probekit-committer", daemon=True)
+        self._committer.start()
         self._thread = threading.Thread(target=self._loop, name="probekit-writer", daemon=True)
         self._thread.start()
 
@@ -97,6 +101,8 @@ class BackgroundWriter:
         """Wait until everything queued is written and committed; raise the writer's error, if any."""
         self._put(_STOP)
         self._thread.join()
+        self._commits.put(_STOP)
+        self._committer.join()
         self._raise_if_failed()
 
     def abort(self) -> None:
@@ -113,6 +119,8 @@ class BackgroundWriter:
                 except queue.Full:
                     pass
                 self._thread.join(timeout=0.05)
+        self._commits.put(_STOP)
+        self._committer.join()  # shards already closed are still committed: they are whole
         for state in self._open.values():
             state.writer.close()
         self._open.clear()
@@ -168,17 +176,35 @@ class BackgroundWriter:
                                 thumbnails=None if batch.thumbnails is None else take(batch.thumbnails), checked=True)
         self._batches += 1
         if self._fault == self._batches:
+            self._commits.join()  # a well-defined state to kill in: every closed shard committed
             os.kill(os.getpid(), signal.SIGKILL)
 
     def _commit(self, shard: Shard) -> None:
+        """Finish and close the shard's file here; the committer thread makes it durable and visible."""
         state = self._state(shard)
         with state.writer as writer:
             writer.set_attr("skipped", state.skipped)
             writer.set_attr("extract_wall_time_s", round(time.perf_counter() - state.started, 3))
             writer.finalize()
-        self.run.commit(shard, state.tmp)
         del self._open[shard]
-        self.committed += 1
+        self._commits.put((shard, state.tmp))
+
+    def _commit_loop(self) -> None:
+        """Commit every closed shard, whatever happens to the writer afterwards: a closed shard is whole."""
+        failed = False
+        while True:
+            item = self._commits.get()
+            try:
+                if item is _STOP:
+                    return
+                if not failed:
+                    self.run.commit(*item)  # fsync, then rename
+                    self.committed += 1
+            except BaseException as exc:  # noqa: BLE001 - handed to the main thread, raised there
+                failed = True
+                self._error = self._error or exc
+            finally:
+                self._commits.task_done()
 
 
 def _parse_fault(text: str | None) -> int | None:

@@ -116,8 +116,9 @@ def ls_command(kind: str | None) -> None:
 @click.option("--concepts", default=None, help="Comma-separated concept words; default: the dataset's class names.")
 @click.option("--concept-layers", type=INT_LIST, default=None,
               help="Joint blocks whose concept maps are averaged; default: every block with a text stream.")
-@click.option("--shard-size", type=int, default=64, show_default=True,
-              help="Samples per committed shard: a killed run redoes at most one shard per worker.")
+@click.option("--shard-size", type=click.IntRange(min=1), default=None,
+              help="Samples per committed shard: a killed run redoes at most one shard per worker (default: 64, "
+                   "fewer for large maps, about 256 MB a shard).")
 @click.option("--on-error", type=click.Choice(["raise", "skip"]), default="raise", show_default=True,
               help="A sample that cannot be loaded: stop (finished shards are kept), or skip it and record its id.")
 @click.option("--part", default=None, metavar="I/N",
