@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -125,16 +126,34 @@ def _storage_fingerprint(options: StorageOptions, source: Projection | None) -> 
     return out
 
 
-def _load_batches(dataset, shards: list[Shard], batch_size: int, reference, on_error: str) -> Iterator[tuple]:
-    """(shard, samples, skipped, last-of-shard, thumbnails) for every batch of the given shards, in order."""
+@dataclass
+class LoadedBatch:
+    """One batch as the loader thread prepares it: everything but the model's work is done off the main thread."""
+
+    shard: Shard
+    samples: list
+    skipped: list[dict[str, Any]]
+    last: bool  # the shard's last batch
+    images: torch.Tensor | None = None  # (B, 3, H, W) float in [0, 1]
+    labels: dict[str, np.ndarray] | None = None
+    thumbnails: np.ndarray | None = None
+
+
+def _load_batches(dataset, shards: list[Shard], batch_size: int, reference, on_error: str) -> Iterator[LoadedBatch]:
+    """Every batch of the given shards, in order, loaded, checked and stacked."""
     for shard in shards:
         positions = list(shard.positions())
         for a in range(0, len(positions), batch_size):
             skipped: list[dict[str, Any]] = []
             samples = [s for s in (_load(dataset, i, reference, on_error, skipped)
                                    for i in positions[a:a + batch_size]) if s is not None]
-            thumbs = np.stack([thumbnail(s.image) for s in samples]) if samples else None
-            yield shard, samples, skipped, a + batch_size >= len(positions), thumbs
+            batch = LoadedBatch(shard, samples, skipped, a + batch_size >= len(positions))
+            if samples:
+                batch.images = _to_tensor([s.image for s in samples])
+                batch.labels = {name: np.stack([getattr(s, name) for s in samples])
+                                for name in LABEL_NAMES if getattr(samples[0], name) is not None}
+                batch.thumbnails = np.stack([thumbnail(s.image) for s in samples])
+            yield batch
 
 
 def _to_host(feats: dict[str, torch.Tensor], keys: list[str], reducer: Reducer):
@@ -324,20 +343,18 @@ def _extract(extractor, dataset, run: ExtractionRun, state: str, first, referenc
     skipped_shown = 0
     try:
         with torch.inference_mode():
-            for shard, samples, skipped, last, thumbs in prefetched(
-                    _load_batches(dataset, pending, batch_size, first, on_error), depth=2):
-                writer.skip(shard, skipped)
+            for batch in prefetched(_load_batches(dataset, pending, batch_size, first, on_error), depth=2):
+                writer.skip(batch.shard, batch.skipped)
+                samples = batch.samples
                 if samples:
-                    feats = extractor.extract(_to_tensor([s.image for s in samples]), [s.caption for s in samples],
-                                              [s.index for s in samples])
+                    feats = extractor.extract(batch.images, [s.caption for s in samples], [s.index for s in samples])
                     host, finite, event = _to_host(feats, keys, reducer)
-                    labels = {name: np.stack([getattr(s, name) for s in samples])
-                              for name in LABEL_NAMES if getattr(samples[0], name) is not None}
-                    writer.write(HostBatch(shard, host, finite, event, labels, [s.id for s in samples],
-                                           [s.index for s in samples], [s.caption for s in samples], thumbs))
-                if last:
-                    writer.commit(shard)
-                bar.update(len(samples) + len(skipped))
+                    writer.write(HostBatch(batch.shard, host, finite, event, batch.labels, [s.id for s in samples],
+                                           [s.index for s in samples], [s.caption for s in samples],
+                                           batch.thumbnails))
+                if batch.last:
+                    writer.commit(batch.shard)
+                bar.update(len(samples) + len(batch.skipped))
                 if len(writer.skipped) != skipped_shown:  # counted by the writer thread, so shown a little late
                     skipped_shown = len(writer.skipped)
                     bar.set_postfix(skipped=skipped_shown)
