@@ -49,6 +49,7 @@ class ExtractionPlan:
     feature_dtype: str
     label_shapes: dict[str, tuple[int, ...]]
     storage: StorageOptions
+    thumbnail_bytes: int = 0
 
     @property
     def num_shards(self) -> int:
@@ -59,8 +60,9 @@ class ExtractionPlan:
 
     @property
     def label_bytes(self) -> int:
+        """Labels and the thumbnail: what every image stores besides its maps."""
         return sum(int(np.prod(s)) * np.dtype(LABEL_DTYPES.get(n, np.float32)).itemsize
-                   for n, s in self.label_shapes.items())
+                   for n, s in self.label_shapes.items()) + self.thumbnail_bytes
 
     @property
     def bytes_per_image(self) -> int:
@@ -104,10 +106,12 @@ class ExtractionPlan:
         if need <= free * (1 - RESERVE_FRACTION):
             return
         fits = []
+        todo = self.num_samples - min(self.num_samples, self.shards_done * self.shard_size)
         for label, opts in self._alternatives():
             per = _bytes_per_image(self.raw_shapes, self.label_bytes, opts)
-            if per * (self.num_samples - self.shards_done * self.shard_size) <= free * (1 - RESERVE_FRACTION):
-                fits.append(f"{label} ({human(per)} per image)")
+            if per * todo <= free * (1 - RESERVE_FRACTION):
+                fits.append((per, f"{label} ({human(per)} per image)"))
+        fits = [text for _, text in sorted(fits, reverse=True)[:3]]  # the least reduction that fits first
         max_images = int(free * (1 - RESERVE_FRACTION) // max(self.bytes_per_image, 1))
         hint = ("; options that fit: " + ", ".join(fits)) if fits else ""
         raise ProbekitError(
@@ -116,18 +120,18 @@ class ExtractionPlan:
             f"{max_images}, fewer --timesteps/--layers, or another --out. Nothing was written.")
 
     def _alternatives(self):
+        """Storage options that reduce more than the current ones: pooling, projection, or both."""
         opts = self.storage
-        c = max(s[0] for s in self.raw_shapes.values())
+        c = min(s[0] for s in self.raw_shapes.values())
         short = min(min(s[1:]) for s in self.raw_shapes.values())
-        for k in (32, 16, 8):
-            if k < short and (opts.pool is None or k < opts.pool):
-                yield f"--pool {k}", StorageOptions(pool=k, channels=opts.channels, dtype=opts.dtype)
-        for d in (512, 256, 128, 64):
-            if d < c and (opts.channels is None or d < opts.channels):
-                yield f"--channels {d}", StorageOptions(pool=opts.pool, channels=d, dtype=opts.dtype)
-        for k, d in ((16, 256), (8, 128)):
-            if k < short and d < c:
-                yield f"--pool {k} --channels {d}", StorageOptions(pool=k, channels=d, dtype=opts.dtype)
+        pools = [None] + [k for k in (32, 16, 8, 4, 2) if k < short and (opts.pool is None or k < opts.pool)]
+        dims = [None] + [d for d in (512, 256, 128, 64, 32, 16) if d < c and (opts.channels is None or d < opts.channels)]
+        for k in pools:
+            for d in dims:
+                if k is None and d is None:
+                    continue
+                label = " ".join(x for x in (f"--pool {k}" if k else "", f"--channels {d}" if d else "") if x)
+                yield label, StorageOptions(pool=k or opts.pool, channels=d or opts.channels, dtype=opts.dtype)
 
 
 def _bytes_per_image(raw_shapes, label_bytes: int, opts: StorageOptions) -> int:

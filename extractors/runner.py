@@ -268,7 +268,8 @@ def extract_dataset(extractor: Extractor, dataset, out: str | os.PathLike, *, li
     plan = ExtractionPlan(out=out, num_samples=n, shard_size=shard_size or 1, shards_done=0,
                           raw_shapes=raw_shapes, shapes=shapes, feature_dtype=storage.dtype,
                           label_shapes={name: getattr(first, name).shape for name in LABEL_NAMES
-                                        if getattr(first, name) is not None}, storage=storage)
+                                        if getattr(first, name) is not None}, storage=storage,
+                          thumbnail_bytes=thumbnail(first.image).nbytes)
     if shard_size is None:
         plan.shard_size = shard_size = auto_shard_size(plan.bytes_per_image)
     run = ExtractionRun(out, run_fingerprint(extractor, reference, n, _storage_fingerprint(storage, source)), n,
