@@ -32,6 +32,18 @@ def _timing(timing: dict) -> str:
     return "\n".join(rows)
 
 
+def _real_width_table(result: dict) -> list[str]:
+    rows = ["| model | map | bare forward | variant | written | img/s | vs bare | MB/s | vs disk |",
+            "|---|---|---|---|---|---|---|---|---|"]
+    for r in result["rows"]:
+        for name, v in r["variants"].items():
+            rows.append(f"| {r['model']} ({r['parameters'] / 1e9:.2f} B) | {tuple(r['feature_shape'])}, "
+                        f"{r['map_mb']} MB | {r['bare_img_s']} img/s | {name} | {v['written_mb']} MB | "
+                        f"{v['img_s']} | {v['vs_bare']:.3f} | {v['mb_s']} | {v['vs_disk']:.3f} "
+                        f"(disk {r['disk_write_mb_s']} MB/s) |")
+    return rows
+
+
 def target(value: float, goal: float) -> str:
     return f"**{value:.3f}** (target >= {goal}: {'met' if value >= goal else 'not met'})"
 
@@ -59,6 +71,39 @@ def render() -> str:
         out += ["", f"All {len(s['timesteps'])} timesteps of a batch in one forward (B x T rows) against one "
                 f"forward per timestep (layers 2 and 5, no storage): **{b['speedup']:.3f}x** the throughput.", "",
                 _timing(b["timing"]), ""]
+    real = _load("extraction_real_width")
+    if real:
+        s = real["settings"]
+        out += ["## Extraction at real width (GPU)", "",
+                f"`python benchmarks/bench_extraction.py real-width --device cuda --n {s['n']} --batch-size "
+                f"{s['batch_size']} --repeats {s['repeats']}` (the whole call: `benchmarks/gpu_real_width.sh`): "
+                f"random-weight transformers of FLUX and SD3-medium width in bf16 with 16-channel VAEs, built on "
+                f"the fly; {s['n']} ShapeWorld val images at {s['image_size']} px in RAM; timesteps "
+                f"{s['timesteps']}, one block stored. Against the bare forward (the extractor's own inputs and "
+                "forward, stopped after the same block) and the disk's own write bandwidth (64 MiB writes, then "
+                f"fsync), both measured in the same run. Machine: {_machine(real)}.", ""]
+        out += _real_width_table(real)
+        after = _load("extraction_real_width_sd3_loader_thread")
+        if after:
+            out += ["", f"SD3-medium width again after moving image and label stacking to the loader thread "
+                    f"(probekit at {str(after['machine']['git'].get('commit'))[:7]}, same kind of machine, a "
+                    "fresh one):", ""] + _real_width_table(after)
+        flux = next((r for r in real["rows"] if r.get("probe")), None)
+        if flux:
+            p = flux["probe"]
+            out += ["", f"Probing at FLUX width (`probe --device auto`, {p['data']['rows']['train']} training maps "
+                    f"of {tuple(flux['feature_shape'])}): {p['data']['mode']} on {p['data']['device']}, "
+                    f"{p['samples_per_s']} samples/s, peak GPU memory {p.get('peak_gpu_gb')} GB.", ""]
+    store = _load("extraction_storage")
+    if store:
+        s = store["settings"]
+        out += ["## Storage path (CPU)", "",
+                f"`python benchmarks/bench_extraction.py storage --n {s['n']} --repeats {s['repeats']}`: a stand-in "
+                f"extractor returns {s['maps']} FLUX-sized maps ({tuple(s['map_shape'])}, float16) per image at "
+                f"once, so `extract_dataset` is bounded by reducing, checking, copying and writing them "
+                f"({store['written_mb']} MB). Machine: {_machine(store)}.", "",
+                f"Achieved {store['extract_mb_s']} MB/s against the disk's {store['disk_mb_s']} MB/s measured in "
+                f"the same run: {target(store['ratio'], 0.8)}.", "", _timing(store["timing"]), ""]
     io = _load("probe_io")
     if io:
         s, h = io["settings"], io["hdf5_vs_ram"]
