@@ -22,9 +22,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import interleaved, write_result  # noqa: E402
 
 from probekit.datasets.shapeworld import ShapeWorld  # noqa: E402
-from probekit.extractors.shapeworld_mmdit import build_models  # noqa: E402
+from probekit.backbone.model import build_models  # noqa: E402
 from probekit.extractors.text_conditioning import TextConditioner  # noqa: E402
-from probekit.extractors.train_backbone import _batch, flow_loss, shifted_sigmas  # noqa: E402
+from probekit.backbone.train import _batch, flow_loss, shifted_sigmas  # noqa: E402
 
 
 def make_variant(batches, device: str, bf16: bool, compiled: bool):

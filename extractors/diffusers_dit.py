@@ -25,14 +25,11 @@ from probekit.errors import ProbekitError
 from probekit.devices import resolve_device, resolve_dtype
 from probekit.extractors.base import Extractor, normalise_layers
 from probekit.extractors.hooks import capture_blocks
+from probekit.extractors.loading import load_pretrained, read_json, resolve_weights
+from probekit.safety import refuse_pickled_weights
 from probekit.extractors.noise import NoiseSchedule, sample_noise
 from probekit.keys import feature_key
 from probekit.provenance import weights_identity
-from probekit.safety import refuse_pickled_weights
-
-_HUB_PATTERNS = ["model_index.json", "transformer/*", "vae/*", "scheduler/*", "text_encoder*/*", "tokenizer*/*",
-                 "config.json", "*.safetensors"]
-
 
 # ---------------------------------------------------------------------------------------------
 # Family adapters
@@ -168,46 +165,15 @@ FAMILIES: dict[str, _Family] = {
 # ---------------------------------------------------------------------------------------------
 # Loading
 # ---------------------------------------------------------------------------------------------
-def resolve_weights(weights: str | Path) -> Path:
-    """A local folder as is; otherwise a hub id fetched through (or found in) the local hub cache."""
-    path = Path(weights)
-    if path.exists():
-        return path
-    try:
-        from huggingface_hub import snapshot_download
-
-        return Path(snapshot_download(str(weights), allow_patterns=_HUB_PATTERNS))
-    except Exception as exc:
-        raise ProbekitError(f"weights {str(weights)!r} are neither a local folder nor a hub id available offline "
-                            f"({type(exc).__name__}). Download them once and pass the folder with --weights.") from None
-
-
-def _read_json(path: Path) -> dict[str, Any] | None:
-    return json.loads(path.read_text()) if path.is_file() else None
-
-
 def _component_class(config_dir: Path, kind: str):
     import diffusers
 
-    config = _read_json(config_dir / "config.json") or {}
+    config = read_json(config_dir / "config.json") or {}
     name = config.get("_class_name")
     cls = getattr(diffusers, name, None) if name else None
     if cls is None:
         raise ProbekitError(f"{config_dir / 'config.json'}: {kind} class {name!r} is not a diffusers model")
     return cls
-
-
-@contextlib.contextmanager
-def _quiet_loading():
-    """Silence diffusers' loading chatter (e.g. the advice to install accelerate) but keep errors."""
-    from diffusers.utils import logging as dlog
-
-    level = dlog.get_verbosity()
-    dlog.set_verbosity_error()
-    try:
-        yield
-    finally:
-        dlog.set_verbosity(level)
 
 
 class DiffusersDiTExtractor(Extractor):
@@ -226,7 +192,7 @@ class DiffusersDiTExtractor(Extractor):
         self.name = name or self.name
         self.weights = str(weights)
         self.root = resolve_weights(weights)
-        refuse_pickled_weights(self.root)
+        refuse_pickled_weights(self.root)  # the whole folder, before any component is read
         self.seed, self.ensemble, self.conditioning = int(seed), int(ensemble), conditioning
         self.resolution, self.guidance, self.class_label = resolution, float(guidance), class_label
         self._notes = list(notes)
@@ -236,8 +202,7 @@ class DiffusersDiTExtractor(Extractor):
         for t in self._timesteps:
             if not 0 <= t <= 1000:
                 raise ProbekitError(f"timesteps are integers in [0, 1000] (0 = clean image); got {t}")
-        with _quiet_loading():
-            self._load()
+        self._load()
         self._layers = normalise_layers(layers, len(self.family.blocks(self.transformer)),
                                         f"{self.transformer_class} in {self.root}")
         self._cond_cache: dict[str, dict[str, torch.Tensor]] = {}
@@ -254,14 +219,14 @@ class DiffusersDiTExtractor(Extractor):
                                 f"{', '.join(FAMILIES)}")
         self.transformer_class = cls.__name__
         self.family = FAMILIES[cls.__name__]
-        self.transformer = cls.from_pretrained(tdir, torch_dtype=self.dtype, use_safetensors=True).to(self.device).eval().requires_grad_(False)
+        self.transformer = load_pretrained(cls, tdir, "transformer", torch_dtype=self.dtype)
+        self.transformer = self.transformer.to(self.device).eval().requires_grad_(False)
         self.vae = None
         vdir = root / "vae"
         if (vdir / "config.json").is_file():
-            self.vae = _component_class(vdir, "vae").from_pretrained(vdir, torch_dtype=self.dtype,
-                                                                      use_safetensors=True)
+            self.vae = load_pretrained(_component_class(vdir, "vae"), vdir, "VAE", torch_dtype=self.dtype)
             self.vae = self.vae.to(self.device).eval().requires_grad_(False)
-        scheduler_config = _read_json(root / "scheduler" / "scheduler_config.json")
+        scheduler_config = read_json(root / "scheduler" / "scheduler_config.json")
         self.schedule = NoiseSchedule.from_scheduler_config(scheduler_config, self.family.noise_default)
         # Text comes from a diffusers pipeline (model_index.json: the pipeline's own encode_prompt) or from a
         # plain text_encoder/ + tokenizer/ pair (TextConditioner: hidden states + pooled output).
@@ -291,12 +256,10 @@ class DiffusersDiTExtractor(Extractor):
             # encode_prompt reads transformer.config.joint_attention_dim when there is no T5 encoder).
             # Components saved as [null, null] (e.g. SD3 without T5) must be passed as None explicitly,
             # or from_pretrained refuses the folder.
-            absent = {name: None for name, entry in (_read_json(self.root / "model_index.json") or {}).items()
+            absent = {name: None for name, entry in (read_json(self.root / "model_index.json") or {}).items()
                       if isinstance(entry, list) and entry and entry[0] is None}
-            with _quiet_loading():
-                self._pipe = DiffusionPipeline.from_pretrained(self.root, **absent, transformer=self.transformer,
-                                                               vae=None, torch_dtype=self.dtype,
-                                                               use_safetensors=True)
+            self._pipe = load_pretrained(DiffusionPipeline, self.root, "pipeline's text encoders", **absent,
+                                         transformer=self.transformer, vae=None, torch_dtype=self.dtype)
             self._pipe.to(self.device)
         return self._pipe
 
@@ -304,8 +267,7 @@ class DiffusersDiTExtractor(Extractor):
         if self._encoder is None:
             from probekit.extractors.text_conditioning import TextConditioner
 
-            with _quiet_loading():
-                self._encoder = TextConditioner.from_folder(self.root, dtype=self.dtype).to(self.device)
+            self._encoder = TextConditioner.from_folder(self.root, dtype=self.dtype).to(self.device)
         return self._encoder
 
     def _condition(self, prompt: str) -> dict[str, torch.Tensor]:

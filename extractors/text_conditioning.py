@@ -13,7 +13,6 @@ from pathlib import Path
 
 import torch
 
-from probekit.safety import refuse_pickled_weights
 
 
 class TextConditioner(torch.nn.Module):
@@ -26,13 +25,12 @@ class TextConditioner(torch.nn.Module):
     @classmethod
     def from_folder(cls, root: str | Path, dtype: torch.dtype = torch.float32) -> "TextConditioner":
         from transformers import AutoModel, AutoTokenizer
-        from transformers.utils import logging as tlog
 
-        tlog.disable_progress_bar()  # no "Loading weights" bar for a model this size
+        from probekit.extractors.loading import load_pretrained
+
         root = Path(root)
-        refuse_pickled_weights(root / "text_encoder")
-        tokenizer = AutoTokenizer.from_pretrained(root / "tokenizer")
-        encoder = AutoModel.from_pretrained(root / "text_encoder", use_safetensors=True).to(dtype)
+        tokenizer = load_pretrained(AutoTokenizer, root / "tokenizer", "tokenizer")
+        encoder = load_pretrained(AutoModel, root / "text_encoder", "text encoder").to(dtype)
         return cls(tokenizer, encoder.eval().requires_grad_(False))
 
     def tokenize(self, prompts: Sequence[str]) -> dict[str, torch.Tensor]:

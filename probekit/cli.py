@@ -408,7 +408,7 @@ def leaderboard(results, fmt, secondary, out, skip_invalid):
 def demo(out, n_train, n_test, timesteps, layers, epochs, seed, control, quiet):
     """The main job on the embedded default: ShapeWorld -> extract the shipped ShapeWorld MM-DiT ->
     probe every (t, layer) -> report."""
-    from probekit.demo import run_demo
+    from probekit.pipelines.demo import run_demo
 
     run_demo(out, n_train=n_train, n_test=n_test, timesteps=timesteps, layers=layers, epochs=epochs, seed=seed,
              control=control, progress=not quiet, echo=click.echo)
@@ -445,7 +445,7 @@ def demo(out, n_train, n_test, timesteps, layers, epochs, seed, control, quiet):
 def train_backbone_command(out, steps, batch_size, lr, caption_dropout, shift, prediction, precision, seed,
                            checkpoint_every, export_every, threads, device, workers, scene_items, quiet):
     """Train the ShapeWorld MM-DiT (rectified flow, SD3 architecture); rerun the same command to resume."""
-    from probekit.extractors.train_backbone import train_backbone
+    from probekit.backbone.train import train_backbone
 
     train_backbone(out, steps=steps, batch_size=batch_size, lr=lr, caption_dropout=caption_dropout, shift=shift,
                    prediction=prediction, precision=precision, seed=seed, checkpoint_every=checkpoint_every,
@@ -472,7 +472,7 @@ def _generator_weights(backbone: str, weights: str | None):
     if folder is None:
         if backbone != "shapeworld-mmdit":
             raise ProbekitError(f"{backbone!r} has no default weights for sampling; pass --weights")
-        from probekit.extractors.shapeworld_mmdit import shipped_weights
+        from probekit.backbone.model import shipped_weights
 
         folder = shipped_weights()
     return folder
@@ -493,7 +493,7 @@ def _generator_weights(backbone: str, weights: str | None):
 @_friendly_errors
 def sample(backbone, weights, prompts, n, steps, guidance, seed, device, out):
     """Sample images from the backbone with its own sampler and save them as a grid."""
-    from probekit.extractors.sampling import FlowSampler, image_grid
+    from probekit.backbone.sampling import FlowSampler, image_grid
 
     sampler = FlowSampler(_generator_weights(backbone, weights), device=device)
     images = sampler.sample([prompts[i % len(prompts)] for i in range(n)], steps=steps, guidance=guidance, seed=seed)
@@ -520,7 +520,7 @@ def sample(backbone, weights, prompts, n, steps, guidance, seed, device, out):
 @_friendly_errors
 def generate(backbone, weights, heads, prompts, n, steps, guidance, seed, batch_size, device, out, quiet):
     """Sample images and label them with trained heads from the trajectory's own block outputs; rerun to resume."""
-    from probekit.extractors.generate import generate_dataset
+    from probekit.pipelines.generate import generate_dataset
 
     if (prompts is None) == (n is None):
         raise click.UsageError("give exactly one of --prompts FILE and --n N")

@@ -1,11 +1,11 @@
 """The project's registries. Adding a backbone, dataset, task, head or fusion is one line here.
 
-Targets are strings, resolved only when an entry is built (see probekit.registry).
+Targets are strings, resolved only when an entry is built (see probekit.lazy_registry).
 """
 
 from __future__ import annotations
 
-from probekit.registry import Registry
+from probekit.lazy_registry import Registry
 
 EXTRACTORS = Registry("extractor")
 DATASETS = Registry("dataset")
@@ -20,11 +20,11 @@ EXTRACTORS.register(
     "any diffusers DiT-family transformer (SD3, FLUX, PixArt, DiT); give --weights DIR_OR_HUB_ID",
 )
 EXTRACTORS.register(
-    "shapeworld-mmdit", "probekit.extractors.shapeworld_mmdit:shapeworld_mmdit",
+    "shapeworld-mmdit", "probekit.extractors.shapeworld:shapeworld_mmdit",
     "the shipped ShapeWorld MM-DiT (SD3 architecture, pixel space, trained by probekit; the default backbone)",
 )
 EXTRACTORS.register(
-    "shapeworld-mmdit-random", "probekit.extractors.shapeworld_mmdit:shapeworld_mmdit_random",
+    "shapeworld-mmdit-random", "probekit.extractors.shapeworld:shapeworld_mmdit_random",
     "same architecture as shapeworld-mmdit, randomly initialised (a control)",
 )
 EXTRACTORS.register(
@@ -43,7 +43,7 @@ for _name, _model, _tag in (
     EXTRACTORS.register(_name, _TIMM, f"{_model}.{_tag} (timm); --weights FILE.safetensors offline",
                         model=_model, weights=f"{_model}.{_tag}", name=_name)
 EXTRACTORS.register(
-    "tiny-mmdit-random", "probekit.extractors.tiny:tiny_random_mmdit",
+    "tiny-mmdit-random", "probekit.extractors.shapeworld:tiny_random_mmdit",
     "randomly initialised small pixel-space SD3 MM-DiT (a control; no training)",
 )
 EXTRACTORS.register(

@@ -93,7 +93,7 @@ def tiny_mmdit_overrides(num_layers: int) -> dict:
 def make_tiny_shapeworld_mmdit(folder, num_layers: int, seed: int = 0):
     """A random tiny ShapeWorld MM-DiT folder (transformer + text encoder + tokenizer + scheduler)."""
     from probekit.datasets import load_manifest
-    from probekit.extractors.shapeworld_mmdit import build_models, save_folder
+    from probekit.backbone.model import build_models, save_folder
 
     manifest, _ = load_manifest("shapeworld")
     return save_folder(folder, *build_models(manifest, seed=seed, overrides=tiny_mmdit_overrides(num_layers)))

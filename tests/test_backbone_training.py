@@ -8,7 +8,7 @@ import torch
 from safetensors.torch import load_file
 
 from conftest import tiny_mmdit_overrides
-from probekit.extractors import train_backbone as tb
+from probekit.backbone import train as tb
 
 # A much smaller transformer than the shipped one, so a few dozen steps take seconds.
 TINY = tiny_mmdit_overrides(num_layers=1)
@@ -21,7 +21,7 @@ def _rows(run):
 
 def test_a_few_steps_lower_the_held_out_loss(tmp_path):
     from probekit.datasets import load_manifest
-    from probekit.extractors.shapeworld_mmdit import build_models, save_folder
+    from probekit.backbone.model import build_models, save_folder
 
     manifest, _ = load_manifest("shapeworld")
     init = save_folder(tmp_path / "init", *build_models(manifest, seed=0, overrides=TINY))
@@ -83,8 +83,8 @@ def test_learning_rate_warms_up_then_decays():
 def test_clean_image_prediction_trains_and_samples_through_the_derived_velocity(tmp_path):
     """prediction="sample": the network outputs x0, the loss and the sampler use the velocity derived from it."""
     from probekit.datasets import load_manifest
-    from probekit.extractors.sampling import FlowSampler
-    from probekit.extractors.shapeworld_mmdit import build_models, prediction_type, save_folder
+    from probekit.backbone.sampling import FlowSampler
+    from probekit.backbone.model import build_models, prediction_type, save_folder
 
     manifest, _ = load_manifest("shapeworld")
     init = save_folder(tmp_path / "init", *build_models(manifest, seed=0, overrides=TINY), prediction="sample")

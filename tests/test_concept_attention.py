@@ -10,7 +10,7 @@ from probekit.datasets import load_manifest
 from probekit.errors import ProbekitError
 from probekit.extractors.concept_attention import ConceptAttention, ConceptAttentionExtractor
 from probekit.extractors.diffusers_dit import DiffusersDiTExtractor
-from probekit.extractors.shapeworld_mmdit import build_tokenizer, save_folder
+from probekit.backbone.model import build_tokenizer, save_folder
 from probekit.store import FeatureReader
 
 

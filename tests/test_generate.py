@@ -7,7 +7,7 @@ from click.testing import CliRunner
 from probekit.cli import cli
 from probekit.datasets import load_dataset
 from probekit.errors import ProbekitError
-from probekit.extractors import generate as gen
+from probekit.pipelines import generate as gen
 from conftest import make_tiny_shapeworld_mmdit
 
 

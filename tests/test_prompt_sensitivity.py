@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 
 from probekit.datasets.shapeworld import ShapeWorld
-from probekit.extractors.prompt_sensitivity import prompt_sensitivity, single_object_samples, swap_shape
-from probekit.extractors.shapeworld_mmdit import shipped_weights
+from probekit.backbone.prompt_sensitivity import prompt_sensitivity, single_object_samples, swap_shape
+from probekit.backbone.model import shipped_weights
 
 SHAPES = ["circle", "square", "triangle", "star", "ring", "cross"]
 

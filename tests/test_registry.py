@@ -5,7 +5,7 @@ import pytest
 
 from probekit.errors import UnknownNameError
 from probekit.registries import ALL, EXTRACTORS
-from probekit.registry import Registry
+from probekit.lazy_registry import Registry
 
 NO_TORCH = """
 import sys

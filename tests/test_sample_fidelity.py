@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from probekit.datasets.shapeworld import GROUND_RGB, SKY_TOP_RGB, ShapeWorld, shape_mask
-from probekit.extractors import sample_fidelity as sf
+from probekit.backbone import judge as sf
 
 
 def _scene_with(shape: str, colour: str, half: float = 12.0) -> np.ndarray:

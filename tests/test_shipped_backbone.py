@@ -9,7 +9,7 @@ from click.testing import CliRunner
 from probekit.cli import cli
 from probekit.datasets.shapeworld import ShapeWorld
 from probekit.extractors.runner import extract_dataset
-from probekit.extractors.shapeworld_mmdit import random_folder, shipped_weights
+from probekit.backbone.model import random_folder, shipped_weights
 from probekit.registries import EXTRACTORS
 from probekit.store import FeatureReader
 
@@ -44,7 +44,7 @@ def test_random_control_shares_the_shipped_noise_schedule():
 
 
 def test_trained_weights_denoise_better_than_the_random_control():
-    from probekit.extractors.train_backbone import denoising_loss_per_timestep
+    from probekit.backbone.train import denoising_loss_per_timestep
 
     kwargs = dict(timesteps=(300, 700), n=16, batch_size=16)
     trained = denoising_loss_per_timestep(shipped_weights(), **kwargs)
@@ -54,7 +54,7 @@ def test_trained_weights_denoise_better_than_the_random_control():
 
 
 def test_sampling_is_seeded_and_writes_a_grid(tmp_path):
-    from probekit.extractors.sampling import FlowSampler
+    from probekit.backbone.sampling import FlowSampler
 
     sampler = FlowSampler(shipped_weights())
     a = sampler.sample(["a red circle", "a blue square"], steps=4, seed=1)

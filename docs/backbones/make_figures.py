@@ -21,11 +21,11 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from probekit.extractors.prompt_sensitivity import prompt_sensitivity  # noqa: E402
-from probekit.extractors.sample_fidelity import judge_real_images, prompt_fidelity  # noqa: E402
-from probekit.extractors.sampling import FlowSampler, image_grid  # noqa: E402
-from probekit.extractors.shapeworld_mmdit import random_folder, shipped_weights  # noqa: E402
-from probekit.extractors.train_backbone import denoising_loss_per_timestep  # noqa: E402
+from probekit.backbone.prompt_sensitivity import prompt_sensitivity  # noqa: E402
+from probekit.backbone.judge import judge_real_images, prompt_fidelity  # noqa: E402
+from probekit.backbone.sampling import FlowSampler, image_grid  # noqa: E402
+from probekit.backbone.model import random_folder, shipped_weights  # noqa: E402
+from probekit.backbone.train import denoising_loss_per_timestep  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 PROMPTS = [
@@ -171,8 +171,8 @@ def reconstructions(noise_levels=(0.3, 0.5, 0.7, 0.85, 0.95), n: int = 4) -> Non
     import torch
 
     from probekit.datasets.shapeworld import ShapeWorld
-    from probekit.extractors.shapeworld_mmdit import load_denoiser
-    from probekit.extractors.train_backbone import images_to_tensor
+    from probekit.backbone.model import load_denoiser
+    from probekit.backbone.train import images_to_tensor
 
     transformer, conditioner, prediction = load_denoiser(shipped_weights())
     dataset = ShapeWorld("test")

@@ -3,7 +3,7 @@
 Every run is a plain `probekit train-backbone` command (one process each, so they share the machine's cores and,
 with ``--device cuda``, one GPU). Training stops at ``--budget-s`` whether or not every run has finished; the
 exports each run left (``model-stepN`` every ``--export-every`` steps, ``model`` at the end) are then sampled
-and judged with `probekit.extractors.sample_fidelity.prompt_fidelity`.
+and judged with `probekit.backbone.judge.prompt_fidelity`.
 
     python docs/backbones/recipe_sweep.py --out build/sweep --device cuda --budget-s 390
 
@@ -51,8 +51,8 @@ def _judge(folder: str, device: str, per_prompt: int) -> dict:
     import torch
 
     torch.set_num_threads(2)
-    from probekit.extractors.prompt_sensitivity import prompt_sensitivity
-    from probekit.extractors.sample_fidelity import prompt_fidelity
+    from probekit.backbone.prompt_sensitivity import prompt_sensitivity
+    from probekit.backbone.judge import prompt_fidelity
 
     summary = prompt_fidelity(folder, per_prompt=per_prompt, device=device)
     gain = prompt_sensitivity(folder, noise_levels=(0.7,))["noise_levels"]["0.7"]["shape_gain"]
@@ -124,8 +124,8 @@ def _sample_rows(out: Path, runs: dict, device: str) -> None:
     import numpy as np
     from PIL import Image
 
-    from probekit.extractors.sample_fidelity import judged_prompts
-    from probekit.extractors.sampling import FlowSampler
+    from probekit.backbone.judge import judged_prompts
+    from probekit.backbone.sampling import FlowSampler
 
     prompts = judged_prompts()[::7][:6] * 2
     rows = []

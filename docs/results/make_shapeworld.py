@@ -156,7 +156,7 @@ def render(work: Path, args, zeroshot: list[dict]) -> str:
 def _noise_sentence() -> str:
     """How timesteps map to noise levels for the shipped model (its scheduler's shift)."""
     from probekit.extractors.noise import NoiseSchedule
-    from probekit.extractors.shapeworld_mmdit import shipped_shift
+    from probekit.backbone.model import shipped_shift
 
     k = shipped_shift()
     sched = NoiseSchedule(kind="flow", shift=k)

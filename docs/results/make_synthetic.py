@@ -19,9 +19,9 @@ from pathlib import Path
 
 from probekit.api import build_extractor
 from probekit.datasets import load_dataset
-from probekit.extractors.generate import generate_dataset
+from probekit.pipelines.generate import generate_dataset
 from probekit.extractors.runner import extract_dataset
-from probekit.extractors.shapeworld_mmdit import shipped_weights
+from probekit.backbone.model import shipped_weights
 from probekit.probes.trainer import train_probe
 from probekit.store import FeatureReader
 

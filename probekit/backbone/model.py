@@ -1,5 +1,9 @@
 """The ShapeWorld MM-DiT: a small SD3-architecture denoiser probekit trains on ShapeWorld and ships.
 
+Its model side: configurations, the caption tokenizer, building, saving and loading the folder, the shipped
+weights and the random-init control's folder. The extractors that read it are in
+``probekit.extractors.shapeworld``.
+
 Folder layout (loaded with ``from_pretrained`` like any hub model)::
 
     transformer/   diffusers SD3Transformer2DModel, pixel space (3 channels, 64x64, patch 4 -> 16x16 tokens)
@@ -21,7 +25,6 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-SHIPPED = Path(__file__).resolve().parent.parent / "probekit" / "weights" / "shapeworld-mmdit"
 GLUE_WORDS = ["a", "an", "in", "front", "of", "and", "empty", "field", "solid"]
 # EOS must not get id 2: CLIPTextModel treats eos_token_id == 2 as a legacy config and pools at argmax(ids).
 SPECIAL = {"pad": "[PAD]", "bos": "[BOS]", "unk": "[UNK]", "eos": "[EOS]"}
@@ -65,22 +68,19 @@ def load_denoiser(folder: str | Path):
     (safetensors only, eval mode, CPU)."""
     from diffusers import SD3Transformer2DModel
 
+    from probekit.extractors.loading import load_pretrained
     from probekit.extractors.text_conditioning import TextConditioner
-    from probekit.safety import refuse_pickled_weights
 
     folder = Path(folder)
-    refuse_pickled_weights(folder)
-    transformer = SD3Transformer2DModel.from_pretrained(folder / "transformer", use_safetensors=True).eval()
+    transformer = load_pretrained(SD3Transformer2DModel, folder / "transformer", "transformer").eval()
     return transformer, TextConditioner.from_folder(folder), prediction_type(folder)
 
 
 def shipped_weights() -> Path:
-    """The shipped folder; inside an installed wheel it sits in the package, in a checkout under probekit/."""
-    here = Path(__file__).resolve().parent
-    for candidate in (here.parent / "weights" / "shapeworld-mmdit", SHIPPED):
-        if (candidate / "transformer" / "config.json").is_file():
-            return candidate
-    return SHIPPED
+    """The shipped folder, package data of ``probekit.backbone`` (found the same way in a checkout and a wheel)."""
+    from importlib import resources
+
+    return Path(str(resources.files("probekit.backbone").joinpath("weights", "shapeworld-mmdit")))
 
 
 def vocabulary(manifest: dict[str, Any]) -> list[str]:
@@ -160,7 +160,7 @@ def random_folder(init_seed: int = 0) -> Path:
     shipped model, never trained (built once into the cache; shift and prediction are in the name so a retrained
     model never meets a stale one)."""
     from probekit.datasets import load_manifest
-    from probekit.extractors.tiny import cache_dir
+    from probekit.provenance import cache_dir
 
     shift, prediction = shipped_shift(), prediction_type(shipped_weights())
     folder = cache_dir() / f"shapeworld-mmdit-random-seed{init_seed}-shift{shift:g}-{prediction}"
@@ -169,22 +169,3 @@ def random_folder(init_seed: int = 0) -> Path:
         save_folder(folder, *build_models(manifest, seed=init_seed), shift=shift, prediction=prediction,
                     extra={"note": f"random initialisation, seed {init_seed}; never trained"})
     return folder
-
-
-def shapeworld_mmdit(weights: str | None = None, **kwargs: Any):
-    from probekit.errors import ProbekitError
-    from probekit.extractors.diffusers_dit import DiffusersDiTExtractor
-
-    folder = Path(weights) if weights else shipped_weights()
-    if not (folder / "transformer" / "config.json").is_file():
-        raise ProbekitError(f"the ShapeWorld MM-DiT weights are missing at {folder}; train them with "
-                            "`probekit train-backbone --out DIR` and pass --weights DIR")
-    return DiffusersDiTExtractor(weights=folder, name="shapeworld-mmdit", **kwargs)
-
-
-def shapeworld_mmdit_random(weights: str | None = None, init_seed: int = 0, **kwargs: Any):
-    from probekit.extractors.diffusers_dit import DiffusersDiTExtractor
-
-    note = "RANDOMLY INITIALISED backbone (shapeworld-mmdit-random): same architecture, never trained; a control"
-    folder = Path(weights) if weights else random_folder(init_seed)
-    return DiffusersDiTExtractor(weights=folder, name="shapeworld-mmdit-random", notes=[note], **kwargs)

@@ -28,7 +28,7 @@ import torch
 from tqdm.auto import tqdm
 
 from probekit.datasets.shapeworld import ShapeWorld, checked_scene
-from probekit.extractors.shapeworld_mmdit import (
+from probekit.backbone.model import (
     PREDICTIONS, SAMPLE, VELOCITY, build_models, load_denoiser, save_folder, scheduler_config)
 from probekit.extractors.text_conditioning import TextConditioner
 from probekit.provenance import base_provenance

@@ -47,8 +47,8 @@ def single_object_samples(dataset: ShapeWorld, n: int, min_size_px: float = 14.0
 def prompt_sensitivity(folder: str | Path, *, noise_levels: Sequence[float] = DEFAULT_NOISE_LEVELS, n: int = 48,
                        split: str = "test", seed: int = 0) -> dict:
     """Per noise level: the loss with true, shape-swapped and empty captions, and the two relative gains."""
-    from probekit.extractors.shapeworld_mmdit import load_denoiser
-    from probekit.extractors.train_backbone import flow_loss, images_to_tensor
+    from probekit.backbone.model import load_denoiser
+    from probekit.backbone.train import flow_loss, images_to_tensor
 
     transformer, conditioner, prediction = load_denoiser(folder)
     dataset = ShapeWorld(split)

@@ -22,7 +22,6 @@ TINY_MMDIT_CONFIG: dict[str, Any] = {
 SCHEDULER_CONFIG = {"_class_name": "FlowMatchEulerDiscreteScheduler", "num_train_timesteps": 1000, "shift": 3.0}
 
 
-from probekit.provenance import cache_dir  # noqa: E402  (re-exported: tests and the tiny backbones use it)
 
 
 def build_tiny_mmdit(folder: str | os.PathLike, seed: int = 0, config: dict[str, Any] | None = None) -> Path:
@@ -51,12 +50,3 @@ def build_tiny_mmdit(folder: str | os.PathLike, seed: int = 0, config: dict[str,
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return folder
-
-
-def tiny_random_mmdit(weights: str | None = None, init_seed: int = 0, **kwargs: Any):
-    from probekit.extractors.diffusers_dit import DiffusersDiTExtractor
-
-    folder = Path(weights) if weights else cache_dir() / f"tiny-mmdit-random-seed{init_seed}"
-    build_tiny_mmdit(folder, seed=init_seed)
-    note = "RANDOMLY INITIALISED backbone (tiny-mmdit-random): features of an untrained network, a control only"
-    return DiffusersDiTExtractor(weights=folder, name="tiny-mmdit-random", notes=[note], **kwargs)

@@ -20,8 +20,6 @@ without duplicating or half-writing samples.
 
 from __future__ import annotations
 
-import json
-import os
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -33,49 +31,14 @@ import yaml
 from PIL import Image
 from tqdm.auto import tqdm
 
+from probekit import atomic
 from probekit.errors import ProbekitError
-from probekit.probes.model import Probe
+from probekit.keys import FeatureKey
+from probekit.probes.load import TrainedProbe
 from probekit.provenance import base_provenance, weights_identity
-from probekit.store import parse_key
 
 PALETTE = [(34, 34, 34), (0, 114, 178), (230, 159, 0), (0, 158, 115), (213, 94, 0), (204, 121, 167),
            (86, 180, 233), (240, 228, 66), (0, 0, 0)]
-
-
-class TrainedHead:
-    """A probe (fusion + head) rebuilt from its run directory."""
-
-    def __init__(self, run_dir: str | Path):
-        from safetensors.torch import load_file
-
-        from probekit.registries import HEADS, TASKS
-
-        self.run_dir = Path(run_dir)
-        rec_path = self.run_dir / "result.json"
-        if not rec_path.is_file():
-            raise ProbekitError(f"{self.run_dir} holds no result.json (a probe run directory is needed)")
-        self.record = json.loads(rec_path.read_text())
-        probe, cfg = self.record["probe"], self.record["config"]
-        if probe.get("guidance_keys") or probe.get("fusion") == "zero-shot":
-            raise ProbekitError(f"{self.run_dir}: guided and zero-shot probes cannot label generated images")
-        self.task_name = self.record["task"]
-        reference = {"classes": cfg["task_config"].get("classes"), "ignore_index": cfg["task_config"].get("ignore_index"),
-                     "depth_range": cfg["task_config"].get("depth_range")}
-        self.task = TASKS.build(self.task_name, reference=reference, depth_output=cfg.get("depth_output", "bins"))
-        self.keys = list(probe["feature_keys"])
-        self.model = Probe(probe["fusion"], HEADS.get(probe["head"]).load(), self.keys, probe["in_channels"],
-                           self.task.out_channels, cfg.get("fusion_dim", 64),
-                           head_transform=getattr(self.task, "head_transform", None))
-        self.model.load_state_dict(load_file(str(self.run_dir / probe.get("head_weights", "head.safetensors"))))
-        self.model.eval()
-        extractor = self.record["features"]["train"]["provenance"].get("extractor", {})
-        self.extractor = extractor
-        self.conditioning = extractor.get("conditioning", "empty")
-        self.weights_files = self.record["features"]["train"]["provenance"].get("weights", {}).get("files", {})
-
-    def predict(self, feats: dict[str, torch.Tensor], size: tuple[int, int]) -> np.ndarray:
-        with torch.inference_mode():
-            return self.task.predict(self.model(feats, size)).cpu().numpy()
 
 
 def _shift_sigma(t: int, schedule: dict[str, Any]) -> float:
@@ -98,7 +61,8 @@ def generate_dataset(weights: str | Path, heads: Sequence[str | Path], out: str 
                      prompts: Sequence[str] | None = None, n: int | None = None, steps: int = 30,
                      guidance: float = 4.0, seed: int = 0, batch_size: int = 8, device: str = "cpu",
                      progress: bool = True, name: str | None = None) -> dict[str, Any]:
-    from probekit.extractors.sampling import FlowSampler
+    from probekit.backbone.sampling import FlowSampler
+    from probekit.extractors.hooks import BlockCapture
 
     out = Path(out)
     if prompts is None:
@@ -106,7 +70,7 @@ def generate_dataset(weights: str | Path, heads: Sequence[str | Path], out: str 
             raise ProbekitError("give prompts or a number of images")
         prompts = default_prompts(n, seed)
     prompts = list(prompts)
-    trained = [TrainedHead(h) for h in heads]
+    trained = [TrainedProbe(h) for h in heads]
     if not trained:
         raise ProbekitError("no heads given")
     sampler = FlowSampler(weights, device=device)
@@ -122,12 +86,12 @@ def generate_dataset(weights: str | Path, heads: Sequence[str | Path], out: str 
     for h in trained:
         schedule = h.extractor.get("noise_schedule", {"shift": 3.0})
         for key in h.keys:
-            t = int(parse_key(key)["t"])
+            t = FeatureKey(key).timestep
             if t not in snapped:
                 sigma = _shift_sigma(t, schedule)
                 step = int(np.argmin([abs(g - sigma) for g in grid]))
                 snapped[t] = {"step": step, "sigma_probe": sigma, "sigma_used": grid[step]}
-    layers = sorted({int(parse_key(k)["layer"]) for h in trained for k in h.keys})
+    layers = sorted({int(FeatureKey(k).layer) for h in trained for k in h.keys})
     halves = {h.conditioning for h in trained}
 
     manifest = {
@@ -154,21 +118,18 @@ def generate_dataset(weights: str | Path, heads: Sequence[str | Path], out: str 
         for field in ("sampler", "heads", "size", "prompts"):
             if prev.get(field) != manifest[field]:
                 raise ProbekitError(f"{out} was generated with other settings ({field} differs); use a new folder")
-    _write_atomic(old, yaml.safe_dump(manifest, sort_keys=False))
+    atomic.write_text(old, yaml.safe_dump(manifest, sort_keys=False))
 
     todo = [i for i in range(len(prompts)) if not (out / "images" / f"{i:06d}.png").is_file()]
     blocks = list(sampler.transformer.transformer_blocks)
     state: dict[str, Any] = {"step": -1, "captured": {}}
     needed_steps = {v["step"] for v in snapped.values()}
 
-    def make_hook(layer: int):
-        def hook(module, args, kwargs, output):
-            if state["step"] in needed_steps:
-                tokens = output[-1] if isinstance(output, tuple) else output
-                state["captured"][(state["step"], layer)] = tokens.detach()
-        return hook
+    def keep(layer: int, tokens) -> None:  # block outputs of the sampler steps the heads read
+        if state["step"] in needed_steps:
+            state["captured"][(state["step"], layer)] = tokens.detach()
 
-    handles = [blocks[layer].register_forward_hook(make_hook(layer), with_kwargs=True) for layer in layers]
+    capture = BlockCapture(blocks, layers, keep).__enter__()
     started, made = time.perf_counter(), 0
     bar = tqdm(total=len(prompts), initial=len(prompts) - len(todo), desc=f"generate -> {out.name}", unit="img",
                disable=not progress)
@@ -185,8 +146,8 @@ def generate_dataset(weights: str | Path, heads: Sequence[str | Path], out: str 
                 half = slice(0, b) if h.conditioning == "empty" else slice(b, 2 * b)  # [uncond, cond] batches
                 feats = {}
                 for key in h.keys:
-                    p = parse_key(key)
-                    tokens = state["captured"][(snapped[int(p["t"])]["step"], int(p["layer"]))][half]
+                    k = FeatureKey(key)
+                    tokens = state["captured"][(snapped[k.timestep]["step"], int(k.layer))][half]
                     feats[key] = tokens.float().reshape(b, gh, gw, -1).permute(0, 3, 1, 2)
                 labels[h.task_name] = h.predict(feats, images.shape[1:3])
             for row, i in enumerate(idx):
@@ -195,8 +156,7 @@ def generate_dataset(weights: str | Path, heads: Sequence[str | Path], out: str 
             bar.update(b)
     finally:
         bar.close()
-        for hnd in handles:
-            hnd.remove()
+        capture.__exit__(None, None, None)
     wall = time.perf_counter() - started
     rate = made / wall if wall > 0 else float("nan")
     return {"out": out, "generated": made, "skipped": len(prompts) - len(todo), "wall_time_s": wall,
@@ -204,16 +164,9 @@ def generate_dataset(weights: str | Path, heads: Sequence[str | Path], out: str 
             "snapped": {t: v["step"] for t, v in sorted(snapped.items())}}
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def _save_png(image: Image.Image, path: Path) -> None:
-    tmp = path.with_name(path.stem + ".tmp.png")
-    image.save(tmp)
-    os.replace(tmp, path)
+    with atomic.atomic_path(path.with_name(path.stem + ".png")) as tmp:
+        image.save(tmp, format="PNG")
 
 
 def _write_sample(out: Path, i: int, image: np.ndarray, labels: dict[str, np.ndarray], manifest) -> None:

@@ -19,17 +19,18 @@ class FlowSampler:
     def __init__(self, folder: str | Path, device: str = "cpu"):
         from diffusers import FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel
 
-        from probekit.extractors.shapeworld_mmdit import prediction_type
+        from probekit.devices import resolve_device
+        from probekit.extractors.loading import load_pretrained
+        from probekit.backbone.model import prediction_type
         from probekit.extractors.text_conditioning import TextConditioner
-        from probekit.safety import refuse_pickled_weights
 
         folder = Path(folder)
-        refuse_pickled_weights(folder)
         self.folder = folder
-        self.device = torch.device(device)
-        self.transformer = SD3Transformer2DModel.from_pretrained(folder / "transformer", use_safetensors=True).to(self.device).eval()
+        self.device = resolve_device(device)
+        self.transformer = load_pretrained(SD3Transformer2DModel, folder / "transformer", "transformer")
+        self.transformer = self.transformer.to(self.device).eval()
         self.conditioner = TextConditioner.from_folder(folder).to(self.device)
-        self.scheduler = FlowMatchEulerDiscreteScheduler.from_pretrained(folder / "scheduler")
+        self.scheduler = load_pretrained(FlowMatchEulerDiscreteScheduler, folder / "scheduler", "scheduler")
         self.prediction = prediction_type(folder)
         self.size = int(self.transformer.config.sample_size)
         self.channels = int(self.transformer.config.in_channels)
@@ -39,6 +40,7 @@ class FlowSampler:
                callback: StepCallback | None = None, noise_ids: Sequence[int] | None = None) -> np.ndarray:
         """uint8 images (N, H, W, 3) for ``prompts``; image i's initial noise is seeded by (seed, noise_ids[i]),
         noise_ids defaulting to 0..N-1, so a resumed or re-batched run draws the same images."""
+        check_sampling(steps, guidance, len(prompts))
         n = len(prompts)
         ids = list(range(n)) if noise_ids is None else [int(i) for i in noise_ids]
         noise = torch.stack([
@@ -60,6 +62,20 @@ class FlowSampler:
             x = self.scheduler.step(v_uncond + guidance * (v_cond - v_uncond), t, x, return_dict=False)[0]
         images = ((x.clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).cpu().numpy()
         return images
+
+
+def check_sampling(steps: int, guidance: float, n: int) -> None:
+    """Refuse settings that would write noise or black images as if they were samples."""
+    import math
+
+    from probekit.errors import ProbekitError
+
+    if int(steps) < 1:
+        raise ProbekitError(f"--steps must be at least 1, got {steps}: zero steps would save the initial noise")
+    if not math.isfinite(float(guidance)):
+        raise ProbekitError(f"--guidance must be a finite number, got {guidance}")
+    if int(n) < 1:
+        raise ProbekitError("no prompts to sample")
 
 
 def image_grid(images: np.ndarray, columns: int | None = None, scale: int = 2):

@@ -166,7 +166,7 @@ def judged_prompts() -> list[str]:
 def prompt_fidelity(folder, *, per_prompt: int = 2, steps: int = 30, guidance: float = 4.0, seed: int = 0,
                     device: str = "cpu") -> dict:
     """Sample every judged prompt ``per_prompt`` times from the model in ``folder`` and summarise the judge."""
-    from probekit.extractors.sampling import FlowSampler
+    from probekit.backbone.sampling import FlowSampler
 
     dataset = ShapeWorld("test")
     prompts = judged_prompts() * per_prompt
