@@ -88,3 +88,19 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
             shutil.rmtree(old, ignore_errors=True)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)  # after an exchange this is the old folder
+
+
+def check_writable_dir(path: str | os.PathLike, what: str, parent: bool = False) -> Path:
+    """Make sure ``path`` (or, with ``parent``, the folder that will hold it) can be created and written, before
+    any work that would be lost otherwise; a ProbekitError names ``what`` and the reason."""
+    from probekit.errors import ProbekitError
+
+    folder = Path(path).parent if parent else Path(path)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".probekit-write-test-"):
+            pass
+    except OSError as exc:
+        raise ProbekitError(f"{what} {path}: cannot write in {folder} ({exc.strerror or exc}); choose another "
+                            "location") from None
+    return folder

@@ -107,9 +107,9 @@ HEADS.register("dpt", "probekit.probes.heads:DPTHead", "DPT-lite: reassemble up 
 
 FUSIONS.register("single", "probekit.probes.fusion:SingleFusion", "one (timestep, layer) map, untouched")
 FUSIONS.register("concat", "probekit.probes.fusion:ConcatFusion",
-                 "every map through its layer's bottleneck, concatenated")
+                 "every map standardised (projected when widths differ), concatenated")
 FUSIONS.register("global", "probekit.probes.fusion:GlobalFusion",
-                 "one learned softmax weight per (timestep, layer) over the bottleneck projections")
+                 "one learned softmax weight per (timestep, layer): each map's share of what the head reads")
 FUSIONS.register("spatial", "probekit.probes.fusion:SpatialFusion",
                  "per-location softmax weights over the maps, predicted from the features themselves")
 

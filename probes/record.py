@@ -26,16 +26,8 @@ EXAMPLES_FILE = "examples.safetensors"
 
 
 def check_writable(run_dir: Path) -> None:
-    """Fail before training, not after, when the run folder cannot be written."""
-    parent = run_dir.parent
-    try:
-        parent.mkdir(parents=True, exist_ok=True)
-        probe = parent / f".probekit-write-test-{run_dir.name}"
-        probe.write_text("")
-        probe.unlink()
-    except OSError as exc:
-        raise ProbekitError(f"cannot write the run folder {run_dir} ({exc.strerror or exc}); choose another --out "
-                            "or --results-root") from None
+    """Fail before training, not after, when the run folder cannot be written (it is swapped in beside itself)."""
+    atomic.check_writable_dir(run_dir, "the run folder (--out or --results-root)", parent=True)
 
 
 def mean_std(values: list[float]) -> tuple[float, float | None]:

@@ -205,14 +205,14 @@ def reconstructions(noise_levels=(0.3, 0.5, 0.7, 0.85, 0.95), n: int = 4) -> Non
 
 def training_command(recipe: dict) -> str:
     """The exact `probekit train-backbone` command that reproduces ``recipe`` (non-default options only)."""
-    words = ["probekit train-backbone --out build/shapeworld-mmdit-run", f"--steps {recipe['steps']}",
+    words = ["probekit --threads 2 train-backbone --out build/shapeworld-mmdit-run", f"--steps {recipe['steps']}",
              f"--lr {recipe['lr']:g}", f"--shift {recipe['shift']:g}"]
     for option, default in (("prediction", "velocity"), ("precision", "fp32")):
         if recipe.get(option, default) != default:
             words.append(f"--{option} {recipe[option]}")
     for key, (low, high) in (recipe.get("scene") or {}).items():
         words.append(f"--scene {key}={low:g},{high:g}")
-    return " ".join(words + ["--threads 2"])
+    return " ".join(words)
 
 
 def model_card(run: Path, numbers: dict) -> None:

@@ -42,8 +42,8 @@ RUNS = {  # name: options after the base recipe (later options win)
 def _command(name: str, out: Path, device: str, export_every: int, steps: int | None, threads: int,
              workers: int) -> list[str]:
     override = ["--steps", str(steps)] if steps else []  # a quick trial of the sweep itself
-    return [sys.executable, "-m", "probekit", "train-backbone", "--out", str(out / name), *BASE, *RUNS[name],
-            *override, "--device", device, "--threads", str(threads), "--workers", str(workers),
+    return [sys.executable, "-m", "probekit", "--threads", str(threads), "train-backbone", "--out", str(out / name),
+            *BASE, *RUNS[name], *override, "--device", device, "--workers", str(workers),
             "--export-every", str(export_every), "--quiet"]
 
 
