@@ -21,6 +21,10 @@ from probekit.probes.data import ProbeData, Split
 SPATIAL_EXAMPLES = 8  # eval images whose per-location fusion weights (and predictions) are saved for the reports
 
 
+class NonFinitePredictions(ProbekitError):
+    """A probe whose outputs hold NaN or inf: its weights diverged."""
+
+
 class Diverged(ProbekitError):
     def __init__(self, lr: float, epoch: int):
         self.lr, self.epoch = lr, epoch
@@ -107,8 +111,8 @@ def evaluate(model, data: ProbeData, split: Split, keep_examples: bool = False) 
             if not bool(torch.isfinite(out).all()):
                 bad = [split.reader.sample_ids[int(p)] for p, ok in
                        zip(positions, torch.isfinite(out).flatten(1).all(1).tolist()) if not ok]
-                raise ProbekitError(f"the probe's predictions on {split.reader.path} are not finite (e.g. for "
-                                    f"{bad[0]}): its weights hold NaN or inf; nothing is saved")
+                raise NonFinitePredictions(f"the probe's predictions on {split.reader.path} are not finite (e.g. for "
+                                           f"{bad[0]}): its weights hold NaN or inf; nothing is saved")
             out, target = out.cpu(), target.cpu()
             task.update(metric, out, target)
             if keep_examples and len(rows) < SPATIAL_EXAMPLES:

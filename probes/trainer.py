@@ -21,7 +21,7 @@ from probekit.errors import ProbekitError
 from probekit.keys import FeatureKey
 from probekit.probes.config import ProbeConfig
 from probekit.probes.data import ProbeData, resolve_keys, storage_label  # noqa: F401  (resolve_keys: public API)
-from probekit.probes.fit import Diverged, evaluate, train_one
+from probekit.probes.fit import Diverged, NonFinitePredictions, evaluate, train_one
 from probekit.probes.model import Probe
 from probekit.probes.record import (aggregate_metrics, check_writable, fusion_weights, mean_std, new_record,
                                     probe_fields, write_run)
@@ -95,13 +95,13 @@ def _run_seed(data: ProbeData, cfg: ProbeConfig, seed: int, name: str, progress:
         t0 = time.perf_counter()
         try:
             history = train_one(model, data, lr, seed, progress, f"{name} seed {seed} lr={lr:g}")
-        except Diverged as exc:
+            score = float(evaluate(model, data, data.val).metrics[task.main_metric])
+        except (Diverged, NonFinitePredictions) as exc:
             trials.append({"seed": seed, "lr": lr, "val_score": None, "val_metric": task.main_metric,
                            "diverged": str(exc), "wall_time_s": round(time.perf_counter() - t0, 3)})
             if tick:
                 tick(f"{name} seed {seed} lr {lr:g} diverged")
             continue
-        score = float(evaluate(model, data, data.val).metrics[task.main_metric])
         trials.append({"seed": seed, "lr": lr, "val_score": score, "val_metric": task.main_metric,
                        "train_loss_per_epoch": history, "wall_time_s": round(time.perf_counter() - t0, 3)})
         if _better(score, best, task.higher_is_better):
