@@ -143,16 +143,18 @@ class _Resident:
         r = split.reader
         self.stack_keys = tuple(stack) if len(stack) > 1 else ()
         self.features: dict[str, torch.Tensor] = {}
-        maps = []
+        self.stacked = None
+        if self.stack_keys:  # filled map by map: no second copy of the whole stack is ever held
+            shape = r.shape(self.stack_keys[0])
+            self.stacked = torch.empty((len(split.rows), len(self.stack_keys), *shape), dtype=dtype, device=device)
         for key in keys:
             t = as_tensor(r.read_raw(key, split.rows), r.feature_dtype_of(key))
             _check_finite(t, key, r, split.rows)
             if key in self.stack_keys:
-                maps.append(t.to(dtype=dtype))
+                self.stacked[:, self.stack_keys.index(key)] = t.to(device=device, dtype=dtype)
             else:
                 self.features[key] = t.to(device=device, dtype=dtype)
-        self.stacked = torch.stack(maps, dim=1).to(device) if maps else None
-        del maps
+            del t
         self.target = task.target(r.read_labels(label, split.rows)).to(device)
 
     def batch(self, idx: np.ndarray) -> tuple[dict[str, torch.Tensor], torch.Tensor]:

@@ -60,33 +60,72 @@ def optimizer_for(model, cfg, lr: float, total_steps: int, steps_per_epoch: int 
     return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, schedules)
 
 
-def train_one(model, data: ProbeData, lr: float, seed: int, progress: bool = False, desc: str = "") -> list[float]:
-    """Train ``model`` in place on the training split; returns the mean training loss of every epoch."""
+def train_trials(models: list, lrs: list[float], data: ProbeData, seed: int, progress: bool = False,
+                 desc: str = "") -> list[list[float] | Diverged]:
+    """Train one model per learning rate in lockstep on the same batches in the same order (each model as if
+    trained alone): every batch is gathered once, and when fusion's standardised maps carry no learned
+    parameters they are computed once for all trials. Returns each trial's mean training loss per epoch, or
+    the ``Diverged`` that stopped it (the others go on)."""
     cfg, task = data.cfg, data.task
     per_epoch = math.ceil(len(data.train) / cfg.batch_size)
-    optimizer, schedule = optimizer_for(model, cfg, lr, cfg.epochs * per_epoch, per_epoch)
-    history: list[float] = []
+    opts = [optimizer_for(m, cfg, lr, cfg.epochs * per_epoch, per_epoch) for m, lr in zip(models, lrs)]
+    history: list[list[float] | Diverged] = [[] for _ in models]
+    live = list(range(len(models)))
+    shared = shared_projection(models[0])
     bar = tqdm(range(cfg.epochs), desc=desc, unit="epoch", disable=not progress, leave=False)
     for epoch in bar:
-        model.train()
-        total = torch.zeros((), device=data.device)
+        for i in live:
+            models[i].train()
+        totals = [torch.zeros((), device=data.device) for _ in models]
         count = 0
         for _, feats, target in data.batches(data.train, shuffle=True, seed=seed, epoch=epoch):
-            loss = task.loss(model(feats, data.label_size), target)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            schedule.step()
-            total += loss.detach() * len(target)
+            if shared is not None:
+                shared(feats)
+            for i in live:
+                optimizer, schedule = opts[i]
+                loss = task.loss(models[i](feats, data.label_size), target)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                schedule.step()
+                totals[i] += loss.detach() * len(target)
             count += len(target)
-        mean = float(total) / max(count, 1)  # one device sync per epoch
-        if not math.isfinite(mean):
-            bar.close()
-            raise Diverged(lr, epoch)
-        history.append(round(mean, 6))
-        bar.set_postfix(loss=f"{mean:.4f}")
+        for i in list(live):
+            mean = float(totals[i]) / max(count, 1)  # one device sync per trial and epoch
+            if not math.isfinite(mean):
+                history[i] = Diverged(lrs[i], epoch)
+                live.remove(i)
+            else:
+                history[i].append(round(mean, 6))
+        if not live:
+            break
+        bar.set_postfix(trials=len(live))
     bar.close()
     return history
+
+
+def shared_projection(model):
+    """A function that stores a batch's standardised maps in it once for every trial, when they hold nothing
+    learned (one fusion group of uniform maps); else None."""
+    from probekit.probes.fusion import PROJECTED, STACKED_KEYS
+
+    groups = getattr(model.fusion, "groups", [])
+    if len(groups) != 1 or not getattr(groups[0], "uniform", False):
+        return None
+    fusion = groups[0]
+
+    def put(feats: dict) -> None:
+        feats[PROJECTED] = fusion.projected(feats)
+        feats[STACKED_KEYS] = tuple(fusion.keys)
+    return put
+
+
+def train_one(model, data: ProbeData, lr: float, seed: int, progress: bool = False, desc: str = "") -> list[float]:
+    """Train ``model`` in place on the training split; returns the mean training loss of every epoch."""
+    result = train_trials([model], [lr], data, seed, progress, desc)[0]
+    if isinstance(result, Diverged):
+        raise result
+    return result
 
 
 @dataclass

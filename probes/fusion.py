@@ -58,6 +58,9 @@ def fused_width(keys: list[str], channels: dict[str, int], dim: int | None) -> i
 # A batch may carry its maps already stacked, (B, K, C, h, w) under STACKED with their keys under STACKED_KEYS
 # (probes/data.py does when the maps agree in shape): fusion then reads them without copying them together.
 STACKED, STACKED_KEYS = "__stacked__", "__stacked_keys__"
+# Trials trained in lockstep share one batch's standardised maps (fixed statistics, nothing learned):
+# (B, K, C, h, w) under PROJECTED, computed once per batch by probes/fit.py.
+PROJECTED = "__projected__"
 
 
 def _resampled(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
@@ -116,6 +119,8 @@ class Fusion(nn.Module):
     def projected(self, feats: dict[str, torch.Tensor]) -> torch.Tensor:
         """(B, K, dim, h, w): every map standardised and through its layer's projection, on one grid."""
         if self.uniform:
+            if PROJECTED in feats and feats.get(STACKED_KEYS) == tuple(self.keys):
+                return feats[PROJECTED]
             return (self.raw(feats) - self.mean[None, :, :, None, None]) * self.scale[None, :, :, None, None]
         size = tuple(self._common_grid(feats, self.keys))
         maps = []
@@ -173,7 +178,7 @@ class GlobalFusion(Fusion):
 
     def forward(self, feats):
         w = torch.softmax(self.logits, dim=0)
-        if self.uniform:  # sum_k w_k (x_k - m_k) s_k in one pass over the maps
+        if self.uniform and PROJECTED not in feats:  # sum_k w_k (x_k - m_k) s_k in one pass over the maps
             coef = w[:, None] * self.scale  # (K, C)
             shift = (coef * self.mean).sum(0)
             return torch.einsum("bkchw,kc->bchw", self.raw(feats), coef) - shift[None, :, None, None]

@@ -21,7 +21,7 @@ from probekit.errors import ProbekitError
 from probekit.keys import FeatureKey
 from probekit.probes.config import ProbeConfig
 from probekit.probes.data import ProbeData, resolve_keys, storage_label  # noqa: F401  (resolve_keys: public API)
-from probekit.probes.fit import Diverged, NonFinitePredictions, evaluate, train_one
+from probekit.probes.fit import Diverged, NonFinitePredictions, evaluate, train_trials
 from probekit.probes.model import Probe
 from probekit.probes.record import (aggregate_metrics, check_writable, fusion_weights, mean_std, new_record,
                                     probe_fields, write_run)
@@ -86,24 +86,30 @@ def _build(data: ProbeData, cfg: ProbeConfig) -> Probe:
 
 def _run_seed(data: ProbeData, cfg: ProbeConfig, seed: int, name: str, progress: bool, tick, first: bool) -> dict:
     task = data.task
-    trials, best, best_state = [], None, None
-    for lr in cfg.lrs:
+    models = []
+    for _ in cfg.lrs:
         torch.manual_seed(seed)  # every trial of a seed starts from the same initialisation
         model = _build(data, cfg).to(data.device)
         if cfg.fusion != "single":
             model.fusion.set_statistics(data.channel_stats())
-        t0 = time.perf_counter()
+        models.append(model)
+    t0 = time.perf_counter()
+    histories = train_trials(models, cfg.lrs, data, seed, progress, f"{name} seed {seed}")
+    wall = round((time.perf_counter() - t0) / len(models), 3)  # trials share the wall time
+    trials, best, best_state = [], None, None
+    for lr, model, history in zip(cfg.lrs, models, histories):
         try:
-            history = train_one(model, data, lr, seed, progress, f"{name} seed {seed} lr={lr:g}")
+            if isinstance(history, Diverged):
+                raise history
             score = float(evaluate(model, data, data.val).metrics[task.main_metric])
         except (Diverged, NonFinitePredictions) as exc:
             trials.append({"seed": seed, "lr": lr, "val_score": None, "val_metric": task.main_metric,
-                           "diverged": str(exc), "wall_time_s": round(time.perf_counter() - t0, 3)})
+                           "diverged": str(exc), "wall_time_s": wall})
             if tick:
                 tick(f"{name} seed {seed} lr {lr:g} diverged")
             continue
         trials.append({"seed": seed, "lr": lr, "val_score": score, "val_metric": task.main_metric,
-                       "train_loss_per_epoch": history, "wall_time_s": round(time.perf_counter() - t0, 3)})
+                       "train_loss_per_epoch": history, "wall_time_s": wall})
         if _better(score, best, task.higher_is_better):
             best, best_state = score, copy.deepcopy(model.state_dict())
         if tick:

@@ -21,8 +21,9 @@ RUN_COLUMNS = ["extractor", "dataset", "task", "fusion", "head", "timestep", "la
                "eval_split", "n_train", "n_eval", "seeds", "run"]
 SECONDARY = {"seg": ["pixel_acc"], "saliency": ["MAE", "Sm", "maxE"], "depth": ["AbsRel", "delta1", "RMSE_aligned"]}
 TASK_ORDER = {"seg": 0, "saliency": 1, "depth": 2}
-RANK_RULE = ("rows are ranked by their mean rank over every task of their dataset; a row that lacks a task is "
-             "not ranked (rank -) and follows the ranked rows")
+RANK_RULE = ("a row's cell for a task is its best record by validation score (a test score never chooses); rows "
+             "are ranked by their mean rank over every task of their dataset; a row that lacks a task is not ranked "
+             "(rank -) and follows the ranked rows")
 
 
 # -- every run ---------------------------------------------------------------------------------
@@ -74,8 +75,10 @@ def leaderboard_frame(recset: RecordSet, secondary: bool = False) -> pd.DataFram
         score = rec.get("main_score")
         if score is None or (isinstance(score, float) and math.isnan(score)):
             continue
-        if col not in row or (score > row[col] if higher else score < row[col]):
+        chooser = selection_score(rec)
+        if col not in row or (chooser > row[f"{col} by"] if higher else chooser < row[f"{col} by"]):
             row[col] = score
+            row[f"{col} by"] = chooser
             row[f"{col} std"] = rec.get("main_score_std")
             row[f"{task} cell"] = _cell(probe)
             if secondary:
@@ -85,6 +88,7 @@ def leaderboard_frame(recset: RecordSet, secondary: bool = False) -> pd.DataFram
                     row[sub] = rec.get("metrics", {}).get(m)
                     row[f"{sub} std"] = (rec.get("metrics_std") or {}).get(m)
     frame = pd.DataFrame(list(cells.values()))
+    frame = frame.drop(columns=[c for c in frame.columns if c.endswith(" by")])
     score_cols = [c for c in frame.columns if c.endswith(("↑", "↓"))]
     main_cols = [c for c in score_cols if c.split(" ")[1] in ("mIoU", "maxF", "RMSE") or not secondary]
     ranks = pd.DataFrame({c: frame.groupby("dataset")[c].rank(ascending=c.endswith("↓"), method="average")
@@ -102,11 +106,21 @@ def leaderboard_frame(recset: RecordSet, secondary: bool = False) -> pd.DataFram
     ranked = frame.groupby("dataset")["mean rank"].rank(method="min")
     frame.insert(0, "rank", ranked.astype("Int64"))
     ordered = ["rank", "dataset", "extractor", "fusion", "head"] + sorted(score_cols, key=_task_order) + \
-              [c for c in frame.columns if c.endswith(" cell")] + ["mean rank"]
+              sorted((c for c in frame.columns if c.endswith(" cell")), key=lambda c: TASK_ORDER.get(c.split(" ")[0], 9)) + \
+              ["mean rank"]
     out = frame[ordered + [f"{c} std" for c in score_cols if f"{c} std" in frame.columns]]
     out.attrs["units"] = units
     out.attrs["rank_rule"] = RANK_RULE
     return out
+
+
+def selection_score(rec: dict[str, Any]) -> float:
+    """What chooses among a row's records (e.g. its single-map cells): the validation score (mean over seeds),
+    in the direction of the main metric; records without one fall back to their test score."""
+    vals = [s.get("val_score") for s in rec.get("per_seed") or [] if s.get("val_score") is not None]
+    if not vals and (rec.get("config") or {}).get("val_score") is not None:
+        vals = [rec["config"]["val_score"]]
+    return float(np.mean(vals)) if vals else float(rec.get("main_score"))
 
 
 def _task_order(col: str) -> tuple:

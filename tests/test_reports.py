@@ -87,13 +87,26 @@ def test_leaderboard_rows_marks_and_ranks(results):
     assert ranked[["extractor", "fusion"]].values.tolist() == [["good", "global"], ["weak", "global"]]
     assert list(ranked["mean rank"]) == sorted(ranked["mean rank"])
     assert board["rank"].isna().sum() == 4 and board["rank"].notna().iloc[:2].all()
-    assert board.attrs["rank_rule"].startswith("rows are ranked by their mean rank over every task")
+    assert "rows are ranked by their mean rank over every task" in board.attrs["rank_rule"]
     md, _ = leaderboard([results], "md")
-    assert "**85.00**" in md and "| good | spatial | linear |" in md and "Ranking: rows are ranked" in md
+    assert "**85.00**" in md and "| good | spatial | linear |" in md and "Ranking: a row's cell" in md
     latex, _ = leaderboard([results], "latex")
     assert r"\textbf{85.00}" in latex and r"$\downarrow$" in latex
     csv, _ = leaderboard([results], "csv")
     assert "seg mIoU ↑ best" in csv.splitlines()[0]
+
+
+def test_a_row_cell_is_chosen_by_validation_never_by_test_score(tmp_path):
+    root = tmp_path / "results"
+    for t, test, val in ((100, 0.60, 0.50), (500, 0.70, 0.40)):  # t=500 looks better on test only
+        run = _record(root, "x", "seg", "single", test, t, "2")
+        rec = json.loads((run / "result.json").read_text())
+        rec["config"]["val_score"] = val
+        rec["per_seed"] = [{"seed": 0, "main_score": test, "val_score": val}]
+        (run / "result.json").write_text(json.dumps(rec))
+    board = leaderboard_frame(load_records([root]))
+    row = board[board.fusion == "single"].iloc[0]
+    assert row["seg cell"] == "t=100 L2" and row["seg mIoU ↑"] == pytest.approx(0.60)
 
 
 def test_duplicates_are_resolved_newest_first_and_reported(results):
