@@ -50,6 +50,7 @@ class ExtractionPlan:
     label_shapes: dict[str, tuple[int, ...]]
     storage: StorageOptions
     thumbnail_bytes: int = 0
+    finished: bool = False  # OUT already holds this very run
 
     @property
     def num_shards(self) -> int:

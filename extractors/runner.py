@@ -233,14 +233,16 @@ def extract_dataset(extractor: Extractor, dataset, out: str | os.PathLike, *, li
                     batch_size: int = 8, overwrite: bool = False, progress: bool = True,
                     run_params: dict[str, Any] | None = None, shard_size: int | None = None,
                     on_error: str = "raise", workers: Workers | None = None, echo=None,
-                    storage: StorageOptions | None = None, dry_run: bool = False, queue_depth: int = 4):
+                    storage: StorageOptions | None = None, dry_run: bool = False, queue_depth: int = 4,
+                    on_progress=None):
     """Extract features for the first ``limit`` samples of ``dataset`` into ``out`` (HDF5), resumably.
 
     ``on_error="skip"`` leaves out samples that fail to load or check, or whose maps are not finite, recording
     their ids and errors in the file's ``skipped`` attribute. ``workers`` splits the shards: torchrun ranks
     (rank 0 writes the index after a barrier) or independent ``--part I/N`` jobs (indexed afterwards by
-    ``merge_parts``). ``storage`` reduces what is stored. Returns ``out``, the parts directory when this worker
-    did not write the index, or, with ``dry_run``, the plan (nothing is written).
+    ``merge_parts``). ``storage`` reduces what is stored. ``on_progress(n)`` is called as samples are done (for
+    a progress display over several runs). Returns ``out``, the parts directory when this worker did not write the
+    index, or, with ``dry_run``, the plan (nothing is written).
     """
     workers = workers or Workers()
     echo = echo or (lambda msg: None)
@@ -281,7 +283,8 @@ def extract_dataset(extractor: Extractor, dataset, out: str | os.PathLike, *, li
         for line in plan.lines(free, verbose=dry_run):
             echo(line)
     if dry_run:
-        if run.finished_output() and not overwrite:
+        plan.finished = run.finished_output() and not overwrite
+        if plan.finished:
             echo(f"{out} is already complete with these settings: nothing would be done")
         return plan
     if not (run.finished_output() and not overwrite):
@@ -300,7 +303,7 @@ def extract_dataset(extractor: Extractor, dataset, out: str | os.PathLike, *, li
         return out
     try:
         return _extract(extractor, dataset, run, state, first, reference, storage, source, raw_shapes, limit,
-                        batch_size, progress, run_params, on_error, workers, echo, queue_depth)
+                        batch_size, progress, run_params, on_error, workers, echo, queue_depth, on_progress)
     except BaseException:
         if state == "new" and workers.is_main and not distributed_jobs:
             run.abandon_if_empty()  # nothing was computed: leave no parts behind for the corrected command
@@ -308,7 +311,8 @@ def extract_dataset(extractor: Extractor, dataset, out: str | os.PathLike, *, li
 
 
 def _extract(extractor, dataset, run: ExtractionRun, state: str, first, reference, storage: StorageOptions, source,
-             raw_shapes, limit, batch_size, progress, run_params, on_error, workers: Workers, echo, queue_depth):
+             raw_shapes, limit, batch_size, progress, run_params, on_error, workers: Workers, echo, queue_depth,
+             on_progress=None):
     projection = _projection(extractor, dataset, first, reference.get("split"), run, storage, source, raw_shapes,
                              batch_size, workers, echo)
     reducer = Reducer(storage, projection)
@@ -356,6 +360,8 @@ def _extract(extractor, dataset, run: ExtractionRun, state: str, first, referenc
                 if batch.last:
                     writer.commit(batch.shard)
                 bar.update(len(samples) + len(batch.skipped))
+                if on_progress is not None:
+                    on_progress(len(samples) + len(batch.skipped))
                 if len(writer.skipped) != skipped_shown:  # counted by the writer thread, so shown a little late
                     skipped_shown = len(writer.skipped)
                     bar.set_postfix(skipped=skipped_shown)

@@ -82,7 +82,7 @@ class CombinedReader:
     def storage(self) -> dict[str, Any]:
         """Each source's storage, side by side ({} when every source stores plain maps)."""
         sources = [r.storage for r in self.readers]
-        if not any(sources):
+        if not any(s.get("label") for s in sources):
             return {}
         return {"label": "+".join(s.get("label") or "plain" for s in sources),
                 "pool": [s.get("pool") for s in sources], "channels": [s.get("channels") for s in sources],

@@ -19,7 +19,7 @@ from probekit.errors import ProbekitError
 # 2: seeds (main_score as a mean, main_score_std, per_seed, metrics_std), metrics_info (direction, unit)
 SCHEMA_VERSION = 2
 RESULT_FILE = "result.json"
-OVERWRITE_MODES = ("error", "overwrite", "skip")
+OVERWRITE_MODES = ("error", "overwrite", "skip", "reuse")
 
 
 @dataclass

@@ -25,7 +25,7 @@ from probekit.probes.fit import Diverged, NonFinitePredictions, evaluate, train_
 from probekit.probes.model import Probe
 from probekit.probes.record import (aggregate_metrics, check_writable, fusion_weights, mean_std, new_record,
                                     probe_fields, write_run)
-from probekit.results import check_overwrite, default_run_dir
+from probekit.results import check_overwrite, default_run_dir, read_record
 
 PathOrPaths = "str | Path | Sequence[str | Path]"
 
@@ -51,14 +51,17 @@ def train_probe(train_features: PathOrPaths, eval_features: PathOrPaths, *, val_
                 guidance: PathOrPaths | None = None, eval_guidance: PathOrPaths | None = None,
                 val_guidance: PathOrPaths | None = None, timestep: int | None = None, layer: int | None = None,
                 out: str | Path | None = None, results_root: str | Path = "results", overwrite: str = "error",
-                progress: bool = True, tick: Callable[[str], None] | None = None,
+                progress: bool = True, tick: Callable[[str], None] | None = None, return_existing: bool = False,
                 **options: Any) -> dict[str, Any] | None:
     """Train one probe; returns the result record as a dict (None when skipped as existing).
 
     Each ``*_features`` is one feature file, or several files of the same samples combined (keys prefixed
     with their source, see probekit.combined). ``options`` are `ProbeConfig` fields (task, fusion, head, keys,
     epochs, lrs, seeds, ...; ``seed``, ``lr`` and ``key`` are shorthands). ``tick`` is called after each
-    trained trial (for a progress display over many runs).
+    trained trial (for a progress display over many runs). ``overwrite``: "error" (refuse an existing run),
+    "overwrite", "skip" (keep an existing run), or "reuse" (keep an existing run that covers these settings and
+    seeds, replace one of other settings). A run kept returns None, or with ``return_existing`` its record
+    marked ``"_skipped": True``.
     """
     cfg = ProbeConfig.build(**options)
     started = time.perf_counter()
@@ -70,11 +73,41 @@ def train_probe(train_features: PathOrPaths, eval_features: PathOrPaths, *, val_
         extractor = f"{train.attr('extractor')}[{storage}]" if storage else str(train.attr("extractor"))
         run_dir = Path(out) if out else default_run_dir(results_root, extractor, data.reference.get("dataset"),
                                                          cfg.task, name)
+        if overwrite == "reuse" and (run_dir / "result.json").is_file():
+            existing = _readable(run_dir)
+            if existing is not None and covers(existing, cfg, data):
+                return {**existing, "_skipped": True} if return_existing else None
+            overwrite = "overwrite"  # a run of other settings (or unreadable) is in the way: this one replaces it
         if not check_overwrite(run_dir, overwrite):
-            return None
+            return {**read_record(run_dir), "_skipped": True} if return_existing else None
         check_writable(run_dir)  # before hours of training, not after
         seeds = [_run_seed(data, cfg, seed, name, progress, tick, first=(seed == cfg.seeds[0])) for seed in cfg.seeds]
         return _record(data, cfg, seeds, name, extractor, run_dir, started)
+
+
+SETTINGS = ("task", "fusion", "head", "keys", "epochs", "batch_size", "lrs", "fusion_lr", "weight_decay", "fusion_dim",
+            "depth_output", "train_limit", "eval_crop", "cross_dataset")
+
+
+def covers(record: dict[str, Any], cfg: ProbeConfig, data: ProbeData) -> bool:
+    """True when an existing record already answers this run: the same settings and features, and at least the
+    seeds asked for (a 3-seed run covers a 1-seed request for its first seed)."""
+    old = record.get("config") or {}
+    if any(old.get(name) != getattr(cfg, name) for name in SETTINGS):
+        return False
+    if not set(cfg.seeds) <= set(record.get("seeds") or [old.get("seed")]):
+        return False
+    return (old.get("train_features") == data.paths["train"] and old.get("eval_features") == data.paths["eval"]
+            and old.get("val_features") == data.paths["val"])
+
+
+def _readable(run_dir: Path) -> dict[str, Any] | None:
+    from probekit.errors import ProbekitError
+
+    try:
+        return read_record(run_dir)
+    except ProbekitError:
+        return None
 
 
 def _build(data: ProbeData, cfg: ProbeConfig) -> Probe:

@@ -29,5 +29,5 @@ def test_demo_runs_end_to_end_on_the_shipped_backbone_and_its_control(tmp_path):
     page = (out / "report" / "report.html").read_text()
     assert "timestep_contribution" in str(sorted(p.name for p in (out / "report" / "figures").iterdir()))
     assert page.count("<figure>") >= 6 and "How to read a timestep-contribution heatmap" in page
-    assert (out / "features" / "shapeworld-mmdit" / "train.h5").is_file()
+    assert (out / "features" / "shapeworld-mmdit" / "shapeworld" / "train.h5").is_file()
     assert str(out / "report" / "results.md") in res.output

@@ -60,7 +60,7 @@ def ls_command(kind: str | None) -> None:
 
 
 for _command in (extract.extract, extract.merge, extract.data, probe.probe, probe.zeroshot, report.report,
-                 report.leaderboard, pipelines.demo, backbone.train_backbone, backbone.sample, backbone.generate):
+                 report.leaderboard, pipelines.run, pipelines.demo, backbone.train_backbone, backbone.sample, backbone.generate):
     cli.add_command(_command)
 
 

@@ -1,0 +1,127 @@
+"""`probekit run SUITE`: two tiny backbones x two tasks end to end; a rerun does no work; an interrupted suite
+resumes; a failing step is reported while the others go on; bad suite files get named errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import yaml
+from click.testing import CliRunner
+
+from probekit.cli import cli
+from probekit.errors import ProbekitError
+from probekit.pipelines.suite import load_suite, parse_suite
+
+SUITE = {
+    "suite": "tiny", "version": 1, "seed": 0,
+    "training": {"epochs": 2, "lrs": [0.01, 0.03], "batch_size": 8},
+    "datasets": {"shapeworld": {"train": {"split": "train", "limit": 24}, "eval": {"split": "test", "limit": 8}}},
+    "extractors": {
+        "tiny-mmdit-random": {"timesteps": [100, 600], "layers": [0, 2], "device": "cpu", "batch_size": 8},
+        "pixels": {"device": "cpu"},
+    },
+    "combine": [{"name": "both", "of": ["tiny-mmdit-random", "pixels"], "probes": "fused"}],
+    "probe_sets": {
+        "default": [{"fusion": "single", "each_map": True, "tasks": ["seg"]},
+                    {"fusion": "single", "best_map_of": "seg", "tasks": ["saliency"]},
+                    {"fusion": "global", "tasks": ["seg", "saliency"], "seeds": 2}],
+        "fused": [{"fusion": "concat", "tasks": ["seg"]}],
+    },
+}
+
+
+def _write(path, suite):
+    path.write_text(yaml.safe_dump(suite, sort_keys=False))
+    return path
+
+
+def _run(*args):
+    res = CliRunner().invoke(cli, ["run", *map(str, args), "-q"])
+    return res
+
+
+def test_a_suite_of_two_backbones_runs_end_to_end_and_a_rerun_does_no_work(tmp_path):
+    suite = _write(tmp_path / "tiny.yaml", SUITE)
+    out = tmp_path / "out"
+    res = _run(suite, "--out", out)
+    assert res.exit_code == 1 and "2 step(s) failed" in res.output, res.output  # see below: the rest is done
+    records = [json.loads(p.read_text()) for p in (out / "results").rglob("result.json")]
+    by = {(r["extractor"], r["task"], r["probe"]["name"]) for r in records}
+    # tiny: 4 single maps (seg), best map (saliency), global (seg, saliency); pixels: 1 map, its best, but a
+    # global fusion of one map is refused: reported, the others go on; the combined files: concat (seg)
+    assert ("tiny-mmdit-random", "seg", "linear-global") in by and ("pixels", "seg", "linear-single-l0") in by
+    assert ("tiny-mmdit-random+pixels", "seg", "linear-concat") in by
+    assert sum(1 for r in records if r["extractor"] == "tiny-mmdit-random" and r["probe"]["fusion"] == "single"
+               and r["task"] == "seg") == 4
+    glob = next(r for r in records if r["extractor"] == "tiny-mmdit-random" and r["probe"]["name"] == "linear-global"
+                and r["task"] == "seg")
+    assert glob["seeds"] == [0, 1] and glob["config"]["epochs"] == 2 and glob["config"]["lrs"] == [0.01, 0.03]
+    # pixels has one map: its two global fusions are refused with a sentence; the other steps went on
+    assert "global fusion learns weights over several maps" in res.output and "suite tiny: 2 failed, 11 ran" in res.output
+    assert (out / "report" / "report.html").is_file() and "| tiny-mmdit-random |" in res.output
+    mtimes = {p: p.stat().st_mtime_ns for p in (out / "results").rglob("result.json")}
+    again = _run(suite, "--out", out)
+    assert "suite tiny: 11 done, 2 failed" in again.output, again.output  # nothing extracted or trained again
+    assert {p: p.stat().st_mtime_ns for p in (out / "results").rglob("result.json")} == mtimes
+    dry = _run(suite, "--out", out, "--dry-run")
+    assert dry.exit_code == 0 and "[pending]" not in dry.output.replace("[ failed]", "")
+    assert "to write: 0 B of features" in dry.output
+
+
+def test_a_suite_killed_during_extraction_resumes(tmp_path):
+    suite = dict(SUITE, extractors={"tiny-mmdit-random": {**SUITE["extractors"]["tiny-mmdit-random"], "shard_size": 8}},
+                 combine=[])
+    path = _write(tmp_path / "tiny.yaml", suite)
+    out = tmp_path / "out"
+    env = {**os.environ, "PROBEKIT_FAULT_INJECT": "writer-batch:2", "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.run([sys.executable, "-m", "probekit", "run", str(path), "--out", str(out), "-q"], env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == -9, proc.stderr[-2000:]  # killed in the middle of the first extraction
+    parts = out / "features" / "tiny-mmdit-random" / "shapeworld" / "train.h5.parts"
+    assert parts.is_dir() and not (out / "results").exists()
+    dry = _run(path, "--out", out, "--dry-run")
+    assert "1 of 3 shards done" in dry.output
+    res = _run(path, "--out", out)
+    assert res.exit_code == 0, res.output
+    assert len(list((out / "results").rglob("result.json"))) == 4 + 1 + 2
+
+
+def test_the_shipped_suites_parse_and_the_demo_is_one_of_them():
+    demo = load_suite("demo")
+    assert set(demo.extractors) == {"shapeworld-mmdit", "shapeworld-mmdit-random"}
+    mmdiff = load_suite("mmdiff")
+    assert set(mmdiff.datasets) == {"ade20k", "voc2012", "duts", "nyuv2"}
+    assert mmdiff.combine[0]["of"] == ["flux-dev", "dinov3-vitb16"]
+
+
+@pytest.mark.parametrize("change, words", [
+    (lambda s: s["extractors"]["pixels"].update(timestep=[5]), "unknown key 'timestep' in extractors.pixels; did "
+                                                               "you mean 'timesteps'?"),
+    (lambda s: s.update(extractor={}), "unknown key 'extractor' in the suite; did you mean 'extractors'?"),
+    (lambda s: s["extractors"].update({"dino": {"extractor": "dinov3-vitb"}}), "unknown extractor 'dinov3-vitb'"),
+    (lambda s: s["probe_sets"]["default"].append({"fusion": "globl", "tasks": ["seg"]}), "unknown fusion 'globl'"),
+    (lambda s: s["probe_sets"]["default"].append({"fusion": "global"}), "needs 'tasks'"),
+    (lambda s: s["probe_sets"]["default"].append({"fusion": "single", "tasks": ["seg"]}),
+     "needs exactly one of each_map"),
+    (lambda s: s["extractors"]["pixels"].update(probes="defualt"), "probe set 'defualt', which is not defined; did "
+                                                                   "you mean 'default'?"),
+    (lambda s: s["combine"].append({"name": "x", "of": ["pixels", "dino"]}), "names extractor 'dino'"),
+    (lambda s: s["datasets"]["shapeworld"].pop("eval"), "needs a 'eval' split"),
+])
+def test_a_bad_suite_gets_a_named_error(tmp_path, change, words):
+    suite = json.loads(json.dumps(SUITE))
+    change(suite)
+    with pytest.raises(ProbekitError) as exc:
+        parse_suite(suite, "tiny.yaml")
+    assert words in str(exc.value) and "tiny.yaml" in str(exc.value)
+    res = _run(_write(tmp_path / "bad.yaml", suite))
+    assert res.exit_code == 1 and words in res.output and "Traceback" not in res.output
+
+
+def test_an_unknown_suite_name_suggests_the_shipped_ones():
+    res = _run("dmo")
+    assert res.exit_code == 1 and "did you mean 'demo'" in res.output
