@@ -431,7 +431,8 @@ def run_suite(suite: Suite, *, dry_run: bool = False, overwrite: bool = False, p
         written = write_report([suite.results], suite.out / suite.report, skip_invalid=True)
         echo("")
         echo(written["leaderboard"].read_text())
-        echo(f"report: {written['html']}")
+        echo(f"  report:  {written['html']}\n  tables:  {written['markdown']}  {written['csv']}  "
+             f"{written['leaderboard']}\n  figures: {suite.out / suite.report / 'figures'}\n  runs:    {suite.results}")
     echo(f"suite {suite.name}: {state.summary()} in {time.perf_counter() - started:.0f} s")
     for cell in state.failed:
         echo(f"  {cell.status}: {cell.label}: {cell.detail}")
