@@ -24,6 +24,7 @@ from common import interleaved, write_result  # noqa: E402
 from probekit.datasets.shapeworld import ShapeWorld  # noqa: E402
 from probekit.backbone.model import build_models  # noqa: E402
 from probekit.extractors.text_conditioning import TextConditioner  # noqa: E402
+from probekit.backbone.cache import Rendered  # noqa: E402
 from probekit.backbone.train import _batch, flow_loss, shifted_sigmas  # noqa: E402
 
 
@@ -52,6 +53,32 @@ def make_variant(batches, device: str, bf16: bool, compiled: bool):
     return run_steps
 
 
+def data_path(dataset, args) -> dict:
+    """Images per second of the training batches (noise and captions included), rendered on demand against read
+    from the image cache, in this process; and the cache's build rate."""
+    import tempfile
+
+    from probekit.backbone.cache import ImageCache
+
+    n_batches = 40
+    with tempfile.TemporaryDirectory() as root:
+        cache = ImageCache(dataset, root=root)
+        start = time.perf_counter()
+        cache.build(rows=n_batches * args.batch_size, progress=False)
+        build_s = time.perf_counter() - start
+        sources = {"rendered": Rendered(dataset), "cached": cache}
+        timing = interleaved({name: (lambda src=src: [_batch(src, dataset.image_size, step, args.batch_size, 0.1, 0)
+                                                      for step in range(n_batches)])
+                              for name, src in sources.items()}, repeats=args.repeats)
+    images = n_batches * args.batch_size
+    out = {name: round(images / t["median_s"], 1) for name, t in timing.items()}
+    out.update({"speedup": round(timing["rendered"]["median_s"] / timing["cached"]["median_s"], 2),
+                "build_images_s": round(images / build_s, 1), "timing": timing})
+    print(f"training batches: rendered {out['rendered']} img/s, cached {out['cached']} img/s "
+          f"({out['speedup']}x); the cache builds at {out['build_images_s']} img/s")
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=10)
@@ -62,8 +89,9 @@ def main() -> None:
     args = parser.parse_args()
 
     dataset = ShapeWorld("pretrain")
+    data = data_path(dataset, args)
     start = time.perf_counter()
-    batches = [_batch(dataset, step, args.batch_size, 0.1, 0) for step in range(args.steps)]
+    batches = [_batch(Rendered(dataset), dataset.image_size, step, args.batch_size, 0.1, 0) for step in range(args.steps)]
     render_s = (time.perf_counter() - start) / args.steps
     variants = {"fp32": make_variant(batches, args.device, bf16=False, compiled=False),
                 "bf16": make_variant(batches, args.device, bf16=True, compiled=False)}
@@ -81,7 +109,8 @@ def main() -> None:
         print(f"{name:>13}: {t['s_per_step']:.3f} s/step, x{t['speedup_vs_fp32']:.2f} vs fp32")
     print(f"rendering one batch: {render_s:.3f} s ({render_s / (base / args.steps):.0%} of a float32 step)")
     write_result(f"train_step_{args.device.split(':')[0]}", {
-        "settings": vars(args), "timings": timings, "render_batch_s": render_s, "compile_first_call_s": compile_s})
+        "settings": vars(args), "timings": timings, "render_batch_s": render_s, "compile_first_call_s": compile_s,
+        "data_path": data})
 
 
 if __name__ == "__main__":

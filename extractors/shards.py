@@ -204,9 +204,7 @@ class ExtractionRun:
 
     def commit(self, shard: Shard, tmp: Path) -> None:
         """Make a finished shard visible, atomically (and durably: fsync before the rename)."""
-        with open(tmp, "rb") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, self.dir / shard.name)
+        atomic.commit(tmp, self.dir / shard.name)
 
     # -- the index ----------------------------------------------------------------------------
     def write_index(self) -> Path:

@@ -30,10 +30,18 @@ def atomic_path(path: str | os.PathLike, *, durable: bool = False) -> Iterator[P
     try:
         yield tmp
         if durable:
-            _fsync(tmp)
-        os.replace(tmp, path)
+            commit(tmp, path)
+        else:
+            os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def commit(tmp: str | os.PathLike, path: str | os.PathLike) -> Path:
+    """Make a file written under another name visible under ``path``: fsync, then rename (durable, atomic)."""
+    _fsync(Path(tmp))
+    os.replace(tmp, path)
+    return Path(path)
 
 
 def write_text(path: str | os.PathLike, text: str, *, durable: bool = False) -> Path:

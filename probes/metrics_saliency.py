@@ -46,11 +46,12 @@ Definitions (per image; N pixels, G the foreground set, ``eps`` = ``np.spacing(1
   If G is empty, E = #predicted background / (N - 1 + eps); if G is the whole image,
   E = #predicted foreground / (N - 1 + eps). The curve uses the same 256 thresholds as F. Because of
   the ``N - 1`` a perfect map scores N / (N - 1), slightly above 1.
+  Adaptive: the binary map ``p >= min(2 mean(p), 1)`` (on the float map, as for adaptive F).
 
 Aggregation over a dataset (as PySODMetrics)
 --------------------------------------------
 Every metric is a mean over images, not a pooled pixel count: MAE, adpF and Sm are means of per-image
-values; for F and E the 256-point curves are averaged over images first, then
+values, and so is adpE; for F and E the 256-point curves are averaged over images first, then
 ``maxF``/``maxE`` = max of the mean curve and ``meanF``/``meanE`` = mean of the mean curve. A small image
 therefore weighs as much as a large one.
 
@@ -75,7 +76,7 @@ _BETA2 = 0.3
 _ALPHA = 0.5
 _NUM_THRESHOLDS = 256
 
-KEYS = ("MAE", "maxF", "meanF", "adpF", "Sm", "maxE", "meanE")
+KEYS = ("MAE", "maxF", "meanF", "adpF", "Sm", "maxE", "meanE", "adpE")
 
 
 class SaliencyMetrics:
@@ -88,6 +89,7 @@ class SaliencyMetrics:
         # Scalars are kept per image so that compute() takes np.mean of the same array PySODMetrics does.
         self._mae: list[float] = []
         self._adp_f: list[float] = []
+        self._adp_e: list[float] = []
         self._sm: list[float] = []
         # Curves are summed as they come: adding rows one by one is what np.mean(axis=0) does over an
         # (images, 256) array, so this is the same arithmetic without keeping every curve.
@@ -109,6 +111,7 @@ class SaliencyMetrics:
 
         self._mae.append(float(np.mean(np.abs(p - g))))
         self._adp_f.append(_adaptive_f(p, g, n_fg))
+        self._adp_e.append(_adaptive_e(p, g, n_fg))
         self._sm.append(_s_measure(p, g))
         self._f_curve_sum += _f_curve(tp, fp, n_fg)
         self._e_curve_sum += _e_curve(tp, fp, n_fg, g.size)
@@ -127,6 +130,7 @@ class SaliencyMetrics:
             "Sm": float(np.mean(np.array(self._sm, dtype=np.float64))),
             "maxE": float(e_curve.max()),
             "meanE": float(e_curve.mean()),
+            "adpE": float(np.mean(np.array(self._adp_e, dtype=np.float64))),
         }
 
 
@@ -159,6 +163,14 @@ def _adaptive_f(p: np.ndarray, g: np.ndarray, n_fg: int) -> float:
     pre = inter / np.count_nonzero(binary)
     rec = inter / n_fg
     return float((1 + _BETA2) * pre * rec / (_BETA2 * pre + rec))
+
+
+def _adaptive_e(p: np.ndarray, g: np.ndarray, n_fg: int) -> float:
+    """E-measure of the map binarised at the adaptive threshold (the same cells as one point of the curve)."""
+    binary = p >= min(2 * p.mean(), 1)
+    tp = np.array([np.count_nonzero(binary & g)])
+    fp = np.array([np.count_nonzero(binary & ~g)])
+    return float(_e_curve(tp, fp, n_fg, g.size)[0])
 
 
 def _f_curve(tp: np.ndarray, fp: np.ndarray, n_fg: int) -> np.ndarray:

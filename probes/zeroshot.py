@@ -41,12 +41,16 @@ def zero_shot_segmentation(features: str | Path, *, mode: str = "output", out: s
         size = reader.label_shape("seg")
         for batch in reader.batches([key], batch_size, labels=["seg"]):
             maps = torch.from_numpy(batch["features"][key])[:, order]
+            if not bool(torch.isfinite(maps).all()):
+                raise FeatureFileError(f"{reader.path}: concept maps of rows {batch['positions'][:3].tolist()} hold "
+                                       "NaN or inf")
             logits = F.interpolate(maps, size=size, mode="bilinear", align_corners=False)
             task.update(metric, logits, task.target(batch["labels"]["seg"]))
         metrics = task.compute(metric)
         record = ResultRecord(
             task="seg", main_score_name=task.main_metric, main_score=float(metrics[task.main_metric]),
-            higher_is_better=True, metrics=metrics, extractor=extractor, dataset=reader.dataset.get("dataset"),
+            higher_is_better=True, metrics=metrics, metrics_info=task.metrics_info(), extractor=extractor,
+            dataset=reader.dataset.get("dataset"), seeds=[],
             probe={"name": name, "fusion": "zero-shot", "head": f"argmax-{mode}", "feature_keys": [key],
                    "timestep": None, "layer": None, "timesteps": reader.attr("timesteps"),
                    "layers": reader.provenance.get("extractor", {}).get("concept_layers"), "fusion_weights": None},

@@ -7,7 +7,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import tiny_mmdit_overrides
+from helpers import tiny_mmdit_overrides
 from probekit.backbone import train as tb
 
 # A much smaller transformer than the shipped one, so a few dozen steps take seconds.
@@ -19,6 +19,7 @@ def _rows(run):
         return list(csv.DictReader(fh))
 
 
+@pytest.mark.slow
 def test_a_few_steps_lower_the_held_out_loss(tmp_path):
     from probekit.datasets import load_manifest
     from probekit.backbone.model import build_models, save_folder
@@ -129,3 +130,46 @@ def test_sample_prediction_loss_is_the_velocity_error():
     implied_v = (x_t - (x0 + 0.1)) / s
     torch.testing.assert_close(tb.flow_loss(Echo(x0 + 0.1), no_text, x0, ["", ""], sigma, eps, prediction="sample"),
                                ((implied_v - (eps - x0)) ** 2).mean(dim=(1, 2, 3)))
+
+
+def test_the_image_cache_serves_the_rendered_images_resumes_a_killed_build_and_trains_the_same(tmp_path,
+                                                                                                monkeypatch):
+    from probekit.backbone import cache as cache_mod
+    from probekit.datasets.shapeworld import ShapeWorld
+
+    ds = ShapeWorld("pretrain", size=40)
+    monkeypatch.setattr(cache_mod, "CHUNK", 16)
+    cache = cache_mod.ImageCache(ds, root=tmp_path / "cache")
+    real_write = cache_mod.atomic.write_text
+    calls = {"n": 0}
+
+    def killed_during_the_second_chunk(path, text, **kw):
+        real_write(path, text, **kw)
+        if path.name == "progress.json":
+            calls["n"] += 1
+            if calls["n"] == 1:
+                raise KeyboardInterrupt  # as if the build were killed after its first chunk
+
+    monkeypatch.setattr(cache_mod.atomic, "write_text", killed_during_the_second_chunk)
+    with pytest.raises(KeyboardInterrupt):
+        cache.build(progress=False)
+    assert cache.done == 16 and not cache.complete
+    lines = []
+    cache.build(progress=False, log=lines.append)
+    assert cache.complete and "resuming the image cache at 16 of 40" in lines[0]
+    for i in (0, 15, 16, 39):
+        image, caption = cache.item(i)
+        assert (image == ds[i].image).all() and caption == ds[i].caption
+    other = cache_mod.ImageCache(ShapeWorld("pretrain", size=40, scene={"objects_per_image": [1, 1]}),
+                                 root=tmp_path / "cache")
+    assert other.dir != cache.dir  # another scene never reads this cache
+
+    # Training from the cache is training from rendered images: the same weights.
+    monkeypatch.setattr(cache_mod, "cache_dir", lambda: tmp_path / "cache2")
+    args = dict(steps=3, batch_size=4, lr=1e-3, warmup=1, config_overrides=TINY, checkpoint_every=3,
+                progress=False, log=lambda s: None)
+    rendered = tb.train_backbone(tmp_path / "rendered", **args)
+    cached = tb.train_backbone(tmp_path / "cached", cache=True, **args)
+    a = load_file(rendered / "transformer" / "diffusion_pytorch_model.safetensors")
+    b = load_file(cached / "transformer" / "diffusion_pytorch_model.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)

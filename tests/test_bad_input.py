@@ -56,7 +56,7 @@ def test_on_error_skip_records_skipped_ids_and_reasons_and_keeps_earlier_work(ec
 def test_pickled_diffusers_weights_are_refused_naming_the_file(tmp_path):
     from diffusers import SD3Transformer2DModel
 
-    from conftest import FLOW, _save
+    from helpers import FLOW, _save
 
     model = SD3Transformer2DModel(sample_size=8, patch_size=2, in_channels=3, out_channels=3, num_layers=1,
                                   attention_head_dim=8, num_attention_heads=2, joint_attention_dim=16,

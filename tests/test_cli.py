@@ -120,3 +120,34 @@ def test_train_backbone_refuses_a_bad_scene_before_training(tmp_path, scene, wor
                                    "--scene", scene, "-q"])
     assert res.exit_code != 0 and words in res.output, res.output
     assert not (tmp_path / "run").exists()
+
+
+def test_every_command_has_help_and_none_imports_torch_for_it():
+    import subprocess
+    import sys
+
+    code = """
+import sys
+import click
+from click.testing import CliRunner
+from probekit.cli import cli
+
+def walk(group, path):
+    for name, cmd in group.commands.items():
+        yield path + [name], cmd
+        if isinstance(cmd, click.Group):
+            yield from walk(cmd, path + [name])
+
+names = []
+for path, cmd in walk(cli, []):
+    res = CliRunner().invoke(cli, path + ["--help"])
+    assert res.exit_code == 0, (path, res.output)
+    assert (cmd.help or "").strip() and "Usage:" in res.output, path
+    names.append(" ".join(path))
+assert "torch" not in sys.modules, "a --help imported torch"
+print(len(names), sorted(names))
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    count = int(out.stdout.split()[0])
+    assert count >= 13 and "'run'" in out.stdout and "'data check'" in out.stdout

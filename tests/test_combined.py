@@ -10,7 +10,8 @@ from probekit.cli import cli
 from probekit.combined import CombinedReader
 from probekit.errors import FeatureFileError
 from probekit.store import write_features
-from test_probes import REF, _labels, informative
+from helpers import REF, informative
+from helpers import labels as _labels
 
 
 def _write(path, split, n, key, grid, extractor, seed, order=None, size=None):

@@ -20,7 +20,7 @@ def folders(tmp_path_factory):
     from diffusers import FluxTransformer2DModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
-    from conftest import make_tiny_shapeworld_mmdit
+    from helpers import make_tiny_shapeworld_mmdit
 
     root = tmp_path_factory.mktemp("concepts")
     manifest, _ = load_manifest("shapeworld")

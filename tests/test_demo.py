@@ -2,11 +2,13 @@
 
 import json
 
+import pytest
 from click.testing import CliRunner
 
 from probekit.cli import cli
 
 
+@pytest.mark.slow
 def test_demo_runs_end_to_end_on_the_shipped_backbone_and_its_control(tmp_path):
     out = tmp_path / "demo"
     res = CliRunner().invoke(cli, ["demo", "--out", str(out), "--n-train", "16", "--n-test", "8",

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import make_tiny
+from helpers import make_tiny
 from probekit.datasets.shapeworld import ShapeWorld
 from probekit.errors import ProbekitError
 from probekit.extractors.diffusers_dit import DiffusersDiTExtractor

@@ -12,7 +12,7 @@ import pytest
 from safetensors.torch import load_file
 
 from probekit.probes.trainer import train_probe
-from test_probes import _write, informative, noise
+from helpers import informative, noise, write_synthetic as _write
 
 SEEDS = [0, 1, 2]
 KEYS = ["t=100/layer=0", "t=500/layer=0", "t=900/layer=0", "t=100/layer=1"]
@@ -50,6 +50,7 @@ def _within_spread(fused, single):
     return fused["main_score"] >= single["main_score"] - spread
 
 
+@pytest.mark.slow
 def test_one_informative_map_gets_the_weight_and_fusion_matches_it(stacks, tmp_path):
     files = stacks["one"]
     single = _probe(files, tmp_path, "single", key="t=500/layer=0")
@@ -66,6 +67,7 @@ def test_one_informative_map_gets_the_weight_and_fusion_matches_it(stacks, tmp_p
     assert _within_spread(spatial, single), (spatial["main_score"], single["main_score"])
 
 
+@pytest.mark.slow
 def test_complementary_maps_fuse_to_beat_each_alone_and_spatial_weights_point_at_the_right_half(stacks, tmp_path):
     files = stacks["halves"]
     singles = [_probe(files, tmp_path, f"single{k}", key=k) for k in ("t=100/layer=0", "t=900/layer=0")]

@@ -8,7 +8,7 @@ from probekit.cli import cli
 from probekit.datasets import load_dataset
 from probekit.errors import ProbekitError
 from probekit.pipelines import generate as gen
-from conftest import make_tiny_shapeworld_mmdit
+from helpers import make_tiny_shapeworld_mmdit
 
 
 @pytest.fixture(scope="module")

@@ -43,14 +43,18 @@ def test_stopping_early_ends_the_background_thread():
             yield i
             i += 1
 
-    before = threading.active_count()
-    for item in prefetched(endless(), depth=2):
+    def ours() -> set:
+        return {t for t in threading.enumerate() if t.name == "probekit-prefetch"}
+
+    before = ours()
+    gen = prefetched(endless(), depth=2)
+    for item in gen:
         if item == 5:
             break
-    deadline = time.monotonic() + 5
-    while threading.active_count() > before and time.monotonic() < deadline:
-        time.sleep(0.01)
-    assert threading.active_count() == before
+    started = ours() - before
+    assert len(started) == 1 and all(t.is_alive() for t in started)  # blocked on the full queue
+    gen.close()  # what leaving the loop does once the generator is dropped; close() joins the thread
+    assert not any(t.is_alive() for t in started)
 
 
 def test_depth_zero_reads_inline():

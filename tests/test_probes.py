@@ -10,43 +10,7 @@ from safetensors.torch import load_file
 from probekit.probes.fusion import GroupedFusion
 from probekit.registries import FUSIONS, HEADS
 from probekit.probes.trainer import train_probe
-from probekit.store import write_features
-
-CLASSES = ["background", "a", "b"]
-REF = {"dataset": "synthetic", "split": None, "manifest_sha256": "0", "params_hash": "0", "classes": CLASSES,
-       "ignore_index": 255, "depth_range": [0.0, 10.0]}
-H = W = 16  # label size; features on an 8x8 grid
-
-
-def _labels(rng, n):
-    seg = np.zeros((n, H, W), dtype=np.uint8)
-    for i in range(n):
-        for cls in (1, 2):
-            r, c = 2 * rng.integers(0, 6, size=2)  # on the 8x8 feature grid, so features can be exact
-            seg[i, r:r + 6, c:c + 6] = cls
-    depth = np.where(seg > 0, 2.0 + seg, 8.0).astype(np.float32)
-    return seg, depth, (seg == 1).astype(np.uint8)
-
-
-def _write(path, split, n, maps_fn, seed):
-    """A feature file whose maps are maps_fn(onehot(seg) at 8x8, rng) -> {key: (n, C, 8, 8)}."""
-    rng = np.random.default_rng(seed)
-    seg, depth, sal = _labels(rng, n)
-    onehot = np.eye(3, dtype=np.float32)[seg[:, ::2, ::2]].transpose(0, 3, 1, 2)  # (n, 3, 8, 8)
-    feats = maps_fn(onehot, rng)
-    ids = [f"synthetic/{split}/{i:06d}" for i in range(n)]
-    return write_features(path, feats, {"seg": seg, "depth": depth, "saliency": sal}, ids,
-                          attrs={"extractor": "synthetic", "dataset": {**REF, "split": split},
-                                 "provenance": {"extractor": {"name": "synthetic"}}})
-
-
-def informative(onehot, rng):
-    return onehot * 3 + 0.3 * rng.standard_normal(onehot.shape).astype(np.float32)
-
-
-def noise(onehot, rng):
-    return rng.standard_normal(onehot.shape).astype(np.float32)
-
+from helpers import REF, informative, noise, write_synthetic as _write
 
 def two_timesteps(onehot, rng):
     # t=100 carries the labels, t=900 is pure noise, at two layers.

@@ -63,6 +63,7 @@ def _run(args):
     return result
 
 
+@pytest.mark.slow
 def test_sigkill_in_the_writer_thread_resumes_to_the_uninterrupted_file(tmp_path):
     common = ARGS + ["--limit", "24", "--shard-size", "4", "--batch-size", "2"]
     _run(common + ["-o", str(tmp_path / "reference.h5")])
@@ -168,6 +169,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.slow
 def test_torchrun_two_cpu_ranks_equal_one_process(tmp_path):
     common = ARGS + ["--limit", "9", "--shard-size", "2", "--batch-size", "2", "--device", "cpu"]
     _run(common + ["-o", str(tmp_path / "one.h5")])

@@ -44,6 +44,7 @@ def _run(*args):
     return res
 
 
+@pytest.mark.slow
 def test_a_suite_of_two_backbones_runs_end_to_end_and_a_rerun_does_no_work(tmp_path):
     suite = _write(tmp_path / "tiny.yaml", SUITE)
     out = tmp_path / "out"
@@ -72,6 +73,7 @@ def test_a_suite_of_two_backbones_runs_end_to_end_and_a_rerun_does_no_work(tmp_p
     assert "to write: 0 B of features" in dry.output
 
 
+@pytest.mark.slow
 def test_a_suite_killed_during_extraction_resumes(tmp_path):
     suite = dict(SUITE, extractors={"tiny-mmdit-random": {**SUITE["extractors"]["tiny-mmdit-random"], "shard_size": 8}},
                  combine=[])

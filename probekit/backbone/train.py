@@ -27,6 +27,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from probekit.backbone.cache import ImageCache, Rendered
 from probekit.datasets.shapeworld import ShapeWorld, checked_scene
 from probekit.backbone.model import (
     PREDICTIONS, SAMPLE, VELOCITY, build_models, load_denoiser, save_folder, scheduler_config)
@@ -72,30 +73,32 @@ def flow_loss(transformer, conditioner: TextConditioner, x0: torch.Tensor, promp
     return ((pred - (eps - x0)) ** 2).mean(dim=(1, 2, 3))
 
 
-def _batch(dataset: ShapeWorld, step: int, batch_size: int, caption_dropout: float, seed: int):
+def _batch(source, image_size: int, step: int, batch_size: int, caption_dropout: float, seed: int):
+    """The batch of ``step``: a pure function of (step, batch size, seed), whatever ``source`` serves the images
+    (rendered on demand, or read from the image cache)."""
     rng = np.random.default_rng([seed, step])
     start = step * batch_size
-    samples = [dataset[(start + i) % len(dataset)] for i in range(batch_size)]
-    prompts = ["" if rng.random() < caption_dropout else s.caption for s in samples]
+    items = [source.item((start + i) % len(source)) for i in range(batch_size)]
+    prompts = ["" if rng.random() < caption_dropout else caption for _, caption in items]
     u = torch.from_numpy(1.0 / (1.0 + np.exp(-rng.normal(0.0, 1.0, batch_size)))).float()  # logit-normal
-    eps = torch.from_numpy(rng.standard_normal((batch_size, 3, dataset.image_size, dataset.image_size))).float()
-    return images_to_tensor([s.image for s in samples]), prompts, u, eps
+    eps = torch.from_numpy(rng.standard_normal((batch_size, 3, image_size, image_size))).float()
+    return images_to_tensor([image for image, _ in items]), prompts, u, eps
 
 
 class _StepBatches(torch.utils.data.Dataset):
     """Batch ``i`` is the training batch of step ``start + i``: the same pure function of the step as in-process
     rendering, so any number of loader workers gives the same data in the same order."""
 
-    def __init__(self, dataset: ShapeWorld, start: int, steps: int, batch_size: int, caption_dropout: float,
+    def __init__(self, source, image_size: int, start: int, steps: int, batch_size: int, caption_dropout: float,
                  seed: int):
-        self.dataset, self.start, self.steps = dataset, start, steps
+        self.source, self.image_size, self.start, self.steps = source, image_size, start, steps
         self.batch_size, self.caption_dropout, self.seed = batch_size, caption_dropout, seed
 
     def __len__(self) -> int:
         return self.steps - self.start
 
     def __getitem__(self, i: int):
-        return _batch(self.dataset, self.start + i, self.batch_size, self.caption_dropout, self.seed)
+        return _batch(self.source, self.image_size, self.start + i, self.batch_size, self.caption_dropout, self.seed)
 
 
 def _batches(batches: _StepBatches, workers: int, pin: bool):
@@ -112,7 +115,8 @@ def train_backbone(out: str | Path, *, steps: int = 3000, batch_size: int = 32, 
                    workers: int = 0,
                    prediction: str = VELOCITY, precision: str = "fp32", export_every: int = 0,
                    device: str = "cpu", scene: dict[str, Any] | None = None,
-                   config_overrides: dict[str, Any] | None = None, progress: bool = True, log=print) -> Path:
+                   config_overrides: dict[str, Any] | None = None, cache: bool = False, compile: bool = False,
+                   progress: bool = True, log=print) -> Path:
     """Train (or resume) and export the EMA weights to ``out/model``; returns that folder.
 
     ``prediction``: what the network outputs, ``velocity`` (``eps - x0``, SD3's choice) or ``sample`` (the
@@ -124,7 +128,9 @@ def train_backbone(out: str | Path, *, steps: int = 3000, batch_size: int = 32, 
     renders the training images in that many loader processes (same images, same order; worth it when the
     model's step is faster than rendering a batch, as on a GPU). ``scene``
     overrides ShapeWorld's scene ranges for the training images (e.g. ``{"objects_per_image": [1, 2]}``);
-    the probes' splits are untouched.
+    the probes' splits are untouched. ``cache`` renders the training images once into a memory map
+    (``probekit.backbone.cache``; same images, same order) and trains from it; ``compile`` runs the transformer
+    through ``torch.compile``. Neither is part of the recipe: they change speed, not the data or the model.
     """
     if prediction not in PREDICTIONS:
         raise ValueError(f"prediction must be one of {PREDICTIONS}, not {prediction!r}")
@@ -136,12 +142,17 @@ def train_backbone(out: str | Path, *, steps: int = 3000, batch_size: int = 32, 
     if threads:
         torch.set_num_threads(threads)
     # the recipe: everything that changes the weights (not where, how fast or how often they are saved)
-    not_recipe = ("out", "log", "progress", "checkpoint_every", "threads", "workers", "export_every", "device")
+    not_recipe = ("out", "log", "progress", "checkpoint_every", "threads", "workers", "export_every", "device",
+                  "cache", "compile")
     params = {k: v for k, v in locals().items() if k not in not_recipe}
     dataset = ShapeWorld("pretrain", scene=scene)
+    # The cache holds the rows this run reads (its steps x batch size, wrapping at the split's end).
+    source = (ImageCache(dataset).build(rows=steps * batch_size, progress=progress, log=log) if cache
+              else Rendered(dataset))
     transformer, text_encoder, tokenizer = build_models(dataset.manifest, seed=seed, overrides=config_overrides)
     dev = torch.device(device)
     transformer, text_encoder = transformer.to(dev), text_encoder.to(dev)
+    forward = torch.compile(transformer) if compile else transformer
     conditioner = TextConditioner(tokenizer, text_encoder)
     trainable = torch.nn.ModuleDict({"transformer": transformer, "text_encoder": text_encoder})
     ema = copy.deepcopy(trainable).requires_grad_(False)
@@ -169,12 +180,12 @@ def train_backbone(out: str | Path, *, steps: int = 3000, batch_size: int = 32, 
         bar = tqdm(range(start_step, steps), initial=start_step, total=steps, desc="train-backbone",
                    disable=not progress)
         t0 = time.perf_counter() - elapsed
-        batches = _batches(_StepBatches(dataset, start_step, steps, batch_size, caption_dropout, seed), workers,
-                           pin=dev.type == "cuda")
+        batches = _batches(_StepBatches(source, dataset.image_size, start_step, steps, batch_size, caption_dropout,
+                                        seed), workers, pin=dev.type == "cuda")
         for step, (x0, prompts, u, eps) in zip(bar, batches):
             x0, u, eps = x0.to(dev, non_blocking=True), u.to(dev), eps.to(dev, non_blocking=True)
             with torch.autocast(device_type=dev.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
-                loss = flow_loss(transformer, conditioner, x0, prompts, shifted_sigmas(u, shift), eps,
+                loss = flow_loss(forward, conditioner, x0, prompts, shifted_sigmas(u, shift), eps,
                                  prediction=prediction, min_sigma=TRAIN_MIN_SIGMA).mean()
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -207,6 +218,7 @@ def train_backbone(out: str | Path, *, steps: int = 3000, batch_size: int = 32, 
         "parameters": {"transformer": sum(p.numel() for p in transformer.parameters()),
                        "text_encoder": sum(p.numel() for p in text_encoder.parameters())},
         "weights": "exponential moving average of the training weights",
+        "speed": {"image_cache": bool(cache), "torch_compile": bool(compile), "workers": workers},
         "data": "ShapeWorld split 'pretrain' (disjoint from train/val/test)"
                 + (f", scene overrides {json.dumps(dataset.scene)}" if dataset.scene else ""),
         "scheduler": scheduler_config(shift), "provenance": base_provenance(),
@@ -226,11 +238,12 @@ def lr_factor(step: int, warmup: int, steps: int, floor: float = 0.1) -> float:
 
 
 def _save_checkpoint(path: Path, model, ema, optimizer, schedule, step: int, elapsed: float, params) -> None:
-    tmp = path.with_suffix(".tmp")
-    torch.save({"model": model.state_dict(), "ema": ema.state_dict(), "optimizer": optimizer.state_dict(),
-                "schedule": schedule.state_dict(), "step": step, "elapsed": elapsed,
-                "params": json.dumps(params, sort_keys=True)}, tmp)
-    os.replace(tmp, path)  # a kill mid-write never corrupts the last good checkpoint
+    from probekit import atomic
+
+    with atomic.atomic_path(path, durable=True) as tmp:  # a kill mid-write never corrupts the last good one
+        torch.save({"model": model.state_dict(), "ema": ema.state_dict(), "optimizer": optimizer.state_dict(),
+                    "schedule": schedule.state_dict(), "step": step, "elapsed": elapsed,
+                    "params": json.dumps(params, sort_keys=True)}, tmp)
 
 
 @torch.no_grad()

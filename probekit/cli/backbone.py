@@ -36,18 +36,23 @@ from probekit.errors import ProbekitError
 @click.option("--scene", "scene_items", multiple=True, metavar="KEY=LOW,HIGH",
               help="Override a ShapeWorld scene range for the training images, e.g. objects_per_image=1,2 or "
                    "object_distance_m=2.5,6 (repeatable).")
+@click.option("--cache/--no-cache", default=False, show_default=True,
+              help="Render the training images once into a memory-mapped cache ($PROBEKIT_CACHE) and train from "
+                   "it: same images, same order; for a GPU, where rendering bounds the step.")
+@click.option("--compile", "compile_", is_flag=True, help="Run the transformer through torch.compile.")
 @opt.quiet
 @click.pass_context
 @opt.friendly_errors
 def train_backbone(ctx, out, steps, batch_size, lr, caption_dropout, shift, prediction, precision, seed,
-                   checkpoint_every, export_every, device, workers, scene_items, quiet):
+                   checkpoint_every, export_every, device, workers, scene_items, cache, compile_, quiet):
     """Train the ShapeWorld MM-DiT (rectified flow, SD3 architecture); rerun the same command to resume."""
     from probekit.backbone.train import train_backbone as train
 
     train(out, steps=steps, batch_size=batch_size, lr=lr, caption_dropout=caption_dropout, shift=shift,
           prediction=prediction, precision=precision, seed=seed, checkpoint_every=checkpoint_every,
           export_every=export_every, threads=ctx.obj.get("threads") if ctx.obj else None, device=device,
-          workers=workers, scene=_scene_option(scene_items), progress=not quiet, log=click.echo)
+          workers=workers, scene=_scene_option(scene_items), cache=cache, compile=compile_, progress=not quiet,
+          log=click.echo)
 
 
 def _scene_option(items) -> dict | None:

@@ -112,4 +112,7 @@ def zeroshot(features, mode, out, results_root, overwrite_mode):
 
     record = zero_shot_segmentation(features, mode=mode, out=out, results_root=results_root,
                                     overwrite=overwrite_mode or "error")
-    click.echo(f"zero-shot seg mIoU = {100 * record['main_score']:.2f} ({mode}) -> {record['_path']}")
+    from probekit import scores
+
+    shown = scores.format_score(record["main_score"], scores.info(record["main_score_name"], record)["unit"])
+    click.echo(f"zero-shot seg {record['main_score_name']} = {shown} ({mode}) -> {record['_path']}")

@@ -25,7 +25,7 @@ as null); the other metrics there must still agree.
 
 Metrics, read out as in the PySODMetrics README: ``MAE().get_results()["mae"]``; ``Fmeasure()``:
 ``fm["curve"].max()``, ``fm["curve"].mean()``, ``fm["adp"]``; ``Smeasure()["sm"]``; ``Emeasure()``:
-``em["curve"].max()``, ``em["curve"].mean()``. ``Fmeasure`` is the legacy class (it warns that it will be
+``em["curve"].max()``, ``em["curve"].mean()``, ``em["adp"]``. ``Fmeasure`` is the legacy class (it warns that it will be
 removed); the script checks that ``FmeasureV2`` with ``FmeasureHandler(beta=0.3)`` gives the same numbers.
 """
 
@@ -140,6 +140,7 @@ def _reference(pairs):
         "Sm": sm.get_results()["sm"],
         "maxE": e["curve"].max(),
         "meanE": e["curve"].mean(),
+        "adpE": e["adp"],
     }
     f2 = fm2.get_results()["fm"]
     for key, ours, v2 in (("maxF", out["maxF"], f2["dynamic"].max()), ("meanF", out["meanF"], f2["dynamic"].mean()),
