@@ -228,7 +228,7 @@ def run_real_width(args) -> None:
                 row["probe"] = probe_check(ex, work, size, args)
             results.append(row)
             print(json.dumps({k: v for k, v in row.items() if k != "timing"}, indent=1), flush=True)
-            del ex
+            ex = None  # the model goes before the next one loads
             gc.collect()
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()

@@ -12,8 +12,6 @@ transformer folder) or a hub id resolved through the local hub cache.
 
 from __future__ import annotations
 
-import contextlib
-import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any

@@ -115,3 +115,12 @@ def informative(onehot, rng):
 
 def noise(onehot, rng):
     return rng.standard_normal(onehot.shape).astype(np.float32)
+
+
+def half_and_half(onehot, rng):
+    # Key A is informative on the left half only, key B on the right half only.
+    left = np.zeros_like(onehot)
+    left[..., :4] = 1
+    a = np.where(left == 1, informative(onehot, rng), noise(onehot, rng))
+    b = np.where(left == 0, informative(onehot, rng), noise(onehot, rng))
+    return {"t=100/layer=0": a.astype(np.float32), "t=900/layer=0": b.astype(np.float32)}

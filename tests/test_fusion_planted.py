@@ -7,12 +7,11 @@ default training settings over three seeds.
     and beats every single map; global fusion beats them too.
 """
 
-import numpy as np
 import pytest
 from safetensors.torch import load_file
 
 from probekit.probes.trainer import train_probe
-from helpers import informative, noise, write_synthetic as _write
+from helpers import half_and_half, informative, noise, write_synthetic as _write
 
 SEEDS = [0, 1, 2]
 KEYS = ["t=100/layer=0", "t=500/layer=0", "t=900/layer=0", "t=100/layer=1"]
@@ -22,20 +21,12 @@ def one_informative(onehot, rng):
     return {k: (informative if k == "t=500/layer=0" else noise)(onehot, rng) for k in KEYS}
 
 
-def complementary_halves(onehot, rng):
-    left = np.zeros_like(onehot)
-    left[..., :4] = 1
-    a = np.where(left == 1, informative(onehot, rng), noise(onehot, rng))
-    b = np.where(left == 0, informative(onehot, rng), noise(onehot, rng))
-    return {"t=100/layer=0": a.astype(np.float32), "t=900/layer=0": b.astype(np.float32)}
-
-
 @pytest.fixture(scope="module")
 def stacks(tmp_path_factory):
     root = tmp_path_factory.mktemp("planted")
     return {name: {split: _write(root / f"{name}-{split}.h5", split, n, fn, seed)
                    for split, n, seed in (("train", 160, 0), ("val", 32, 1), ("test", 48, 2))}
-            for name, fn in (("one", one_informative), ("halves", complementary_halves))}
+            for name, fn in (("one", one_informative), ("halves", half_and_half))}
 
 
 def _probe(files, tmp_path, name, **kw):

@@ -2,29 +2,20 @@
 
 import json
 
-import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
 
+from helpers import half_and_half, informative, noise, write_synthetic as _write
 from probekit.probes.fusion import GroupedFusion
-from probekit.registries import FUSIONS, HEADS
 from probekit.probes.trainer import train_probe
-from helpers import REF, informative, noise, write_synthetic as _write
+from probekit.registries import FUSIONS, HEADS
+
 
 def two_timesteps(onehot, rng):
     # t=100 carries the labels, t=900 is pure noise, at two layers.
     return {"t=100/layer=0": informative(onehot, rng), "t=900/layer=0": noise(onehot, rng),
             "t=100/layer=1": informative(onehot, rng), "t=900/layer=1": noise(onehot, rng)}
-
-
-def half_and_half(onehot, rng):
-    # Key A is informative on the left half only, key B on the right half only.
-    left = np.zeros_like(onehot)
-    left[..., :4] = 1
-    a = np.where(left == 1, informative(onehot, rng), noise(onehot, rng))
-    b = np.where(left == 0, informative(onehot, rng), noise(onehot, rng))
-    return {"t=100/layer=0": a.astype(np.float32), "t=900/layer=0": b.astype(np.float32)}
 
 
 @pytest.fixture(scope="module")

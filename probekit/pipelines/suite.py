@@ -345,7 +345,7 @@ def run_suite(suite: Suite, *, dry_run: bool = False, overwrite: bool = False, p
                 for task in probe["tasks"]:
                     seeds = seeds_of(probe, suite.seed)
                     fusion, head = probe.get("fusion", "single"), probe.get("head", "linear")
-                    what = (f"each map" if probe.get("each_map") else
+                    what = ("each map" if probe.get("each_map") else
                             f"best {probe['best_map_of']} map" if probe.get("best_map_of") else fusion)
                     cell = Cell("probe", f"probe {label} {ds_name} {task} {head}-{what}"
                                 + (f" x{len(seeds)} seeds" if len(seeds) > 1 else ""),
