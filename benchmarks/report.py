@@ -104,24 +104,44 @@ def render() -> str:
                 f"({store['written_mb']} MB). Machine: {_machine(store)}.", "",
                 f"Achieved {store['extract_mb_s']} MB/s against the disk's {store['disk_mb_s']} MB/s measured in "
                 f"the same run: {target(store['ratio'], 0.8)}.", "", _timing(store["timing"]), ""]
-    io = _load("probe_io")
-    if io:
-        s, h = io["settings"], io["hdf5_vs_ram"]
-        out += ["## Probe training: HDF5 against RAM", "",
-                f"`python benchmarks/bench_probe_io.py --n {s['n_train']} --repeats {s['repeats']} --base "
-                f"{s['memory_base_samples']}`: {s['probe']}, shipped backbone features of {s['n_train']} training "
-                f"and {s['n_eval']} evaluation images. Machine: {_machine(io)}.", "",
-                "HDF5 / RAM throughput: " + "; ".join(f"{name}: {target(v, 0.9)}"
-                                                      for name, v in h["throughput_ratios"].items()) + ".", "",
-                _timing(h["timing"]), "",
+    probe = _load("probe")
+    if probe:
+        s, t = probe["settings"], probe["throughput"]
+        out += ["## Probe training throughput", "",
+                f"`python benchmarks/bench_probe.py --n {s['n_train']} --epochs {s['epochs']} --repeats "
+                f"{s['repeats']}`: {s['probe']}, on the demo's features of the shipped backbone ({t['training_rows']} "
+                f"training rows of (128, 16, 16) after the validation slice). Machine: {_machine(probe)}.", "",
+                "| | samples/s |", "|---|---|",
+                f"| `train_probe`, training | {t['probekit_training_samples_s']} |",
+                f"| bare loop, same head, tensors in RAM | {t['bare_loop_samples_s']} |",
+                f"| `train_probe`, whole call (reading, validation, test scoring, writing the run) | "
+                f"{t['probekit_whole_run_samples_s']} ({t['whole_run_s']} s) |", "",
+                f"probekit / bare loop: {target(t['ratio'], 0.8)}; training at "
+                f"{t['probekit_training_samples_s']} samples/s (target >= 2,000).", "",
+                _timing(probe["timing"]), "",
                 "## Peak memory against feature-file size", "",
                 f"Synthetic files, probed in a fresh process each ({s['memory_probe']}). *Added* is the peak "
-                "resident set size during probing minus the process's size after its imports.", "",
-                "| file | samples | size | added, probekit reader | ratio to 1x | added, RAM reader | ratio to 1x |",
+                "resident set size during probing minus the process's size after its imports. *Resident*: the "
+                "features held in memory (what a file that fits gets); *streamed*: read batch by batch "
+                "(`resident_bytes=0`, what a file larger than memory gets).", "",
+                "| file | samples | size | added, resident | ratio to 1x | added, streamed | ratio to 1x |",
                 "|---|---|---|---|---|---|---|"]
-        out += [f"| {r['factor']}x | {r['samples']} | {r['file_mb']} MB | {r['added_mb_hdf5']} MB | "
-                f"{r['added_ratio_hdf5']:.2f} | {r['added_mb_ram']} MB | {r['added_ratio_ram']:.2f} |"
-                for r in io["peak_memory"]]
+        out += [f"| {r['factor']}x | {r['samples']} | {r['file_mb']} MB | {r['added_mb_resident']} MB | "
+                f"{r['added_ratio_resident']:.2f} | {r['added_mb_streamed']} MB | {r['added_ratio_streamed']:.2f} |"
+                for r in probe["peak_memory"]]
+        out += [""]
+    load = _load("load")
+    if load:
+        s = load["settings"]
+        out += ["## Two processes at once on a small machine", "",
+                f"`python benchmarks/bench_load.py`: A = `{s['commands']['A demo']}`, B = `"
+                f"{s['commands']['B probe']}`, each alone, then both started together, on {s['cores']} cores. "
+                f"Slowdown = wall time together / alone (target <= 2.5). Machine: {_machine(load)}.", "",
+                "| setting | A alone | B alone | A together | B together | A slowdown | B slowdown |",
+                "|---|---|---|---|---|---|---|"]
+        out += [f"| {r['setting']} | {r['alone_s']['A demo']} s | {r['alone_s']['B probe']} s | "
+                f"{r['together_s']['A demo']} s | {r['together_s']['B probe']} s | {r['slowdown']['A demo']:.2f} | "
+                f"{r['slowdown']['B probe']:.2f} |" for r in load["rows"]]
         out += [""]
     ranks = _load("ranks")
     if ranks:
@@ -142,6 +162,12 @@ def render() -> str:
                 f"pre-rendered batches for every variant. Machine: {_machine(train)}.", "",
                 "| variant | s per step | speed-up vs float32 |", "|---|---|---|"]
         out += [f"| {name} | {t['s_per_step']:.3f} | {t['speedup_vs_fp32']:.2f}x |" for name, t in train["timings"].items()]
+        data = train.get("data_path")
+        if data:
+            out += ["", f"Training batches (images, captions, noise) produced in the training process: rendered on "
+                    f"demand {data['rendered']} images/s, read from the image cache (`train-backbone --cache`) "
+                    f"{data['cached']} images/s (**{data['speedup']}x**); building the cache renders "
+                    f"{data['build_images_s']} images/s, once."]
         out += ["", f"Rendering one batch of ShapeWorld images: {train['render_batch_s']:.3f} s."
                 + (f" torch.compile's first call (compilation): {train['compile_first_call_s']:.0f} s."
                    if train.get("compile_first_call_s") else ""), "", _timing(train["timings"]), ""]
