@@ -7,7 +7,7 @@
 ``toy``: `probekit extract` of the shipped ShapeWorld MM-DiT (64 px) against a bare forward loop over the
 same batches, last block and every block stored; and all timesteps in one forward against one per timestep.
 
-``real-width``: a FLUX-width transformer (1.31 B parameters, the issue's config: 2 double + 4 single blocks of
+``real-width``: a FLUX-width transformer (1.31 B parameters: 2 double + 4 single blocks of
 width 3,072) and an SD3-medium-width one (width 1,536), random weights in bf16 with 16-channel VAEs, built on
 the fly into a temporary folder (no download), on ShapeWorld val brought to 512 px, timesteps 250/500/750,
 one block stored. Against the bare forward (the extractor's own ``model_inputs`` and family forward, stopped
@@ -314,7 +314,9 @@ def run_storage(args) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("case", choices=["toy", "real-width", "storage"])
+    ap.add_argument("case", nargs="?", default="toy", choices=["toy", "real-width", "storage"],
+                    help="toy (default): the shipped backbone on CPU; storage: the write path at FLUX size; "
+                         "real-width: FLUX and SD3-medium widths on a GPU")
     ap.add_argument("--n", type=int, default=None)
     ap.add_argument("--batch-size", type=int, default=None)
     ap.add_argument("--repeats", type=int, default=3)

@@ -51,6 +51,7 @@ class ExtractionPlan:
     storage: StorageOptions
     thumbnail_bytes: int = 0
     finished: bool = False  # OUT already holds this very run
+    waits_for: str | None = None  # the training file whose projection this split reuses, not extracted yet
 
     @property
     def num_shards(self) -> int:

@@ -264,7 +264,9 @@ def extract_dataset(extractor: Extractor, dataset, out: str | os.PathLike, *, li
     raw_shapes = extractor.feature_shapes(tuple(first.image.shape[:2]))
     shapes = {k: stored_shape(s, storage) for k, s in raw_shapes.items()}
     source = None
-    if storage.projection_from is not None:
+    projection_pending = (dry_run and storage.projection_from is not None
+                          and not Path(storage.projection_from).exists())
+    if storage.projection_from is not None and not projection_pending:
         source = Projection.from_feature_file(storage.projection_from, list(raw_shapes),
                                               {k: s[0] for k, s in raw_shapes.items()}, storage.channels)
     plan = ExtractionPlan(out=out, num_samples=n, shard_size=shard_size or 1, shards_done=0,
@@ -276,13 +278,17 @@ def extract_dataset(extractor: Extractor, dataset, out: str | os.PathLike, *, li
         plan.shard_size = shard_size = auto_shard_size(plan.bytes_per_image)
     run = ExtractionRun(out, run_fingerprint(extractor, reference, n, _storage_fingerprint(storage, source)), n,
                         shard_size)
-    if run.dir.is_dir() and not overwrite and (run.dir / "run.json").is_file() and not out.exists():
+    if not overwrite and not out.exists() and run.resumable():
         plan.shards_done = len(run.shards) - len(run.missing())
     free = free_bytes(out.parent)
     if workers.is_main:
         for line in plan.lines(free, verbose=dry_run):
             echo(line)
     if dry_run:
+        if projection_pending:  # a plan of val/test before train exists: the shapes are known, the rest is not
+            echo(f"channel projection: from {storage.projection_from}, which does not exist yet (extract it first)")
+            plan.waits_for = str(storage.projection_from)
+            return plan
         plan.finished = run.finished_output() and not overwrite
         if plan.finished:
             echo(f"{out} is already complete with these settings: nothing would be done")

@@ -126,6 +126,13 @@ class ExtractionRun:
         except FeatureFileError:
             return False
 
+    def resumable(self) -> bool:
+        """True when the shard directory holds an interrupted run of exactly these settings."""
+        try:
+            return json.loads((self.dir / "run.json").read_text()) == self._plan()
+        except (OSError, json.JSONDecodeError):
+            return False
+
     def prepare(self, overwrite: bool = False) -> str:
         """Create or check the shard directory; returns "finished", "resumed" or "new".
 

@@ -148,8 +148,9 @@ class Projection:
                     sums[key] = torch.zeros(x.shape[1], dtype=torch.float64, device=x.device)
                     outer[key] = torch.zeros(x.shape[1], x.shape[1], dtype=torch.float64, device=x.device)
                     count[key] = 0
-                sums[key] += tokens.sum(0, dtype=torch.float64)
-                outer[key] += (tokens.T @ tokens).double()
+                t64 = tokens.double()  # float64 products: E[xx] - mean^2 cancels badly for large activations
+                sums[key] += t64.sum(0)
+                outer[key] += t64.T @ t64
                 count[key] += tokens.shape[0]
         if not sums:
             raise ProbekitError("no samples to fit the channel projection on")

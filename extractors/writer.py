@@ -103,6 +103,7 @@ class BackgroundWriter:
         self._thread.join()
         self._commits.put(_STOP)
         self._committer.join()
+        self._close_unfinished()  # shards never committed (a run stopped by a bad sample): left for the resume
         self._raise_if_failed()
 
     def abort(self) -> None:
@@ -121,6 +122,11 @@ class BackgroundWriter:
                 self._thread.join(timeout=0.05)
         self._commits.put(_STOP)
         self._committer.join()  # shards already closed are still committed: they are whole
+        self._close_unfinished()
+
+    def _close_unfinished(self) -> None:
+        """Close the files of shards that were begun but not committed (their temporaries are discarded when
+        the run resumes), so no HDF5 file stays open for the rest of the process."""
         for state in self._open.values():
             state.writer.close()
         self._open.clear()

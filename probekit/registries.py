@@ -48,19 +48,19 @@ EXTRACTORS.register(
 )
 EXTRACTORS.register(
     "sd3-medium", _DIT, "Stable Diffusion 3 Medium (MM-DiT), diffusers layout",
-    weights="stabilityai/stable-diffusion-3-medium-diffusers",
+    weights="stabilityai/stable-diffusion-3-medium-diffusers", name="sd3-medium",
 )
 EXTRACTORS.register(
     "flux-dev", _DIT, "FLUX.1-dev (MM-DiT with single-stream blocks), diffusers layout",
-    weights="black-forest-labs/FLUX.1-dev",
+    weights="black-forest-labs/FLUX.1-dev", name="flux-dev",
 )
 EXTRACTORS.register(
     "pixart-alpha", _DIT, "PixArt-alpha 512px (cross-attention DiT), diffusers layout",
-    weights="PixArt-alpha/PixArt-XL-2-512x512",
+    weights="PixArt-alpha/PixArt-XL-2-512x512", name="pixart-alpha",
 )
 EXTRACTORS.register(
     "dit-xl-2-256", _DIT, "DiT-XL/2 256px, class-conditional (null class used), diffusers layout",
-    weights="facebook/DiT-XL-2-256",
+    weights="facebook/DiT-XL-2-256", name="dit-xl-2-256",
 )
 
 DATASETS.register(

@@ -302,7 +302,10 @@ class ProbeData:
             self._dtype = torch.float32
             return "resident"
         if self.bytes_needed(2) <= budget:
-            self._dtype = torch.float16  # as stored; converted per batch
+            # Half size, converted per batch: float16 when every map is stored so (no value changes); otherwise
+            # bfloat16, whose range holds any finite float32 (float16 would turn values above 65,504 into inf).
+            stored = {r.feature_dtype_of(k) for r in self.readers for k in self.all_keys}
+            self._dtype = torch.float16 if stored == {"float16"} else torch.bfloat16
             return "resident"
         return "streamed"
 
@@ -325,7 +328,7 @@ class ProbeData:
 
     def _streamed_stats(self) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
         sums: dict[str, list[torch.Tensor]] = {}
-        n = 0
+        counts: dict[str, int] = {}  # per key: combined backbones may have different grids
         for _, feats, _ in self.batches(self.train):
             for k in self.keys:
                 x = feats[k].double()
@@ -333,9 +336,10 @@ class ProbeData:
                                         torch.zeros(x.shape[1], dtype=torch.float64, device=x.device)])
                 s[0] += x.sum(dim=(0, 2, 3))
                 s[1] += (x * x).sum(dim=(0, 2, 3))
-            n += next(iter(feats.values())).shape[0] * feats[self.keys[0]].shape[2] * feats[self.keys[0]].shape[3]
+                counts[k] = counts.get(k, 0) + x.shape[0] * x.shape[2] * x.shape[3]
         out = {}
         for k, (total, squares) in sums.items():
+            n = counts[k]
             mean = total / n
             out[k] = (mean.float(), (squares / n - mean * mean).clamp_min(0).sqrt().float())
         return out

@@ -78,8 +78,8 @@ class Fusion(nn.Module):
         self.layers = list(dict.fromkeys(_layer_of(k) for k in self.keys))
         self.dim = fused_width(self.keys, channels, dim)
         widths = {layer: channels[next(k for k in self.keys if _layer_of(k) == layer)] for layer in self.layers}
-        # Maps of one width read as they are: one BatchNorm over the stacked maps' channels standardises each
-        # map's channels with its own statistics, as a BatchNorm per map would, in one call.
+        # Maps of one width are read as they are (no projection), each standardised per channel with its own
+        # fixed training statistics (the mean and scale buffers below), all in one broadcast.
         self.uniform = dim is None and len(set(channels[k] for k in self.keys)) == 1
         width = max(channels[k] for k in self.keys)
         # Per (map, channel) statistics of the training split: set by set_statistics before training.
@@ -155,6 +155,9 @@ class SingleFusion(Fusion):
 
     def forward(self, feats):
         return feats[self.keys[0]]
+
+    def set_statistics(self, stats) -> None:
+        """A single map is read as stored (its head normalises it): no fixed statistics to hold."""
 
 
 class ConcatFusion(Fusion):
@@ -256,8 +259,7 @@ class GroupedFusion(nn.Module):
 
     def set_statistics(self, stats: dict[str, tuple[torch.Tensor, torch.Tensor]]) -> None:
         for g in self.groups:
-            if hasattr(g, "set_statistics"):
-                g.set_statistics(stats)
+            g.set_statistics(stats)
 
     def weight_parameters(self) -> list[nn.Parameter]:
         return [p for g in self.groups for p in g.weight_parameters()]

@@ -76,7 +76,8 @@ def leaderboard_frame(recset: RecordSet, secondary: bool = False) -> pd.DataFram
         if score is None or (isinstance(score, float) and math.isnan(score)):
             continue
         chooser = selection_score(rec)
-        if col not in row or (chooser > row[f"{col} by"] if higher else chooser < row[f"{col} by"]):
+        held = row.get(f"{col} by")
+        if col not in row or _chooses(chooser, held, higher):
             row[col] = score
             row[f"{col} by"] = chooser
             row[f"{col} std"] = rec.get("main_score_std")
@@ -114,13 +115,24 @@ def leaderboard_frame(recset: RecordSet, secondary: bool = False) -> pd.DataFram
     return out
 
 
-def selection_score(rec: dict[str, Any]) -> float:
+def selection_score(rec: dict[str, Any]) -> float | None:
     """What chooses among a row's records (e.g. its single-map cells): the validation score (mean over seeds),
-    in the direction of the main metric; records without one fall back to their test score."""
+    in the direction of the main metric; None for a record without one (a zero-shot map, say)."""
     vals = [s.get("val_score") for s in rec.get("per_seed") or [] if s.get("val_score") is not None]
     if not vals and (rec.get("config") or {}).get("val_score") is not None:
         vals = [rec["config"]["val_score"]]
-    return float(np.mean(vals)) if vals else float(rec.get("main_score"))
+    return float(np.mean(vals)) if vals else None
+
+
+def _chooses(new: float | None, held: float | None, higher: bool) -> bool:
+    """Whether a record with validation score ``new`` replaces the one holding a cell with ``held``. A record
+    with a validation score beats one without; between two without, the first stays (a test score never
+    chooses)."""
+    if new is None:
+        return False
+    if held is None:
+        return True
+    return new > held if higher else new < held
 
 
 def _task_order(col: str) -> tuple:

@@ -97,7 +97,7 @@ def labels(rng, n):
     return seg, depth, (seg == 1).astype(np.uint8)
 
 
-def write_synthetic(path, split, n, maps_fn, seed):
+def write_synthetic(path, split, n, maps_fn, seed, feature_dtype="float16"):
     """A feature file whose maps are maps_fn(onehot(seg) at 8x8, rng) -> {key: (n, C, 8, 8)}."""
     rng = np.random.default_rng(seed)
     seg, depth, sal = labels(rng, n)
@@ -106,7 +106,7 @@ def write_synthetic(path, split, n, maps_fn, seed):
     ids = [f"synthetic/{split}/{i:06d}" for i in range(n)]
     return write_features(path, feats, {"seg": seg, "depth": depth, "saliency": sal}, ids,
                           attrs={"extractor": "synthetic", "dataset": {**REF, "split": split},
-                                 "provenance": {"extractor": {"name": "synthetic"}}})
+                                 "provenance": {"extractor": {"name": "synthetic"}}}, feature_dtype=feature_dtype)
 
 
 def informative(onehot, rng):

@@ -38,6 +38,17 @@ def test_a_bad_sample_stops_the_run_naming_it_and_keeps_finished_shards(ecssd, t
     assert not out.exists() and len(list(parts_dir(out).glob("shard-*.h5"))) == 1
 
 
+def test_a_bad_sample_in_the_middle_of_a_shard_leaves_no_file_open(ecssd, tmp_path):
+    # Shards of two: sample 0001 is written into a shard that 0002 never completes. That half shard is left
+    # for the resume, and its file is closed (a long-running suite must not hold it open).
+    out = tmp_path / "f.h5"
+    args = EXTRACT[:-1] + ["2"]  # --shard-size 2
+    res = CliRunner().invoke(cli, args + ["--data-root", str(ecssd), "-o", str(out)])
+    assert res.exit_code != 0 and "0 of 3 shards are done and kept" in res.output, res.output
+    still_open = [i.name.decode() for i in h5py.h5f.get_obj_ids(types=h5py.h5f.OBJ_FILE)]
+    assert not [name for name in still_open if str(tmp_path) in name], still_open
+
+
 def test_on_error_skip_records_skipped_ids_and_reasons_and_keeps_earlier_work(ecssd, tmp_path):
     out = tmp_path / "f.h5"
     CliRunner().invoke(cli, EXTRACT + ["--data-root", str(ecssd), "-o", str(out)])  # stops at 0002

@@ -45,7 +45,7 @@ def test_a_complete_miniature_copy_checks_clean_except_for_its_size(name, tmp_pa
 
 @pytest.mark.parametrize("name", sorted(DATASETS))
 def test_check_extract_probe(name, tmp_path):
-    """The issue's path on each dataset: data check -> extract -> probe (tiny backbone, 32 px)."""
+    """The whole path on each dataset: data check -> extract -> probe (tiny backbone, 32 px)."""
     root = build(name, tmp_path / name, n=4)
     splits, task = DATASETS[name]
     runner = CliRunner()

@@ -119,3 +119,27 @@ def test_depth_evaluation_crop_is_applied_and_recorded(files, tmp_path):
     crop = _run(files["steps"], tmp_path, task="depth", key="t=900/layer=0", epochs=1, eval_crop=[0.5, 1.0, 0.0, 0.5])
     assert crop["config"]["task_config"]["crop"] == [0.5, 1.0, 0.0, 0.5]
     assert crop["metrics"]["RMSE"] != full["metrics"]["RMSE"]
+
+
+def test_activations_beyond_float16_survive_the_half_size_resident_copy(tmp_path):
+    # A float32 file (real DiT activations exceed float16's 65,504) whose features fit memory only at half size:
+    # the resident copy must not turn them into inf (it is bfloat16, not float16).
+    from probekit.probes.config import ProbeConfig
+    from probekit.probes.data import ProbeData
+
+    def big(onehot, rng):
+        return {"t=100/layer=0": informative(onehot, rng) * 1e5}
+
+    train = _write(tmp_path / "train.h5", "train", 48, big, 0, feature_dtype="float32")
+    test = _write(tmp_path / "test.h5", "test", 16, big, 1, feature_dtype="float32")
+    cfg = ProbeConfig(task="seg", keys=["t=100/layer=0"], device="cpu", epochs=20, lrs=[3e-2])
+    with ProbeData(cfg, train, test) as probe_data:
+        budget = (probe_data.bytes_needed(2) + probe_data.bytes_needed(4)) // 2
+    cfg.resident_bytes = budget
+    with ProbeData(cfg, train, test) as probe_data:
+        assert probe_data.mode == "resident"
+        _, feats, _ = next(probe_data.batches(probe_data.train))
+        assert torch.isfinite(feats["t=100/layer=0"]).all() and feats["t=100/layer=0"].abs().max() > 65504
+    rec = train_probe(train, test, key="t=100/layer=0", out=tmp_path / "run", epochs=20, lrs=[3e-2],
+                      device="cpu", progress=False, resident_bytes=budget)
+    assert rec["main_score"] > 0.9

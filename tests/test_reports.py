@@ -37,7 +37,7 @@ def _record(root, extractor, task, fusion, score, t=None, layer=None, created="2
         extractor=extractor, dataset="shapeworld",
         probe={"name": name, "fusion": fusion, "head": "linear", "timestep": t, "layer": layer,
                "fusion_weights": fw, "examples": "examples.safetensors"},
-        config={"seed": 0, "selected_lr": 0.01, "task_config": {"classes": REF["classes"],
+        config={"seed": 0, "selected_lr": 0.01, "val_score": score, "task_config": {"classes": REF["classes"],
                                                                  "depth_range": REF["depth_range"]}},
         features={"eval": {"split": "test", "num_samples": 8, "provenance": {"dataset": REF}},
                   "train": {"num_samples": 32}},

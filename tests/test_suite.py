@@ -69,7 +69,10 @@ def test_a_suite_of_two_backbones_runs_end_to_end_and_a_rerun_does_no_work(tmp_p
     assert "suite tiny: 11 done, 2 failed" in again.output, again.output  # nothing extracted or trained again
     assert {p: p.stat().st_mtime_ns for p in (out / "results").rglob("result.json")} == mtimes
     dry = _run(suite, "--out", out, "--dry-run")
-    assert dry.exit_code == 0 and "[pending]" not in dry.output.replace("[ failed]", "")
+    # only the two refused fusions are still to do; nothing else (another label's global run is not pixels')
+    pending = [line.strip() for line in dry.output.splitlines() if "[pending]" in line]
+    assert dry.exit_code == 0 and pending == [f"[pending] probe pixels shapeworld {task} linear-global x2 seeds"
+                                              for task in ("seg", "saliency")], dry.output
     assert "to write: 0 B of features" in dry.output
 
 
@@ -127,3 +130,34 @@ def test_a_bad_suite_gets_a_named_error(tmp_path, change, words):
 def test_an_unknown_suite_name_suggests_the_shipped_ones():
     res = _run("dmo")
     assert res.exit_code == 1 and "did you mean 'demo'" in res.output
+
+
+@pytest.mark.slow
+def test_labels_name_the_results_and_a_dry_run_plans_projected_splits_before_train_exists(tmp_path):
+    # Two labels over one registered extractor (two weight folders of `dit`, say) must not share runs; a projected
+    # extractor's val split reuses the training split's projection, which a first dry run cannot read yet.
+    one = {"extractor": "tiny-mmdit-random", "timesteps": [100], "layers": [0], "device": "cpu", "batch_size": 8}
+    suite = {
+        "suite": "labels", "version": 1, "seed": 0, "training": {"epochs": 1, "lrs": [0.01], "batch_size": 8},
+        "datasets": {"shapeworld": {"train": {"split": "train", "limit": 16}, "val": {"split": "val", "limit": 8},
+                                    "eval": {"split": "test", "limit": 8}}},
+        "extractors": {"a": one, "b": {**one, "layers": [2], "channels": 4}},
+        "probe_sets": {"default": [{"fusion": "single", "keys": [], "each_map": True, "tasks": ["seg"]}]},
+    }
+    suite["probe_sets"]["default"][0].pop("keys")
+    path = _write(tmp_path / "labels.yaml", suite)
+    out = tmp_path / "out"
+    dry = _run(path, "--out", out, "--dry-run")
+    assert dry.exit_code == 0 and "[ failed]" not in dry.output, dry.output
+    assert "does not exist yet" in dry.output  # b's val and eval: the projection comes from b's train file
+    res = _run(path, "--out", out)
+    assert res.exit_code == 0, res.output
+    names = {json.loads(p.read_text())["extractor"] for p in (out / "results").rglob("result.json")}
+    assert names == {"a", "b[pca4]"}
+
+
+def test_a_null_validation_split_means_none():
+    suite = json.loads(json.dumps(SUITE))
+    suite["datasets"]["shapeworld"]["val"] = None
+    parsed = parse_suite(suite, "tiny.yaml")
+    assert "val" not in parsed.datasets["shapeworld"]

@@ -1,166 +1,278 @@
-"""Regenerate docs/results/shapeworld.md: the ablation grid for seg, saliency and depth on ShapeWorld.
+"""Regenerate docs/results/shapeworld.md: ShapeWorld probes of the shipped MM-DiT, its random-init control and
+raw pixels, with seeds; what storing less costs; concept-attention zero-shot segmentation.
 
     python docs/results/make_shapeworld.py --work build/results-shapeworld
 
-Extracts shapeworld-mmdit, shapeworld-mmdit-random and pixels on ShapeWorld train/val/test (first --n-*
-samples), runs the grid (every single (t, layer), concat, global, spatial) with a linear head for each task,
-and writes the page from the result records. Cells already computed under --work are kept, so an interrupted
-run resumes.
+Everything runs through one suite (written to WORK/suite.yaml; `probekit run WORK/suite.yaml` would do the same),
+so an interrupted run resumes and finished cells are kept. Probes use `probekit probe`'s defaults (learning
+rates 1e-3 to 1e-1, 20 epochs, batch 32, the fusion weights' own rate): the learning rate of every cell is
+chosen on the validation split; the fusion rows, and the best single map of each task, over three seeds.
 """
 
 from __future__ import annotations
 
 import argparse
-import math
 import platform
 import time
 from pathlib import Path
 
-import h5py
-import pandas as pd
+import numpy as np
+import yaml
 
-from probekit.api import build_extractor, run_extraction
-from probekit.probes.grid import run_grid
+from probekit import scores
+from probekit.pipelines.suite import parse_suite, run_suite
 from probekit.results import find_records, read_record
 
 HERE = Path(__file__).resolve().parent
 BACKBONES = ["shapeworld-mmdit", "shapeworld-mmdit-random", "pixels"]
 TASKS = ["seg", "saliency", "depth"]
+STORAGE = {  # label -> extract options: what each reduction of the shipped model's maps costs
+    "float16 (plain)": {},
+    "bfloat16": {"store_dtype": "bfloat16"},
+    "pool 8": {"pool": 8},
+    "pca 32": {"channels": 32},
+    "pca 64": {"channels": 64},
+    "random 32": {"channels": 32, "projection": "random"},
+    "pool 8 + pca 32": {"pool": 8, "channels": 32},
+}
 
 
-def extract_all(work: Path, args) -> dict[str, dict[str, Path]]:
-    files: dict[str, dict[str, Path]] = {}
-    for name in BACKBONES:
-        files[name] = {}
-        ex = None
-        for split, n in (("train", args.n_train), ("val", args.n_val), ("test", args.n_test)):
-            path = work / "features" / name / f"{split}.h5"
-            if not path.is_file():
-                ex = ex or build_extractor(name, timesteps=args.timesteps, layers=args.layers, seed=0, device="cpu")
-                run_extraction(ex, "shapeworld", split, path, limit=n, batch_size=16, overwrite=True)
-            files[name][split] = path
-    return files
+def suite(args) -> dict:
+    common = {"timesteps": args.timesteps, "layers": args.layers, "device": "cpu", "batch_size": 16}
+    extractors = {name: {**common, "probes": "full" if name != "pixels" else "pixels"} for name in BACKBONES}
+    extractors["pixels"] = {"device": "cpu", "probes": "pixels"}
+    for label, options in STORAGE.items():
+        if options:
+            extractors[f"storage-{_slug(label)}"] = {"extractor": "shapeworld-mmdit", **common, **options,
+                                                     "probes": "storage"}
+    grid = [{"fusion": "single", "each_map": True, "tasks": TASKS}]
+    best = [{"fusion": "single", "best_map_of": task, "tasks": [task], "seeds": 3} for task in TASKS]
+    fused = [{"fusion": f, "tasks": TASKS, "seeds": 3} for f in ("global", "spatial")]
+    return {
+        "suite": "shapeworld-results", "version": 1, "seed": 0, "out": str(args.work),
+        "training": {"epochs": args.epochs},
+        "datasets": {"shapeworld": {"train": {"split": "train", "limit": args.n_train},
+                                    "val": {"split": "val", "limit": args.n_val},
+                                    "eval": {"split": "test", "limit": args.n_test}}},
+        "extractors": extractors,
+        "probe_sets": {
+            "full": grid + best + fused + [{"fusion": "concat", "tasks": ["seg"], "seeds": 3}] + (
+                [{"fusion": "single", "keys": [args.storage_key], "tasks": ["seg", "depth"], "seeds": 3}]),
+            "pixels": [{"fusion": "single", "keys": ["layer=0"], "tasks": TASKS, "seeds": 3}],
+            "storage": [{"fusion": "single", "keys": [args.storage_key], "tasks": ["seg", "depth"], "seeds": 3},
+                        {"fusion": "global", "tasks": ["seg", "depth"], "seeds": 3}],
+        },
+    }
 
 
-def concept_zero_shot(work: Path, args) -> list[dict]:
+def _slug(label: str) -> str:
+    return label.replace(" + ", "-").replace(" ", "").replace("(plain)", "")
+
+
+def _score(rec: dict) -> str:
+    unit = scores.info(rec["main_score_name"], rec)["unit"]
+    return scores.format_score(rec["main_score"], unit, rec.get("main_score_std"))
+
+
+def render(work: Path, args, elapsed_min: float, zeroshot: list[str]) -> str:
+    recs = [read_record(p) for p in find_records([work / "results"])]
+    by = {}
+    for r in recs:
+        by.setdefault((r["extractor"], r["task"]), []).append(r)
+    lines = [
+        "# ShapeWorld results: where along the trajectory the shipped MM-DiT knows what",
+        "",
+        f"Generated by `python docs/results/make_shapeworld.py --work {args.work}` ({time.strftime('%Y-%m-%d')}, "
+        f"{platform.platform()}, 2 CPU cores, {elapsed_min:.0f} min) through one suite (`{args.work}/suite.yaml`).",
+        "",
+        f"Setup: ShapeWorld 64x64, train {args.n_train} / val {args.n_val} / test {args.n_test} images (the first of "
+        f"each split); maps at timesteps {args.timesteps} of blocks {args.layers}; linear heads; `probekit probe`'s "
+        f"defaults ({args.epochs} epochs, learning rates 1e-3 to 1e-1 chosen on val, fusion weights at their own "
+        "rate). Scores on the test split: seg mIoU (%), saliency max-F (%), depth RMSE (m, lower is better). "
+        "`± std` is over three seeds (initialisation and batch order; the splits are the same).",
+        "",
+        "How to read it:",
+        "",
+        _noise_sentence(),
+        "- Fused probes read every map standardised with its own training statistics and, since all maps here "
+        "have the same width, no projection: global fusion with a one-hot weight *is* the single-map probe of that "
+        "map, so it can lose to the best single map only through optimisation or noise (the planted-signal tests "
+        "in tests/test_fusion_planted.py show the weights finding the informative map, > 0.9).",
+        "- The best single map of each task is chosen on validation (never on test), then run over three seeds.",
+        "- Depth is scored where the ground truth is below the far limit (`gt < 50 m`), as the NYU and KITTI "
+        "protocols do: ShapeWorld's sky, at exactly 50 m, is not scored.",
+        "",
+    ]
+    for task in TASKS:
+        lines += [f"## {task}", "", "| probe | " + " | ".join(BACKBONES) + " |", "|---|" + "---|" * len(BACKBONES)]
+        rows: dict[str, dict[str, str]] = {}
+        for backbone in BACKBONES:
+            best = _best_single(by.get((backbone, task), []), args)
+            if best is not None:
+                rows.setdefault("best single map (3 seeds)", {})[backbone] = f"{_score(best)} ({_cell(best['probe'])})"
+            for r in by.get((backbone, task), []):
+                if r["probe"]["fusion"] != "single":
+                    rows.setdefault(f"{r['probe']['fusion']} fusion", {})[backbone] = _score(r)
+        for name in ("best single map (3 seeds)", "concat fusion", "global fusion", "spatial fusion"):
+            if name in rows:
+                lines.append(f"| {name} | " + " | ".join(rows[name].get(b, "-") for b in BACKBONES) + " |")
+        lines.append("")
+        lines += _fusion_vs_single(by, task, args)
+    lines += _single_grid(by)
+    lines += _weights(by)
+    lines += _storage(by, args)
+    lines += zeroshot
+    return "\n".join(lines) + "\n"
+
+
+def _cell(p: dict) -> str:
+    return f"t={p['timestep']} L{p['layer']}" if p.get("timestep") is not None else f"L{p['layer']}"
+
+
+def _best_single(recs: list[dict], args) -> dict | None:
+    """The three-seed run of the map chosen on validation: the map probed over three seeds that is not only there
+    for the storage table (when the storage map is itself the best, it is the only one)."""
+    multi = [r for r in recs if r["probe"]["fusion"] == "single" and len(r["seeds"]) > 1]
+    others = [r for r in multi if r["probe"]["feature_keys"] != [args.storage_key]]
+    return (others or multi or [None])[0]
+
+
+def _fusion_vs_single(by, task, args) -> list[str]:
+    out = []
+    for backbone in BACKBONES[:2]:
+        recs = by.get((backbone, task), [])
+        single = _best_single(recs, args)
+        for fusion in ("global", "spatial"):
+            fused = next((r for r in recs if r["probe"]["fusion"] == fusion), None)
+            if single is None or fused is None:
+                continue
+            sign = 1 if fused["higher_is_better"] else -1
+            gain = sign * (fused["main_score"] - single["main_score"])
+            spread = max(fused.get("main_score_std") or 0, single.get("main_score_std") or 0)
+            unit = scores.info(fused["main_score_name"], fused)["unit"]
+            verdict = ("within the seed-to-seed spread" if abs(gain) <= spread else
+                       "better, beyond the spread" if gain > 0 else "worse, beyond the spread")
+            out.append(f"- {backbone}, {fusion} fusion vs the best single map: "
+                       f"{'+' if gain >= 0 else '-'}{scores.format_score(abs(gain), unit)} "
+                       f"(largest std {scores.format_score(spread, unit)}): {verdict}.")
+    return out + [""] if out else []
+
+
+def _single_grid(by) -> list[str]:
+    """Every map's one-seed score, per task, for the trained model and its random-init control."""
+    cols = [(b, t) for t in TASKS for b in BACKBONES[:2]]
+    short = {"shapeworld-mmdit": "trained", "shapeworld-mmdit-random": "random"}
+    lines = ["## Every single map (one seed)", "",
+             "| map | " + " | ".join(f"{t}, {short[b]}" for b, t in cols) + " |", "|---|" + "---|" * len(cols)]
+    cells: dict[str, dict[tuple, str]] = {}
+    for backbone, task in cols:
+        for r in by.get((backbone, task), []):
+            if r["probe"]["fusion"] == "single":
+                per_seed = r.get("per_seed") or []
+                seed0 = next((s["main_score"] for s in per_seed if s["seed"] == 0), r["main_score"])
+                unit = scores.info(r["main_score_name"], r)["unit"]
+                cells.setdefault(_cell(r["probe"]), {})[(backbone, task)] = scores.format_score(seed0, unit)
+    for cell in sorted(cells, key=lambda c: (int(c.split()[0][2:]), c.split()[1])):
+        lines.append(f"| {cell} | " + " | ".join(cells[cell].get(c, "-") for c in cols) + " |")
+    return lines + ["", "(A map that was also run over three seeds shows its seed-0 score here.)", ""]
+
+
+def _weights(by) -> list[str]:
+    lines = ["## Learned global fusion weights: the share of each timestep (summed over blocks)", "",
+             "Mean ± std over three seeds. Uniform would be 1 / (number of timesteps).", ""]
+    for task in TASKS:
+        rec = next((r for r in by.get(("shapeworld-mmdit", task), []) if r["probe"]["fusion"] == "global"), None)
+        if rec is None:
+            continue
+        fw = rec["probe"]["fusion_weights"]
+        ts = fw["timesteps"]
+        shares = np.array([[sum(v for k, v in w.items() if k.startswith(f"t={t}/")) for t in ts]
+                           for w in fw["per_seed"]])
+        if not lines[-1].startswith("|"):
+            lines += ["| task | " + " | ".join(f"t={t}" for t in ts) + " |", "|---|" + "---|" * len(ts)]
+        lines.append(f"| {task} | " + " | ".join(f"{m:.2f} ± {s:.2f}" for m, s in
+                                                 zip(shares.mean(0), shares.std(0, ddof=1))) + " |")
+    return lines + [""]
+
+
+def _storage(by, args) -> list[str]:
+    from probekit.extractors.storage import StorageOptions
+
+    lines = ["## What storing less costs", "",
+             f"The shipped model's maps stored reduced (`probekit extract --pool/--channels/--projection/"
+             f"--store-dtype`; val and test reuse the training split's projection), probed on the map "
+             f"{args.storage_key} alone and with global fusion over all maps, three seeds each. Bytes: the maps of "
+             "one image.", "",
+             "| storage | maps per image | seg, single | seg, global | depth, single | depth, global |",
+             "|---|---|---|---|---|---|"]
+    for label, options in STORAGE.items():
+        tag = StorageOptions(**{("dtype" if k == "store_dtype" else k): v for k, v in options.items()}).label()
+        # A suite label names its results ("storage-pool8[pool8]"); runs made before labels named them carry the
+        # registry name ("shapeworld-mmdit[pool8]").
+        names = [f"storage-{_slug(label)}[{tag}]", f"shapeworld-mmdit[{tag}]"] if tag else ["shapeworld-mmdit"]
+        name = next((n for n in names if (n, "seg") in by), names[0])
+        cells = []
+        for task in ("seg", "depth"):
+            recs = by.get((name, task), [])
+            single = next((r for r in recs if r["probe"]["fusion"] == "single" and len(r["seeds"]) > 1
+                           and r["probe"]["feature_keys"][0] == args.storage_key), None)
+            fused = next((r for r in recs if r["probe"]["fusion"] == "global"), None)
+            cells += [_score(single) if single else "-", _score(fused) if fused else "-"]
+        lines.append(f"| {label} | {_bytes(by.get((name, 'seg'), []))} | " + " | ".join(cells) + " |")
+    return lines + [""]
+
+
+def _bytes(recs) -> str:
+    from probekit.extractors.plan import human
+    from probekit.store import FeatureReader
+
+    if not recs:
+        return "-"
+    with FeatureReader(recs[0]["features"]["train"]["path"]) as r:
+        item = 4 if r.feature_dtype == "float32" else 2
+        return human(sum(int(np.prod(r.shape(k))) * item for k in r.keys))
+
+
+def concept_zero_shot(work: Path, args) -> list[str]:
     """Concept-attention zero-shot segmentation on the test split, both map modes, trained and control."""
+    from probekit.api import build_extractor
     from probekit.datasets import load_dataset
     from probekit.extractors.concept_attention import ConceptAttentionExtractor
     from probekit.extractors.runner import extract_dataset
     from probekit.probes.zeroshot import zero_shot_segmentation
 
-    rows = []
     ds = load_dataset("shapeworld", "test")
-    for name in ("shapeworld-mmdit", "shapeworld-mmdit-random"):
+    rows = []
+    for name in BACKBONES[:2]:
         path = work / "features" / name / "test-concepts.h5"
-        if not path.is_file():
-            base = build_extractor(name, timesteps=args.concept_timesteps, layers=[0], seed=0, device="cpu")
-            extract_dataset(ConceptAttentionExtractor(base, ds.classes), ds, path, limit=args.n_test, batch_size=16,
-                            overwrite=True)
+        base = build_extractor(name, timesteps=[250, 500], layers=[0], seed=0, device="cpu")
+        extract_dataset(ConceptAttentionExtractor(base, ds.classes), ds, path, limit=args.n_test, batch_size=16,
+                        progress=False)
         for mode in ("output", "cross"):
             rec = zero_shot_segmentation(path, mode=mode, results_root=work / "zeroshot", overwrite="overwrite")
-            rows.append({"backbone": name, "mode": mode, "mIoU": rec["main_score"],
-                         "pixel_acc": rec["metrics"]["pixel_acc"], "per_class": rec["metrics"]["per_class_iou"]})
-    return rows
-
-
-def _fmt(v: float, metric: str) -> str:
-    if v is None or (isinstance(v, float) and math.isnan(v)):
-        return "-"
-    return f"{100 * v:.1f}" if metric in ("mIoU", "maxF") else f"{v:.3f}"
-
-
-def render(work: Path, args, zeroshot: list[dict]) -> str:
-    rows = []
-    for path in find_records([work / "results"]):
-        r = read_record(path)
-        p = r["probe"]
-        cell = (f"t={p['timestep']} L{p['layer']}" if p["fusion"] == "single" and p["timestep"] is not None
-                else (f"L{p['layer']}" if p["fusion"] == "single" else p["fusion"]))
-        rows.append({"backbone": r["extractor"], "task": r["task"], "cell": cell, "fusion": p["fusion"],
-                     "metric": r["main_score_name"], "score": r["main_score"], "higher": r["higher_is_better"],
-                     "lr": r["config"]["selected_lr"]})
-    df = pd.DataFrame(rows)
-    probe_min = sum(read_record(p)["wall_time_s"] for p in find_records([work / "results"])) / 60
-    extract_min = 0.0
-    for f in (work / "features").rglob("*.h5"):
-        with h5py.File(f, "r") as h:
-            extract_min += float(h.attrs.get("extract_wall_time_s", 0.0)) / 60
-    lines = [
-        "# ShapeWorld results: where along the trajectory the shipped MM-DiT knows what",
-        "",
-        f"Generated by `python docs/results/make_shapeworld.py --work {args.work} --n-train {args.n_train} "
-        f"--n-val {args.n_val} --n-test {args.n_test} --lrs {' '.join(map(str, args.lrs))} --epochs {args.epochs}` "
-        f"({time.strftime('%Y-%m-%d')}, {platform.platform()}, 2 CPU cores): extraction {extract_min:.0f} min, "
-        f"probe training {probe_min:.0f} min (sums over files and runs).",
-        "",
-        f"Setup: ShapeWorld 64x64, train {args.n_train} / val {args.n_val} / test {args.n_test} images (the first of "
-        f"each split); features at timesteps {args.timesteps} of blocks {args.layers}; linear head (BatchNorm + 1x1 "
-        f"conv) on every cell; {args.epochs} epochs, AdamW + cosine, learning rate chosen on val from {args.lrs}; "
-        "seed 0. Scores on the test split: seg mIoU (%), saliency max-F (%), depth RMSE (m, lower is better).",
-        "",
-        "How to read it:",
-        "",
-        _noise_sentence(),
-        "- Single-map cells are strictly linear probes. The concat, global and spatial cells first pass every map "
-        "through a per-layer bottleneck (1x1 conv to 64 channels, GroupNorm, GELU), so they are not linear in the "
-        "features: the `pixels` column, where all four read the same single map, shows what the bottleneck alone "
-        "adds. Compare fusion cells with each other and with the pixels and random-init columns, not only with "
-        "the single cells.",
-        "- One learning rate per cell (the sweep is `--lrs`); a fused probe that collapses at that rate shows as a "
-        "low score, as measured.",
-        "",
-    ]
-    for task in TASKS:
-        sub = df[df.task == task]
-        if sub.empty:
-            continue
-        metric, higher = sub.metric.iloc[0], bool(sub.higher.iloc[0])
-        table = sub.pivot_table(index="cell", columns="backbone", values="score", aggfunc="first")
-        singles = [c for c in table.index if c.startswith("t=") or c.startswith("L")]
-        singles.sort(key=lambda c: (int(c.split()[0][2:]) if c.startswith("t=") else -1, c.split()[-1]))
-        order = singles + [c for c in ("concat", "global", "spatial") if c in table.index]
-        table = table.reindex(order)[[b for b in BACKBONES if b in table.columns]]
-        lines += [f"## {task} ({metric}, {'higher' if higher else 'lower'} is better)", "",
-                  "| cell | " + " | ".join(table.columns) + " |", "|---|" + "---|" * len(table.columns)]
-        for cell, row in table.iterrows():
-            lines.append(f"| {cell} | " + " | ".join(_fmt(row[c], metric) for c in table.columns) + " |")
-        lines.append("")
-        for backbone in table.columns:
-            singles = sub[(sub.backbone == backbone) & (sub.fusion == "single")]
-            spatial = sub[(sub.backbone == backbone) & (sub.fusion == "spatial")]
-            if singles.empty or spatial.empty:
-                continue
-            best = singles.score.max() if higher else singles.score.min()
-            best_cell = singles.loc[singles.score.idxmax() if higher else singles.score.idxmin(), "cell"]
-            gain = (spatial.score.iloc[0] - best) * (1 if higher else -1)
-            unit = " points" if metric in ("mIoU", "maxF") else " m"
-            shown = 100 * gain if metric in ("mIoU", "maxF") else gain
-            lines.append(f"- {backbone}: spatial fusion {_fmt(spatial.score.iloc[0], metric)} vs best single "
-                         f"({best_cell}) {_fmt(best, metric)}: gain {shown:+.2f}{unit}.")
-        lines.append("")
-    if zeroshot:
-        lines += ["## Concept attention: zero-shot segmentation (no training)", "",
-                  f"Concept words = the class names (background included), encoded by each model's own text encoder; "
-                  f"maps averaged over every joint block with a text stream and timesteps {args.concept_timesteps}; "
-                  f"argmax over concepts, scored on the first {args.n_test} test images.", "",
-                  "| backbone | maps | mIoU | pixel acc | " + " | ".join(zeroshot[0]["per_class"]) + " |",
-                  "|---|---|---|---|" + "---|" * len(zeroshot[0]["per_class"])]
-        for r in zeroshot:
-            per = " | ".join("-" if v is None else f"{100 * v:.1f}" for v in r["per_class"].values())
-            lines.append(f"| {r['backbone']} | {r['mode']} | {100 * r['mIoU']:.1f} | {100 * r['pixel_acc']:.1f} | {per} |")
-        lines.append("")
-    return "\n".join(lines) + "\n"
+            rows.append((name, mode, rec))
+    per = list(rows[0][2]["metrics"]["per_class_iou"])
+    lines = ["## Concept attention: zero-shot segmentation (no training)", "",
+             "Concept words = the class names (background included), encoded by each model's own text encoder; "
+             "maps averaged over every joint block with a text stream and timesteps [250, 500]; argmax over "
+             f"concepts, scored on the first {args.n_test} test images.", "",
+             "| backbone | maps | mIoU | pixel acc | " + " | ".join(per) + " |", "|---|---|---|---|" + "---|" * len(per)]
+    for name, mode, rec in rows:
+        m = rec["metrics"]
+        cells = " | ".join("-" if v is None else scores.format_score(v, "fraction") for v in m["per_class_iou"].values())
+        lines.append(f"| {name} | {mode} | {scores.format_score(m['mIoU'], 'fraction')} | "
+                     f"{scores.format_score(m['pixel_acc'], 'fraction')} | {cells} |")
+    return lines + [""]
 
 
 def _noise_sentence() -> str:
     """How timesteps map to noise levels for the shipped model (its scheduler's shift)."""
-    from probekit.extractors.noise import NoiseSchedule
     from probekit.backbone.model import shipped_shift
+    from probekit.extractors.noise import NoiseSchedule
 
     k = shipped_shift()
     sched = NoiseSchedule(kind="flow", shift=k)
-    levels = ", ".join(f"t = {t}: s = {sched.sigma(t):.2f}" for t in (50, 250, 500, 750, 950))
+    levels = ", ".join(f"t = {t}: s = {sched.sigma(t):.2f}" for t in (50, 250, 500, 750))
     rule = "s = u" if k == 1 else f"s = {k:g}u / (1 + {k - 1:g}u)"
     return (f"- Timesteps are integers in [0, 1000]; with the model's flow shift of {k:g} the noise level (the "
             f"weight of the noise in x_t = (1 - s) x_0 + s eps) is {rule}, u = t/1000: {levels}.")
@@ -169,24 +281,21 @@ def _noise_sentence() -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--work", type=Path, default=Path("build/results-shapeworld"))
-    parser.add_argument("--n-train", type=int, default=1000)
-    parser.add_argument("--n-val", type=int, default=250)
-    parser.add_argument("--n-test", type=int, default=500)
-    parser.add_argument("--timesteps", type=int, nargs="+", default=[50, 250, 500, 750, 950])
+    parser.add_argument("--n-train", type=int, default=512)
+    parser.add_argument("--n-val", type=int, default=200)
+    parser.add_argument("--n-test", type=int, default=300)
+    parser.add_argument("--timesteps", type=int, nargs="+", default=[50, 250, 500, 750])
     parser.add_argument("--layers", type=int, nargs="+", default=[1, 3, 5])
-    parser.add_argument("--epochs", type=int, default=8)
-    parser.add_argument("--lrs", type=float, nargs="+", default=[1e-3, 1e-2])
-    parser.add_argument("--tasks", nargs="+", default=TASKS)
-    parser.add_argument("--concept-timesteps", type=int, nargs="+", default=[250, 500])
+    parser.add_argument("--epochs", type=int, default=20)
+    parser.add_argument("--storage-key", default="t=250/layer=5")
     args = parser.parse_args()
-    files = extract_all(args.work, args)
-    for name in BACKBONES:
-        for task in args.tasks:
-            run_grid(files[name]["train"], files[name]["test"], val_features=files[name]["val"],
-                     results_root=args.work / "results", task=task, head="linear", epochs=args.epochs,
-                     lrs=args.lrs, seed=0, progress=False)
+    started = time.perf_counter()
+    spec = suite(args)
+    args.work.mkdir(parents=True, exist_ok=True)
+    (args.work / "suite.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
+    run_suite(parse_suite(spec, str(args.work / "suite.yaml")), progress=True)
     zeroshot = concept_zero_shot(args.work, args)
-    page = render(args.work, args, zeroshot)
+    page = render(args.work, args, (time.perf_counter() - started) / 60, zeroshot)
     (HERE / "shapeworld.md").write_text(page)
     print(page)
 

@@ -20,4 +20,6 @@ def run_demo(out: str | Path = "probekit-demo", *, n_train: int | None = None, n
     suite = with_overrides(load_suite("demo", out), n_train=n_train, n_eval=n_test, timesteps=timesteps,
                            layers=layers, epochs=epochs, seed=seed,
                            drop_extractors=[] if control else ["shapeworld-mmdit-random"])
+    # Afresh every time: the command line may change what is extracted, and a demo should never stop on a folder
+    # left by another setting. `probekit run demo` is the resuming form.
     return run_suite(suite, overwrite=True, progress=progress, echo=echo)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 import difflib
+import re
 import time
 import traceback
 from collections.abc import Callable
@@ -115,6 +116,8 @@ def parse_suite(raw: Any, source: str = "suite", out: str | Path | None = None) 
         raise ProbekitError(f"{source}: no datasets")
     for name, spec in datasets.items():
         _check_keys(f"datasets.{name}", spec, DATASET_KEYS, source)
+        if spec.get("val", "") is None:  # `val: null` says "no validation split" as leaving it out does
+            del spec["val"]
         for role in ("train", "eval"):
             if role not in spec:
                 raise ProbekitError(f"{source}: datasets.{name} needs a {role!r} split ({{split: ..., limit: ...}})")
@@ -220,6 +223,7 @@ class Cell:
     detail: str = ""
     weight: int = 1  # units of progress
     needs: list[str] = field(default_factory=list)
+    provides: str = ""  # what later cells may need (an extraction's "features of LABEL on DATASET")
 
 
 @dataclass
@@ -283,6 +287,10 @@ def run_suite(suite: Suite, *, dry_run: bool = False, overwrite: bool = False, p
             opts = _extractor_options(suite, label)
             name = opts.pop("name")
             models[label] = build_extractor(name, **{k: v for k, v in opts.items() if v is not None})
+            if label != name:
+                # The suite's label names the results: two labels over one registry entry (two weight folders
+                # of `dit`, say) must not write to the same runs.
+                models[label].name = label
             for note in models[label].notes():
                 if note not in noted:
                     noted.add(note)
@@ -318,7 +326,7 @@ def run_suite(suite: Suite, *, dry_run: bool = False, overwrite: bool = False, p
                         models.pop(label, None)  # its cells are done: free the model before the next loads
 
             cell = Cell("extract", f"extract {label} {ds_name}/{split['split']} -> {out}", do,
-                        weight=int(split.get("limit") or 0) or 1)
+                        weight=int(split.get("limit") or 0) or 1, provides=_features_of(label, ds_name))
             if dry_run:
                 try:
                     plan = do(plan=True)
@@ -327,7 +335,9 @@ def run_suite(suite: Suite, *, dry_run: bool = False, overwrite: bool = False, p
                     cell.detail = (f"{plan.num_samples} images, {human(plan.total_bytes)}"
                                    + ("" if done else f", {human(plan.pending_bytes)} to write"
                                       + (f", {plan.shards_done} of {plan.num_shards} shards done"
-                                         if plan.shards_done else "")))
+                                         if plan.shards_done else ""))
+                                   + (f"; its channel projection comes from {plan.waits_for}, which does not "
+                                      "exist yet (the train split runs first)" if plan.waits_for else ""))
                     pending_bytes += 0 if done else plan.pending_bytes
                 except ProbekitError as exc:
                     cell.status, cell.detail = "failed", str(exc)
@@ -349,7 +359,7 @@ def run_suite(suite: Suite, *, dry_run: bool = False, overwrite: bool = False, p
                             f"best {probe['best_map_of']} map" if probe.get("best_map_of") else fusion)
                     cell = Cell("probe", f"probe {label} {ds_name} {task} {head}-{what}"
                                 + (f" x{len(seeds)} seeds" if len(seeds) > 1 else ""),
-                                weight=len(seeds) * n_lrs, needs=[f"features of {p}" for p in parts])
+                                weight=len(seeds) * n_lrs, needs=[_features_of(p, ds_name) for p in parts])
 
                     def do(probe=probe, task=task, seeds=seeds, fusion=fusion, head=head, files=files, label=label,
                            best_of=best_of, cell=cell):
@@ -377,7 +387,7 @@ def run_suite(suite: Suite, *, dry_run: bool = False, overwrite: bool = False, p
 
                     cell.run = do
                     if dry_run:
-                        done = _probe_done(suite, label, ds_name, task, probe, spec)
+                        done = _probe_done(suite, parts, ds_name, task, probe)
                         cell.status = "done" if done else "pending"
                     state.cells.append(cell)
 
@@ -406,8 +416,8 @@ def run_suite(suite: Suite, *, dry_run: bool = False, overwrite: bool = False, p
         except (ProbekitError, OSError, ValueError, RuntimeError) as exc:
             cell.status, cell.detail = "failed", f"{type(exc).__name__}: {exc}" if not isinstance(
                 exc, ProbekitError) else str(exc)
-            if cell.kind == "extract":
-                failed_features.add(f"features of {cell.label.split()[1]}")
+            if cell.provides:
+                failed_features.add(cell.provides)
             say(f"FAILED: {cell.label}: {cell.detail}")
             if not isinstance(exc, ProbekitError):
                 say(traceback.format_exc(limit=3))
@@ -443,20 +453,30 @@ def _best_keys(recs: list[dict]) -> list[str] | None:
     """The single map whose probe scored best on validation (never on test)."""
     from probekit.reports.tables import selection_score
 
-    if not recs:
+    scored = [r for r in recs if selection_score(r) is not None]
+    if not scored:
         return None
-    best = (max if recs[0]["higher_is_better"] else min)(recs, key=selection_score)
+    best = (max if scored[0]["higher_is_better"] else min)(scored, key=selection_score)
     return list(best["probe"]["feature_keys"])
 
 
-def _probe_done(suite: Suite, label: str, ds_name: str, task: str, probe: dict, spec: dict) -> bool:
-    """For --dry-run: a result of this probe exists under the suite's results (each_map: any)."""
+def _features_of(label: str, ds_name: str) -> str:
+    return f"features of {label} on {ds_name}"
+
+
+def _probe_done(suite: Suite, parts: list[str], ds_name: str, task: str, probe: dict) -> bool:
+    """For --dry-run: a result of this probe of these extractors exists under the suite's results (each_map:
+    any). A label's results sit under LABEL, or LABEL[storage] when its maps are stored reduced; a combination's
+    under its parts' folder names joined by '+'."""
     root = suite.results
     if not root.exists():
         return False
     head, fusion = probe.get("head", "linear"), probe.get("fusion", "single")
     pattern = f"{head}-{fusion}" + ("-*" if fusion == "single" else "")
-    return any(root.glob(f"*/{ds_name}/{task}/{pattern}/result.json"))
+    # not a glob over the label: labels may hold glob characters ([, *)
+    folder_name = re.compile(r"\+".join(re.escape(p) + r"(\[[^\]]*\])?" for p in parts))
+    return any(folder_name.fullmatch(folder.name) and any((folder / ds_name / task).glob(f"{pattern}/result.json"))
+               for folder in root.iterdir())
 
 
 def with_overrides(suite: Suite, **overrides: Any) -> Suite:
