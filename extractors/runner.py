@@ -26,7 +26,7 @@ import torch
 from tqdm.auto import tqdm
 
 from probekit.datasets.base import LABEL_NAMES
-from probekit.errors import ProbekitError, SampleError
+from probekit.errors import FeatureFileError, ProbekitError, SampleError
 from probekit.extractors.base import Extractor
 from probekit.extractors.plan import ExtractionPlan, free_bytes
 from probekit.extractors.shards import DEFAULT_SHARD_SIZE, ExtractionRun, Shard, open_run
@@ -290,6 +290,9 @@ def extract_dataset(extractor: Extractor, dataset, out: str | os.PathLike, *, li
             plan.waits_for = str(storage.projection_from)
             return plan
         plan.finished = run.finished_output() and not overwrite
+        problem = run.conflict(overwrite)
+        if problem:  # the real run would refuse: say so now, not after the plan looked fine
+            raise FeatureFileError(problem)
         if plan.finished:
             echo(f"{out} is already complete with these settings: nothing would be done")
         return plan

@@ -133,6 +133,24 @@ class ExtractionRun:
         except (OSError, json.JSONDecodeError):
             return False
 
+    def conflict(self, overwrite: bool = False) -> str | None:
+        """Why this run cannot start here without --overwrite (None when it can: new, finished or resumable).
+        Changes nothing, so a dry run can say it before any work."""
+        if overwrite or self.finished_output():
+            return None
+        if self.out.exists():
+            return (f"{self.out} already exists and was made with other settings (or is not a feature file of "
+                    "this run); pass --overwrite to replace it")
+        if self.dir.exists() and not self.resumable():
+            old = None
+            try:
+                old = json.loads((self.dir / "run.json").read_text())
+            except (OSError, json.JSONDecodeError):
+                pass
+            return (f"{self.dir} holds an interrupted extraction with other settings ({self._difference(old)}); "
+                    "rerun with the original settings to resume it, or pass --overwrite")
+        return None
+
     def prepare(self, overwrite: bool = False) -> str:
         """Create or check the shard directory; returns "finished", "resumed" or "new".
 
@@ -141,23 +159,13 @@ class ExtractionRun:
         """
         if self.finished_output() and not overwrite:
             return "finished"
-        if self.out.exists() and not overwrite:
-            raise FeatureFileError(f"{self.out} already exists and was made with other settings (or is not a "
-                                   "feature file of this run); pass --overwrite to replace it")
+        problem = self.conflict(overwrite)
+        if problem:
+            raise FeatureFileError(problem)
         plan_path = self.dir / "run.json"
         if self.dir.exists():
-            old = None
-            if plan_path.is_file():
-                try:
-                    old = json.loads(plan_path.read_text())
-                except json.JSONDecodeError:
-                    old = None
-            if old == self._plan() and not overwrite:
+            if self.resumable() and not overwrite:
                 return "resumed"
-            if not overwrite:
-                raise FeatureFileError(f"{self.dir} holds an interrupted extraction with other settings "
-                                       f"({self._difference(old)}); rerun with the original settings to resume "
-                                       "it, or pass --overwrite")
             shutil.rmtree(self.dir)
         if overwrite and self.out.exists():
             self.out.unlink()

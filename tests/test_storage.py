@@ -120,6 +120,22 @@ def test_dry_run_prints_the_plan_and_writes_nothing(tmp_path):
     assert not out.exists() and not parts_dir(out).exists()
 
 
+def test_a_dry_run_over_a_file_of_other_settings_says_the_real_run_would_be_refused(tmp_path):
+    out = tmp_path / "f.h5"
+    _run(EXTRACT + ["--limit", "2", "-o", str(out)])
+    assert "nothing would be done" in _run(EXTRACT + ["--limit", "2", "--dry-run", "-o", str(out)]).output
+    res = CliRunner().invoke(cli, EXTRACT + ["--limit", "2", "--pool", "4", "--dry-run", "-o", str(out)])
+    assert res.exit_code != 0 and "made with other settings" in res.output and str(out) in res.output
+    assert "Traceback" not in res.output
+    # an interrupted run of other settings is named too
+    out.unlink()
+    parts_dir(out).mkdir(exist_ok=True)
+    (parts_dir(out) / "run.json").write_text("{}")
+    res = CliRunner().invoke(cli, EXTRACT + ["--limit", "2", "--dry-run", "-o", str(out)])
+    assert res.exit_code != 0 and "interrupted extraction with other settings" in res.output
+    assert _run(EXTRACT + ["--limit", "2", "--dry-run", "--overwrite", "-o", str(out)])
+
+
 def test_a_run_that_would_not_fit_the_disk_is_refused_before_the_first_forward(tmp_path, monkeypatch):
     import probekit.extractors.runner as runner
 

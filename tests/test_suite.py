@@ -161,3 +161,18 @@ def test_a_null_validation_split_means_none():
     suite["datasets"]["shapeworld"]["val"] = None
     parsed = parse_suite(suite, "tiny.yaml")
     assert "val" not in parsed.datasets["shapeworld"]
+
+
+def test_the_best_map_is_chosen_on_the_seeds_every_map_was_probed_with():
+    from probekit.pipelines.suite import _best_keys
+
+    def rec(key, vals):
+        return {"higher_is_better": True, "probe": {"feature_keys": [key]}, "seeds": list(range(len(vals))),
+                "per_seed": [{"seed": i, "val_score": v} for i, v in enumerate(vals)],
+                "config": {"val_score": vals[0]}}
+
+    # b was the best map on seed 0 and its run was then extended to three seeds (mean 0.45): a rerun of the
+    # suite must still choose b, not a (0.50) because b's mean over more seeds is lower.
+    recs = [rec("a", [0.50]), rec("b", [0.52, 0.41, 0.42])]
+    assert _best_keys(recs, [0]) == ["b"]
+    assert _best_keys([rec("a", [0.50])], [3]) is None

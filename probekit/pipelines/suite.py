@@ -375,7 +375,7 @@ def run_suite(suite: Suite, *, dry_run: bool = False, overwrite: bool = False, p
                                 keys = list(reader.keys)
                             cell.weight = len(keys) * len(seeds) * n_lrs
                             recs = [train_probe(files["train"], files["eval"], keys=[k], **common) for k in keys]
-                            best_of[task] = _best_keys(recs)
+                            best_of[task] = _best_keys(recs, seeds)
                             return recs
                         keys = probe.get("keys")
                         if probe.get("best_map_of"):
@@ -449,14 +449,22 @@ def run_suite(suite: Suite, *, dry_run: bool = False, overwrite: bool = False, p
     return state
 
 
-def _best_keys(recs: list[dict]) -> list[str] | None:
-    """The single map whose probe scored best on validation (never on test)."""
-    from probekit.reports.tables import selection_score
+def _best_keys(recs: list[dict], seeds: list[int]) -> list[str] | None:
+    """The single map whose probe scored best on validation (never on test), compared over ``seeds``, the seeds
+    every map was probed with: a map whose run was later extended to more seeds (the best map's own three-seed
+    run shares its folder) is judged on the same seeds as the others, so a rerun of the suite chooses the same
+    map."""
+    def score(rec: dict) -> float | None:
+        vals = [s["val_score"] for s in rec.get("per_seed") or [] if s.get("seed") in seeds
+                and s.get("val_score") is not None]
+        if not vals and rec.get("seeds") == list(seeds):
+            vals = [v for v in [(rec.get("config") or {}).get("val_score")] if v is not None]
+        return sum(vals) / len(vals) if vals else None
 
-    scored = [r for r in recs if selection_score(r) is not None]
+    scored = [r for r in recs if score(r) is not None]
     if not scored:
         return None
-    best = (max if scored[0]["higher_is_better"] else min)(scored, key=selection_score)
+    best = (max if scored[0]["higher_is_better"] else min)(scored, key=score)
     return list(best["probe"]["feature_keys"])
 
 
