@@ -126,12 +126,16 @@ class ExtractionRun:
         except FeatureFileError:
             return False
 
+    def _stored_plan(self) -> dict[str, Any] | None:
+        """The plan in the shard directory's run.json (None when there is none, or it is not JSON)."""
+        try:
+            return json.loads((self.dir / "run.json").read_text())
+        except (OSError, json.JSONDecodeError):
+            return None
+
     def resumable(self) -> bool:
         """True when the shard directory holds an interrupted run of exactly these settings."""
-        try:
-            return json.loads((self.dir / "run.json").read_text()) == self._plan()
-        except (OSError, json.JSONDecodeError):
-            return False
+        return self._stored_plan() == self._plan()
 
     def conflict(self, overwrite: bool = False) -> str | None:
         """Why this run cannot start here without --overwrite (None when it can: new, finished or resumable).
@@ -141,12 +145,8 @@ class ExtractionRun:
         if self.out.exists():
             return (f"{self.out} already exists and was made with other settings (or is not a feature file of "
                     "this run); pass --overwrite to replace it")
-        if self.dir.exists() and not self.resumable():
-            old = None
-            try:
-                old = json.loads((self.dir / "run.json").read_text())
-            except (OSError, json.JSONDecodeError):
-                pass
+        old = self._stored_plan() if self.dir.exists() else None
+        if self.dir.exists() and old != self._plan():
             return (f"{self.dir} holds an interrupted extraction with other settings ({self._difference(old)}); "
                     "rerun with the original settings to resume it, or pass --overwrite")
         return None

@@ -115,11 +115,14 @@ def leaderboard_frame(recset: RecordSet, secondary: bool = False) -> pd.DataFram
     return out
 
 
-def selection_score(rec: dict[str, Any]) -> float | None:
-    """What chooses among a row's records (e.g. its single-map cells): the validation score (mean over seeds),
+def selection_score(rec: dict[str, Any], seeds: list[int] | None = None) -> float | None:
+    """What chooses among a row's records (e.g. its single-map cells): the validation score (mean over seeds,
+    or over ``seeds`` only, so that records probed with more seeds are judged on the same ones as the rest),
     in the direction of the main metric; None for a record without one (a zero-shot map, say)."""
-    vals = [s.get("val_score") for s in rec.get("per_seed") or [] if s.get("val_score") is not None]
-    if not vals and (rec.get("config") or {}).get("val_score") is not None:
+    vals = [s.get("val_score") for s in rec.get("per_seed") or []
+            if s.get("val_score") is not None and (seeds is None or s.get("seed") in seeds)]
+    if not vals and (rec.get("config") or {}).get("val_score") is not None and (
+            seeds is None or rec.get("seeds") == list(seeds)):
         vals = [rec["config"]["val_score"]]
     return float(np.mean(vals)) if vals else None
 

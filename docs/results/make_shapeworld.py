@@ -163,10 +163,12 @@ def _best_single(recs: list[dict], args) -> dict | None:
     if not others:
         return None
 
+    from probekit.reports.tables import selection_score
+
     sign = 1 if others[0]["higher_is_better"] else -1
 
     def seed0_val(r):  # the score the suite chose the map by; a record without one comes last
-        val = next((s["val_score"] for s in r["per_seed"] if s["seed"] == r["seeds"][0]), None)
+        val = selection_score(r, r["seeds"][:1])
         return -math.inf if val is None else sign * val
 
     return max(others, key=seed0_val)

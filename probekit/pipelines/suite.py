@@ -454,17 +454,12 @@ def _best_keys(recs: list[dict], seeds: list[int]) -> list[str] | None:
     every map was probed with: a map whose run was later extended to more seeds (the best map's own three-seed
     run shares its folder) is judged on the same seeds as the others, so a rerun of the suite chooses the same
     map."""
-    def score(rec: dict) -> float | None:
-        vals = [s["val_score"] for s in rec.get("per_seed") or [] if s.get("seed") in seeds
-                and s.get("val_score") is not None]
-        if not vals and rec.get("seeds") == list(seeds):
-            vals = [v for v in [(rec.get("config") or {}).get("val_score")] if v is not None]
-        return sum(vals) / len(vals) if vals else None
+    from probekit.reports.tables import selection_score
 
-    scored = [r for r in recs if score(r) is not None]
+    scored = [r for r in recs if selection_score(r, seeds) is not None]
     if not scored:
         return None
-    best = (max if scored[0]["higher_is_better"] else min)(scored, key=score)
+    best = (max if scored[0]["higher_is_better"] else min)(scored, key=lambda r: selection_score(r, seeds))
     return list(best["probe"]["feature_keys"])
 
 
