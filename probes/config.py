@@ -17,6 +17,32 @@ DEFAULT_LRS = (1e-3, 3e-3, 1e-2, 3e-2, 1e-1)
 DEFAULT_EPOCHS = 20
 DEFAULT_BATCH_SIZE = 32
 DEFAULT_FUSION_LR = 0.2
+FUSION_LEVELS = ("auto", "features", "predictions")
+# Heads that read each map on its own cheaply enough to mix predictions (one read-out per map).
+PREDICTION_LEVEL_HEADS = ("linear",)
+
+
+def resolve_fusion_level(fusion: str, head: str, level: str = "auto") -> str:
+    """What global or spatial fusion weights, given the head: "predictions" or "features" (see ProbeConfig)."""
+    if level not in FUSION_LEVELS:
+        raise ProbekitError(f"--fusion-level must be one of {', '.join(FUSION_LEVELS)}, got {level!r}")
+    if fusion not in ("global", "spatial"):
+        return "features"  # single and concat maps are read by the head as they are
+    if level == "auto":
+        return "predictions" if head in PREDICTION_LEVEL_HEADS else "features"
+    if level == "predictions" and head not in PREDICTION_LEVEL_HEADS:
+        raise ProbekitError(f"--fusion-level predictions needs a head that reads each map on its own "
+                            f"({', '.join(PREDICTION_LEVEL_HEADS)}); the {head} head would be trained once per map. "
+                            "Use --fusion-level features with it")
+    return level
+
+
+def probe_stem(head: str, fusion: str, level: str = "auto") -> str:
+    """The start of a run's name: head-fusion, plus the fusion level when it is not the head's default (so runs
+    of both levels live side by side)."""
+    stem = f"{head}-{fusion}"
+    resolved = resolve_fusion_level(fusion, head, level)
+    return stem if resolved == resolve_fusion_level(fusion, head) else f"{stem}-{resolved}"
 
 
 @dataclass
@@ -33,6 +59,10 @@ class ProbeConfig:
     seeds: list[int] = field(default_factory=lambda: [0])
     device: str = "auto"
     fusion_dim: int | None = None  # width of the fused maps; None: the maps' own (see probes/fusion.py)
+    # What global and spatial fusion weight: each map's own prediction ("predictions": one read-out per map,
+    # each also trained on its own loss) or the maps themselves, read by one head ("features"). "auto":
+    # predictions for the linear head, features for the decoder heads. Resolved when the config is built.
+    fusion_level: str = "auto"
     depth_output: str = "bins"
     val_fraction: float = 0.15  # of the training file, when no validation file is given
     cross_dataset: bool = False  # allow train and eval features from different datasets with the same classes
@@ -86,8 +116,12 @@ class ProbeConfig:
                 raise ProbekitError(f"--eval-crop must be TOP,BOTTOM,LEFT,RIGHT fractions with top < bottom and "
                                     f"left < right, got {self.eval_crop}")
             self.eval_crop = crop
+        self.fusion_level = self._resolved_fusion_level()
         if self.depth_output not in ("bins", "regression"):
             raise ProbekitError(f"--depth-output must be bins or regression, got {self.depth_output!r}")
+
+    def _resolved_fusion_level(self) -> str:
+        return resolve_fusion_level(self.fusion, self.head, self.fusion_level)
 
     @property
     def seed(self) -> int:

@@ -3,7 +3,9 @@
 The head and the bottlenecks train with AdamW at the trial's rate on a cosine schedule; the fusion weights
 (``Fusion.weight_parameters``) have a group of their own: ``fusion_lr``, constant, no weight decay. A trial whose loss
 stops being finite is reported as diverged (its rate is too high for these features) instead of yielding a
-head of NaNs; predictions that are not finite are refused before any metric is computed.
+head of NaNs; predictions that are not finite are refused before any metric is computed. At the prediction level
+(probes/model.py) every read-out also learns from its own loss; the recorded training loss is the mixed
+prediction's alone, comparable with a single map's.
 """
 
 from __future__ import annotations
@@ -83,9 +85,14 @@ def train_trials(models: list, lrs: list[float], data: ProbeData, seed: int, pro
                 shared(feats)
             for i in live:
                 optimizer, schedule = opts[i]
-                loss = task.loss(models[i](feats, data.label_size), target)
+                model = models[i]
+                loss = task.loss(model(feats, data.label_size), target)
                 optimizer.zero_grad(set_to_none=True)
-                loss.backward()
+                own = model.own_loss_gradient(task.loss, target, data.label_size)
+                if own is None:
+                    loss.backward()
+                else:  # the mixed loss and every read-out's own loss, in one pass back through the read-outs
+                    torch.autograd.backward([loss, model.per_map], [None, own])
                 optimizer.step()
                 schedule.step()
                 totals[i] += loss.detach() * len(target)

@@ -14,11 +14,16 @@ buffers (feature statistics change strongly with the noise level; fixed statisti
 training and evaluation, and nothing is learned there, so no map can be made loud or quiet behind the
 weights' back). ``P_layer`` is a linear map shared by all timesteps of a layer: the identity when the maps all
 have the same width (the default), else a learned 1x1 projection to ``dim`` channels (combined backbones of
-different widths, or ``--fusion-dim``). Nothing follows the weighting but the head, so:
+different widths, or ``--fusion-dim``). Global and spatial fusion weight either the standardised maps, which one
+head then reads (``fusion_level`` "features", the decoder heads' default), or each map's own prediction from a
+linear read-out of its own (``fusion_level`` "predictions", the linear head's default: ``mix_weights`` gives the
+weights, probes/model.py mixes). Nothing follows the weighting but the head (or nothing at all), so:
 
-- a fusion weight is the share of its map in what the head reads, comparable across maps;
+- a fusion weight is the share of its map (or of its map's prediction) in the mix, comparable across maps;
 - with the identity projection a one-hot weight *is* the single-map probe of that map: global fusion contains
-  every single map it fuses, and can lose to the best of them only by optimisation or noise.
+  every single map it fuses. At the feature level it can still lose to the best of them through optimisation:
+  one head reads the mix, so the weights drift towards the map that most resembles the mix. At the prediction
+  level every read-out is also trained alone, so the weights compare the maps' own predictions.
 
 The weights (``weight_parameters``) learn in their own optimiser group, at their own rate and without weight
 decay (which would pull them back to uniform), so they leave the uniform start within a probe's training.
@@ -179,6 +184,10 @@ class GlobalFusion(Fusion):
         self.logits = nn.Parameter(torch.zeros(len(self.keys)))  # uniform mix at start
         self.out_channels = self.dim
 
+    def mix_weights(self, projected: torch.Tensor) -> torch.Tensor:
+        """(1, K, 1, 1): one weight per map, the same everywhere."""
+        return torch.softmax(self.logits, dim=0).view(1, -1, 1, 1)
+
     def forward(self, feats):
         w = torch.softmax(self.logits, dim=0)
         if self.uniform and PROJECTED not in feats:  # sum_k w_k (x_k - m_k) s_k in one pass over the maps
@@ -213,13 +222,17 @@ class SpatialFusion(Fusion):
         self.out_channels = self.dim
         self.last_weights: torch.Tensor | None = None  # (B, K, h, w) of the latest forward, for reports
 
-    def forward(self, feats):
-        p = self.projected(feats)  # (B, K, D, h, w)
-        b, k = p.shape[:2]
-        hidden = self.reduce(p.flatten(0, 1)).unflatten(0, (b, k)).flatten(1, 2)
+    def mix_weights(self, projected: torch.Tensor) -> torch.Tensor:
+        """(B, K, h, w): the weights of every map at every location, from the standardised maps."""
+        b, k = projected.shape[:2]
+        hidden = self.reduce(projected.flatten(0, 1)).unflatten(0, (b, k)).flatten(1, 2)
         w = torch.softmax(self.logits.view(1, -1, 1, 1) + self.gate(hidden), dim=1)
         self.last_weights = w.detach()
-        return (p * w.unsqueeze(2)).sum(1)
+        return w
+
+    def forward(self, feats):
+        p = self.projected(feats)  # (B, K, D, h, w)
+        return (p * self.mix_weights(p).unsqueeze(2)).sum(1)
 
     def weight_parameters(self):
         return [self.logits]

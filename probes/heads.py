@@ -33,6 +33,35 @@ class LinearHead(nn.Module):
         return self.proj(self.norm(maps[0]))
 
 
+class PerMapLinear(nn.Module):
+    """One linear read-out per map, all in one grouped 1x1 conv: (B, K, C, h, w) -> (B, K, out, h, w), read-out k
+    seeing map k only (prediction-level fusion).
+
+    Each read-out is ``LinearHead``'s BatchNorm + 1x1 conv with the batch statistics replaced by the fixed
+    training statistics the maps arrive standardised with (probes/fusion.py). BatchNorm's per-channel scale and
+    shift stay, folded into the conv's weight and bias, so nothing runs over the maps but one conv: they matter
+    for how fast the read-out trains (a shift per input channel moves the bias, the class prior, about C times
+    faster than the conv's own bias), and running BatchNorm over every map's every channel would be most of the
+    cost."""
+
+    def __init__(self, maps: int, in_channels: int, out_channels: int):
+        super().__init__()
+        self.maps, self.in_channels, self.out_channels = maps, in_channels, out_channels
+        conv = nn.Conv2d(maps * in_channels, maps * out_channels, kernel_size=1, groups=maps)  # its initialisation
+        self.weight = nn.Parameter(conv.weight.detach().view(maps, out_channels, in_channels).clone())
+        self.bias = nn.Parameter(conv.bias.detach().view(maps, out_channels).clone())
+        self.scale = nn.Parameter(torch.ones(maps, in_channels))
+        self.shift = nn.Parameter(torch.zeros(maps, in_channels))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, k, c, h, w = x.shape
+        weight = self.weight * self.scale[:, None, :]  # W (gamma x + beta) + b = (W gamma) x + (W beta + b)
+        bias = self.bias + torch.einsum("koc,kc->ko", self.weight, self.shift)
+        out = F.conv2d(x.reshape(b, k * c, h, w), weight.reshape(k * self.out_channels, c, 1, 1), bias.reshape(-1),
+                       groups=k)
+        return out.view(b, k, self.out_channels, h, w)
+
+
 class ConvHead(nn.Module):
     """Two 3x3 conv + BN + ReLU layers, then a 1x1 classifier."""
 

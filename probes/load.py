@@ -35,7 +35,8 @@ class TrainedProbe:
         self.keys = list(probe["feature_keys"])
         self.model = Probe(probe["fusion"], HEADS.get(probe["head"]).load(), self.keys, probe["in_channels"],
                            self.task.out_channels, cfg.get("fusion_dim"),
-                           head_transform=getattr(self.task, "head_transform", None))
+                           head_transform=getattr(self.task, "head_transform", None),
+                           fusion_level=cfg.get("fusion_level", "features"))
         self.model.load_state_dict(load_file(str(self.run_dir / probe.get("head_weights", "head.safetensors"))))
         self.model.eval()
         extractor = self.record["features"]["train"]["provenance"].get("extractor", {})

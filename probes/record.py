@@ -58,8 +58,17 @@ def aggregate_metrics(per_seed: list[dict[str, Any]]) -> tuple[dict[str, Any], d
     return means, stds
 
 
+READINGS = {
+    "features": "a weight is the share of its (timestep, layer) map in the fused map the head reads; maps are "
+                "normalised before weighting, so the weights are directly comparable",
+    "predictions": "a weight is the share of its (timestep, layer) map's own linear read-out in the mixed "
+                   "prediction; every read-out is also trained alone, so the weights compare calibrated "
+                   "predictions of the maps",
+}
+
+
 def fusion_weights(keys: list[str], per_seed: list[dict[str, float] | None], kind: str,
-                   normalised_over: str) -> dict[str, Any] | None:
+                   normalised_over: str, level: str = "features") -> dict[str, Any] | None:
     """Per key (mean and std over seeds), plus (timestep x layer) matrices when the keys form a grid."""
     runs = [w for w in per_seed if w is not None]
     if not runs:
@@ -73,9 +82,7 @@ def fusion_weights(keys: list[str], per_seed: list[dict[str, float] | None], kin
 
     return {"kind": kind, "per_key": mean, "per_key_std": std, "per_seed": runs, "seeds": len(runs),
             "timesteps": timesteps, "layers": layers, "matrix": grid(mean), "matrix_std": grid(std),
-            "normalised_over": normalised_over,
-            "reading": "a weight is the share of its (timestep, layer) map in the fused map the head reads; maps "
-                       "are normalised before weighting, so the weights are directly comparable"}
+            "normalised_over": normalised_over, "level": level, "reading": READINGS[level]}
 
 
 def probe_fields(name: str, cfg, keys: list[str], channels: dict[str, int], guidance_keys: list[str],

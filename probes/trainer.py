@@ -19,7 +19,7 @@ import torch
 
 from probekit.errors import ProbekitError
 from probekit.keys import FeatureKey
-from probekit.probes.config import ProbeConfig
+from probekit.probes.config import ProbeConfig, probe_stem
 from probekit.probes.data import ProbeData, resolve_keys, storage_label  # noqa: F401  (resolve_keys: public API)
 from probekit.probes.fit import Diverged, NonFinitePredictions, evaluate, train_trials
 from probekit.probes.model import Probe
@@ -31,7 +31,7 @@ PathOrPaths = "str | Path | Sequence[str | Path]"
 
 
 def probe_name(cfg: ProbeConfig, keys: list[str]) -> str:
-    name = f"{cfg.head}-{cfg.fusion}"
+    name = probe_stem(cfg.head, cfg.fusion, cfg.fusion_level)
     if cfg.fusion == "single":
         name += "-" + FeatureKey(keys[0]).short()
     return name
@@ -86,14 +86,16 @@ def train_probe(train_features: PathOrPaths, eval_features: PathOrPaths, *, val_
 
 
 SETTINGS = ("task", "fusion", "head", "keys", "epochs", "batch_size", "lrs", "fusion_lr", "weight_decay", "fusion_dim",
-            "depth_output", "train_limit", "eval_crop", "cross_dataset")
+            "depth_output", "train_limit", "eval_crop", "cross_dataset", "fusion_level")
+# Settings that records made before they existed hold implicitly: their value then.
+SETTING_BEFORE = {"fusion_level": "features"}
 
 
 def covers(record: dict[str, Any], cfg: ProbeConfig, data: ProbeData) -> bool:
     """True when an existing record already answers this run: the same settings and features, and at least the
     seeds asked for (a 3-seed run covers a 1-seed request for its first seed)."""
     old = record.get("config") or {}
-    if any(old.get(name) != getattr(cfg, name) for name in SETTINGS):
+    if any(old.get(name, SETTING_BEFORE.get(name)) != getattr(cfg, name) for name in SETTINGS):
         return False
     if not set(cfg.seeds) <= set(record.get("seeds") or [old.get("seed")]):
         return False
@@ -114,7 +116,7 @@ def _build(data: ProbeData, cfg: ProbeConfig) -> Probe:
     from probekit.registries import HEADS
 
     return Probe(cfg.fusion, HEADS.get(cfg.head).load(), data.keys, data.channels, data.task.out_channels,
-                 cfg.fusion_dim, data.guidance_keys, getattr(data.task, "head_transform", None))
+                 cfg.fusion_dim, data.guidance_keys, getattr(data.task, "head_transform", None), cfg.fusion_level)
 
 
 def _run_seed(data: ProbeData, cfg: ProbeConfig, seed: int, name: str, progress: bool, tick, first: bool) -> dict:
@@ -190,7 +192,8 @@ def _record(data: ProbeData, cfg: ProbeConfig, seeds: list[dict], name: str, ext
     main, main_std = mean_std([float(s["metrics"][task.main_metric]) for s in seeds])
     metrics[task.main_metric] = main
     kind = "spatial-mean" if cfg.fusion == "spatial" else "global"
-    fusion_info = fusion_weights(data.keys, [s["weights"] for s in seeds], kind, first["normalised_over"])
+    fusion_info = fusion_weights(data.keys, [s["weights"] for s in seeds], kind, first["normalised_over"],
+                                 cfg.fusion_level)
     if fusion_info is not None and cfg.fusion == "spatial":
         fusion_info["examples_file"] = "spatial_weights.safetensors"
     examples, examples_meta = _examples(data, first)

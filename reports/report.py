@@ -16,9 +16,11 @@ from probekit.reports.tables import RANK_RULE, best_mask, leaderboard_frame, run
 
 HEATMAP_READING = (
     "How to read a timestep-contribution heatmap: a cell is the share of that timestep's maps (summed over the "
-    "layers) in the fused map the head reads, learned by a global fusion probe (or, for spatial fusion, averaged "
-    "over every evaluation pixel). Each map is normalised before it is weighted, so the shares are comparable "
-    "across timesteps; they sum to 1 per task. Uniform shares (1 / number of timesteps) mean the probe found no "
+    "layers) in what a global fusion probe mixes (or, for spatial fusion, that share averaged over every "
+    "evaluation pixel). With the linear head (fusion level 'predictions') the probe mixes the maps' own "
+    "predictions: every map has a read-out of its own, also trained alone, so a share says how much the mix "
+    "trusts that map's prediction. With a decoder head (level 'features') it mixes the normalised maps the head "
+    "reads. Either way the shares are comparable across timesteps and sum to 1 per task. Uniform shares (1 / number of timesteps) mean the probe found no "
     "timestep more useful than another. With several seeds, the second line of a cell is the standard deviation "
     "over seeds: differences smaller than it are not evidence.")
 

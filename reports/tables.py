@@ -26,6 +26,19 @@ RANK_RULE = ("a row's cell for a task is its best record by validation score (a 
              "(rank -) and follows the ranked rows")
 
 
+def fusion_label(rec: dict[str, Any]) -> str:
+    """The record's fusion, with its level when that is not its head's default ("global-features" for a linear
+    head's feature-level fusion, as its run folder is named); records older than the levels were feature level."""
+    from probekit.probes.config import resolve_fusion_level
+
+    probe = rec.get("probe", {})
+    fusion = probe.get("fusion") or ""
+    if fusion not in ("global", "spatial"):
+        return fusion
+    level = (rec.get("config") or {}).get("fusion_level", "features")
+    return fusion if level == resolve_fusion_level(fusion, probe.get("head", "")) else f"{fusion}-{level}"
+
+
 # -- every run ---------------------------------------------------------------------------------
 def runs_frame(recset: RecordSet) -> pd.DataFrame:
     rows = []
@@ -34,7 +47,7 @@ def runs_frame(recset: RecordSet) -> pd.DataFrame:
         info = scores.info(rec["main_score_name"], rec)
         rows.append({
             "extractor": rec.get("extractor"), "dataset": rec.get("dataset"), "task": rec.get("task"),
-            "fusion": probe.get("fusion"), "head": probe.get("head"), "timestep": probe.get("timestep"),
+            "fusion": fusion_label(rec), "head": probe.get("head"), "timestep": probe.get("timestep"),
             "layer": probe.get("layer"), "metric": rec.get("main_score_name"), "score": rec.get("main_score"),
             "score_std": rec.get("main_score_std"), "unit": info["unit"],
             "eval_split": feats.get("eval", {}).get("split"),
@@ -66,7 +79,7 @@ def leaderboard_frame(recset: RecordSet, secondary: bool = False) -> pd.DataFram
         head = probe.get("head", "")
         if probe.get("guidance_keys"):
             head = f"{head}+concepts"
-        key = (rec.get("dataset"), rec.get("extractor"), probe.get("fusion"), head)
+        key = (rec.get("dataset"), rec.get("extractor"), fusion_label(rec), head)
         row = cells.setdefault(key, {"dataset": key[0], "extractor": key[1], "fusion": key[2], "head": key[3]})
         task, metric = rec["task"], rec["main_score_name"]
         col = _column(task, metric, rec)

@@ -38,7 +38,8 @@ def _record(root, extractor, task, fusion, score, t=None, layer=None, created="2
         probe={"name": name, "fusion": fusion, "head": "linear", "timestep": t, "layer": layer,
                "fusion_weights": fw, "examples": "examples.safetensors"},
         config={"seed": 0, "selected_lr": 0.01, "val_score": score, "task_config": {"classes": REF["classes"],
-                                                                 "depth_range": REF["depth_range"]}},
+                                                                 "depth_range": REF["depth_range"]},
+                "fusion_level": "predictions" if fusion in ("global", "spatial") else "features"},
         features={"eval": {"split": "test", "num_samples": 8, "provenance": {"dataset": REF}},
                   "train": {"num_samples": 32}},
         provenance={"created": created}, wall_time_s=1.0)
@@ -107,6 +108,24 @@ def test_a_row_cell_is_chosen_by_validation_never_by_test_score(tmp_path):
     board = leaderboard_frame(load_records([root]))
     row = board[board.fusion == "single"].iloc[0]
     assert row["seg cell"] == "t=100 L2" and row["seg mIoU ↑"] == pytest.approx(0.60)
+
+
+def test_the_two_fusion_levels_are_separate_rows_and_older_records_are_the_feature_level(tmp_path):
+    root = tmp_path / "results"
+    _record(root, "x", "seg", "global", 0.5)  # the linear head's default: prediction level
+    for extractor, level, score in (("x", "features", 0.4), ("y", None, 0.3)):  # None: made before the levels
+        run = _record(root, extractor, "seg", "global", score, subdir=f"{extractor}-features")
+        rec = json.loads((run / "result.json").read_text())
+        if level is None:
+            del rec["config"]["fusion_level"]
+        else:
+            rec["config"]["fusion_level"] = level
+        rec["probe"]["name"] = "linear-global-features"
+        (run / "result.json").write_text(json.dumps(rec))
+    board = leaderboard_frame(load_records([root]))
+    rows = {(r.extractor, r.fusion): r["seg mIoU ↑"] for _, r in board.iterrows()}
+    assert rows == {("x", "global"): pytest.approx(0.5), ("x", "global-features"): pytest.approx(0.4),
+                    ("y", "global-features"): pytest.approx(0.3)}
 
 
 def test_duplicates_are_resolved_newest_first_and_reported(results):

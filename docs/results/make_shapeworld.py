@@ -27,6 +27,10 @@ from probekit.results import find_records, read_record
 HERE = Path(__file__).resolve().parent
 BACKBONES = ["shapeworld-mmdit", "shapeworld-mmdit-random", "pixels"]
 TASKS = ["seg", "saliency", "depth"]
+# Fused probes sweep three rates of the default grid (one read-out per map makes each trial up to 12x a single
+# map's on CPU, depth's 256 bins most): the upper three, and for depth, whose fused probes chose 1e-2 (the lowest
+# of those) for every seed, the middle three. A choice at either end is flagged in the record, as ever.
+FUSED_LRS = {"seg": [0.01, 0.03, 0.1], "saliency": [0.01, 0.03, 0.1], "depth": [0.003, 0.01, 0.03]}
 STORAGE = {  # label -> extract options: what each reduction of the shipped model's maps costs
     "float16 (plain)": {},
     "bfloat16": {"store_dtype": "bfloat16"},
@@ -40,7 +44,8 @@ STORAGE = {  # label -> extract options: what each reduction of the shipped mode
 
 def suite(args) -> dict:
     common = {"timesteps": args.timesteps, "layers": args.layers, "device": "cpu", "batch_size": 16}
-    extractors = {name: {**common, "probes": "full" if name != "pixels" else "pixels"} for name in BACKBONES}
+    extractors = {name: {**common, "probes": "full"} for name in BACKBONES}
+    extractors["shapeworld-mmdit-random"]["probes"] = "control"
     extractors["pixels"] = {"device": "cpu", "probes": "pixels"}
     for label, options in STORAGE.items():
         if options:
@@ -48,7 +53,12 @@ def suite(args) -> dict:
                                                      "probes": "storage"}
     grid = [{"fusion": "single", "each_map": True, "tasks": TASKS}]
     best = [{"fusion": "single", "best_map_of": task, "tasks": [task], "seeds": 3} for task in TASKS]
-    fused = [{"fusion": f, "tasks": TASKS, "seeds": 3} for f in ("global", "spatial")]
+    fused = [{"fusion": f, "tasks": [task], "seeds": 3, "lrs": FUSED_LRS[task]}
+             for f in ("global", "spatial") for task in TASKS]
+    # The control's fused depth probes over one seed: at about 10 and 25 min a seed on 2 cores, the dearest cells.
+    control_fused = [{**p, "seeds": 1} if p["tasks"] == ["depth"] else p for p in fused]
+    others = [{"fusion": "concat", "tasks": ["seg"], "seeds": 3},
+              {"fusion": "single", "keys": [args.storage_key], "tasks": ["seg", "depth"], "seeds": 3}]
     return {
         "suite": "shapeworld-results", "version": 1, "seed": 0, "out": str(args.work),
         "training": {"epochs": args.epochs},
@@ -57,11 +67,11 @@ def suite(args) -> dict:
                                     "eval": {"split": "test", "limit": args.n_test}}},
         "extractors": extractors,
         "probe_sets": {
-            "full": grid + best + fused + [{"fusion": "concat", "tasks": ["seg"], "seeds": 3}] + (
-                [{"fusion": "single", "keys": [args.storage_key], "tasks": ["seg", "depth"], "seeds": 3}]),
+            "full": grid + best + fused + others,
+            "control": grid + best + control_fused + others,
             "pixels": [{"fusion": "single", "keys": ["layer=0"], "tasks": TASKS, "seeds": 3}],
             "storage": [{"fusion": "single", "keys": [args.storage_key], "tasks": ["seg", "depth"], "seeds": 3},
-                        {"fusion": "global", "tasks": ["seg", "depth"], "seeds": 3}],
+                        {"fusion": "global", "tasks": ["seg"], "seeds": 3, "lrs": FUSED_LRS["seg"]}],
         },
     }
 
@@ -114,14 +124,22 @@ def render(work: Path, args, elapsed_min: float, zeroshot: list[str], ceiling: l
         "How to read it:",
         "",
         _noise_sentence(),
-        "- Fused probes read every map standardised with its own training statistics and, since all maps here "
-        "have the same width, no projection: global fusion with a one-hot weight *is* the single-map probe of that "
-        "map, so it can lose to the best single map only through optimisation or noise (the planted-signal tests "
-        "in tests/test_fusion_planted.py show the weights finding the informative map, > 0.9). Where it loses "
-        "below, compare the final training losses printed beside the verdict (same learning rate, first seed): a "
-        "fused probe that ends above its best map's own loss lost through optimisation (fusion-diagnosis.md, made "
-        "by fusion_diagnosis.py, looks closer); one that ends below it and still scores lower lost by fitting the "
+        "- Fused probes (linear head) mix predictions: every map, standardised with its own training statistics, "
+        "has a linear read-out of its own, trained on its own loss as well as on the mix, and the global (or, for "
+        "spatial fusion, per-location) softmax weights mix the read-outs' predictions. A weight is therefore how "
+        "far the mix trusts a map's own prediction, and a one-hot weight is that map's probe. Feature-level fusion "
+        "(one head reading the weighted maps, `--fusion-level features`) lost to the best single map here: its "
+        "weights drift to the map that most resembles the mix (fusion-diagnosis.md, made by fusion_diagnosis.py, "
+        "measures both levels). The planted-signal tests in tests/test_fusion_planted.py show the weights "
+        "finding the informative map (> 0.9) and spatial weights finding the right map in the right place. Beside "
+        "each verdict below: the final training losses of both probes (same learning rate, first seed); a fused "
+        "probe that ends below its best map's loss and still scores lower lost by fitting the "
         f"{args.n_train} training images more closely than the test split rewards.",
+        "- Fused probes sweep three learning rates (seg and saliency 1e-2 to 1e-1; depth 3e-3 to 3e-2, after its "
+        "fused probes chose 1e-2 for every seed on the upper three), single maps five (1e-3 to 1e-1): one read-out "
+        "per map makes a fused trial up to 12x a single map's on 2 CPU cores (depth's 256 bins most). Each verdict "
+        "below says when a seed's chosen rate sits at an end of its grid. The random control's fused depth probes "
+        "ran over one seed (their spread is the single map's).",
         "- The best single map of each task is chosen on validation (never on test), then run over three seeds.",
         "- Depth is scored where the ground truth is below the far limit (`gt < 50 m`), as the NYU and KITTI "
         "protocols do: ShapeWorld's sky, at exactly 50 m, is not scored.",
@@ -191,8 +209,17 @@ def _fusion_vs_single(by, task, args) -> list[str]:
                        "better, beyond the spread" if gain > 0 else "worse, beyond the spread")
             out.append(f"- {backbone}, {fusion} fusion vs the best single map: "
                        f"{'+' if gain >= 0 else '-'}{scores.format_score(abs(gain), unit)} "
-                       f"(largest std {scores.format_score(spread, unit)}): {verdict}." + _losses(fused, single))
+                       f"(largest std {scores.format_score(spread, unit)}): {verdict}." + _losses(fused, single)
+                       + _edges(fused))
     return out + [""] if out else []
+
+
+def _edges(rec: dict) -> str:
+    """Which seeds chose a learning rate at an end of the run's grid (the record flags each)."""
+    at = [(s["seed"], s["selected_lr"], s["lr_at_edge"]) for s in rec.get("per_seed") or [] if s.get("lr_at_edge")]
+    if not at:
+        return ""
+    return " Chosen rate at the grid's end: " + ", ".join(f"seed {seed} {lr:g} ({edge})" for seed, lr, edge in at) + "."
 
 
 def _final_loss(rec: dict, lr: float) -> float | None:
@@ -253,10 +280,10 @@ def _storage(by, args) -> list[str]:
     lines = ["## What storing less costs", "",
              f"The shipped model's maps stored reduced (`probekit extract --pool/--channels/--projection/"
              f"--store-dtype`; val and test reuse the training split's projection), probed on the map "
-             f"{args.storage_key} alone and with global fusion over all maps, three seeds each. Bytes: the maps of "
-             "one image.", "",
-             "| storage | maps per image | seg, single | seg, global | depth, single | depth, global |",
-             "|---|---|---|---|---|---|"]
+             f"{args.storage_key} alone (seg and depth) and with global fusion over all maps (seg), three seeds "
+             "each. Bytes: the maps of one image.", "",
+             "| storage | maps per image | seg, single | seg, global | depth, single |",
+             "|---|---|---|---|---|"]
     for label, options in STORAGE.items():
         tag = StorageOptions(**{("dtype" if k == "store_dtype" else k): v for k, v in options.items()}).label()
         # A suite label names its results ("storage-pool8[pool8]"); runs made before labels named them carry the
@@ -268,8 +295,10 @@ def _storage(by, args) -> list[str]:
             recs = by.get((name, task), [])
             single = next((r for r in recs if r["probe"]["fusion"] == "single" and len(r["seeds"]) > 1
                            and r["probe"]["feature_keys"][0] == args.storage_key), None)
-            fused = next((r for r in recs if r["probe"]["fusion"] == "global"), None)
-            cells += [_score(single) if single else "-", _score(fused) if fused else "-"]
+            cells.append(_score(single) if single else "-")
+            if task == "seg":
+                fused = next((r for r in recs if r["probe"]["fusion"] == "global"), None)
+                cells.append(_score(fused) if fused else "-")
         lines.append(f"| {label} | {_bytes(by.get((name, 'seg'), []))} | " + " | ".join(cells) + " |")
     return lines + [""]
 

@@ -34,7 +34,7 @@ EXTRACTOR_KEYS = {"extractor", "weights", "timesteps", "layers", "batch_size", "
 COMBINE_KEYS = {"name", "of", "probes"}
 DATASET_KEYS = {"train", "eval", "val", "image_size", "data_root"}
 SPLIT_KEYS = {"split", "limit"}
-PROBE_KEYS = {"fusion", "head", "tasks", "seeds", "each_map", "best_map_of", "keys"}
+PROBE_KEYS = {"fusion", "head", "tasks", "seeds", "each_map", "best_map_of", "keys", "fusion_level", "lrs"}
 TRAINING_KEYS = {"epochs", "lrs", "batch_size", "fusion_lr", "weight_decay", "device"}
 
 
@@ -187,6 +187,13 @@ def _check_probe(probe: dict, where: str, source: str) -> None:
             registry.get(probe.get(name, default))
         except ProbekitError as exc:
             raise ProbekitError(f"{source}: {where}: {exc}") from None
+    try:
+        from probekit.probes.config import resolve_fusion_level
+
+        resolve_fusion_level(probe.get("fusion", "single"), probe.get("head", "linear"),
+                             probe.get("fusion_level", "auto"))
+    except ProbekitError as exc:
+        raise ProbekitError(f"{source}: {where}: {exc}") from None
     tasks = probe.get("tasks")
     if not tasks or not isinstance(tasks, list):
         raise ProbekitError(f"{source}: {where} needs 'tasks', a list such as [seg, saliency, depth]")
@@ -195,6 +202,11 @@ def _check_probe(probe: dict, where: str, source: str) -> None:
             TASKS.get(task)
         except ProbekitError as exc:
             raise ProbekitError(f"{source}: {where}: {exc}") from None
+    lrs = probe.get("lrs")
+    if lrs is not None and (not isinstance(lrs, list) or not lrs or not all(
+            isinstance(x, (int, float)) and not isinstance(x, bool) and x > 0 for x in lrs)):
+        raise ProbekitError(f"{source}: {where}: lrs must be a list of positive learning rates (this probe's own "
+                            f"grid, instead of training.lrs), got {lrs!r}")
     single = probe.get("fusion", "single") == "single"
     ways = sum(bool(probe.get(k)) for k in ("each_map", "best_map_of", "keys"))
     if single and ways != 1:
@@ -359,15 +371,16 @@ def run_suite(suite: Suite, *, dry_run: bool = False, overwrite: bool = False, p
                             f"best {probe['best_map_of']} map" if probe.get("best_map_of") else fusion)
                     cell = Cell("probe", f"probe {label} {ds_name} {task} {head}-{what}"
                                 + (f" x{len(seeds)} seeds" if len(seeds) > 1 else ""),
-                                weight=len(seeds) * n_lrs, needs=[_features_of(p, ds_name) for p in parts])
+                                weight=len(seeds) * len(probe.get("lrs") or [None] * n_lrs), needs=[_features_of(p, ds_name) for p in parts])
 
                     def do(probe=probe, task=task, seeds=seeds, fusion=fusion, head=head, files=files, label=label,
                            best_of=best_of, cell=cell):
                         common = dict(task=task, fusion=fusion, head=head, seeds=seeds,
+                                      fusion_level=probe.get("fusion_level", "auto"),
                                       val_features=files.get("val"), results_root=suite.results,
                                       overwrite="overwrite" if overwrite else "reuse", progress=False,
                                       tick=lambda _: bar.update(1), return_existing=True,
-                                      **{k: v for k, v in suite.training.items()})
+                                      **{**suite.training, **({"lrs": probe["lrs"]} if "lrs" in probe else {})})
                         if probe.get("each_map"):
                             from probekit.combined import open_features
 
@@ -474,8 +487,10 @@ def _probe_done(suite: Suite, parts: list[str], ds_name: str, task: str, probe: 
     root = suite.results
     if not root.exists():
         return False
+    from probekit.probes.config import probe_stem
+
     head, fusion = probe.get("head", "linear"), probe.get("fusion", "single")
-    pattern = f"{head}-{fusion}" + ("-*" if fusion == "single" else "")
+    pattern = probe_stem(head, fusion, probe.get("fusion_level", "auto")) + ("-*" if fusion == "single" else "")
     # not a glob over the label: labels may hold glob characters ([, *)
     folder_name = re.compile(r"\+".join(re.escape(p) + r"(\[[^\]]*\])?" for p in parts))
     return any(folder_name.fullmatch(folder.name) and any((folder / ds_name / task).glob(f"{pattern}/result.json"))
