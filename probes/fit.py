@@ -93,6 +93,7 @@ def train_trials(models: list, lrs: list[float], data: ProbeData, seed: int, pro
                     loss.backward()
                 else:  # the mixed loss and every read-out's own loss, in one pass back through the read-outs
                     torch.autograd.backward([loss, model.per_map], [None, own])
+                    model.per_map = None  # (B, K, out, h, w): not kept alive beyond its step
                 optimizer.step()
                 schedule.step()
                 totals[i] += loss.detach() * len(target)
