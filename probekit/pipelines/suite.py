@@ -187,12 +187,13 @@ def _check_probe(probe: dict, where: str, source: str) -> None:
             registry.get(probe.get(name, default))
         except ProbekitError as exc:
             raise ProbekitError(f"{source}: {where}: {exc}") from None
-    try:
-        from probekit.probes.config import resolve_fusion_level
+    from probekit.probes.config import ProbeConfig
 
-        resolve_fusion_level(probe.get("fusion", "single"), probe.get("head", "linear"),
-                             probe.get("fusion_level", "auto"))
-    except ProbekitError as exc:
+    try:  # the probe's own settings, checked as `probekit probe` checks them
+        ProbeConfig.build(fusion=probe.get("fusion", "single"), head=probe.get("head", "linear"),
+                          fusion_level=probe.get("fusion_level", "auto"),
+                          **({"lrs": probe["lrs"]} if "lrs" in probe else {}))
+    except (ProbekitError, TypeError, ValueError) as exc:
         raise ProbekitError(f"{source}: {where}: {exc}") from None
     tasks = probe.get("tasks")
     if not tasks or not isinstance(tasks, list):
@@ -202,11 +203,6 @@ def _check_probe(probe: dict, where: str, source: str) -> None:
             TASKS.get(task)
         except ProbekitError as exc:
             raise ProbekitError(f"{source}: {where}: {exc}") from None
-    lrs = probe.get("lrs")
-    if lrs is not None and (not isinstance(lrs, list) or not lrs or not all(
-            isinstance(x, (int, float)) and not isinstance(x, bool) and x > 0 for x in lrs)):
-        raise ProbekitError(f"{source}: {where}: lrs must be a list of positive learning rates (this probe's own "
-                            f"grid, instead of training.lrs), got {lrs!r}")
     single = probe.get("fusion", "single") == "single"
     ways = sum(bool(probe.get(k)) for k in ("each_map", "best_map_of", "keys"))
     if single and ways != 1:
@@ -371,7 +367,7 @@ def run_suite(suite: Suite, *, dry_run: bool = False, overwrite: bool = False, p
                             f"best {probe['best_map_of']} map" if probe.get("best_map_of") else fusion)
                     cell = Cell("probe", f"probe {label} {ds_name} {task} {head}-{what}"
                                 + (f" x{len(seeds)} seeds" if len(seeds) > 1 else ""),
-                                weight=len(seeds) * len(probe.get("lrs") or [None] * n_lrs), needs=[_features_of(p, ds_name) for p in parts])
+                                weight=len(seeds) * (len(probe.get("lrs") or ()) or n_lrs), needs=[_features_of(p, ds_name) for p in parts])
 
                     def do(probe=probe, task=task, seeds=seeds, fusion=fusion, head=head, files=files, label=label,
                            best_of=best_of, cell=cell):
@@ -386,7 +382,7 @@ def run_suite(suite: Suite, *, dry_run: bool = False, overwrite: bool = False, p
 
                             with open_features(files["train"]) as reader:
                                 keys = list(reader.keys)
-                            cell.weight = len(keys) * len(seeds) * n_lrs
+                            cell.weight = len(keys) * len(seeds) * (len(probe.get("lrs") or ()) or n_lrs)
                             recs = [train_probe(files["train"], files["eval"], keys=[k], **common) for k in keys]
                             best_of[task] = _best_keys(recs, seeds)
                             return recs
