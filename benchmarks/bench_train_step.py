@@ -12,6 +12,7 @@ process unless given ``--workers``, is timed too, as a share of the float32 step
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
@@ -76,6 +77,19 @@ def data_path(dataset, args) -> dict:
                 "build_images_s": round(images / build_s, 1), "timing": timing})
     print(f"training batches: rendered {out['rendered']} img/s, cached {out['cached']} img/s "
           f"({out['speedup']}x); the cache builds at {out['build_images_s']} img/s")
+    # Building the cache in worker processes (`train-backbone --cache --workers N`): the same rows, N at a time.
+    rows, build = 4096, {}
+    for workers in (0, args.cache_workers):
+        with tempfile.TemporaryDirectory() as root:
+            start = time.perf_counter()
+            ImageCache(dataset, root=root).build(rows=rows, progress=False, workers=workers)
+            build[workers] = rows / (time.perf_counter() - start)
+    out["build_rows"], out["build_workers"] = rows, args.cache_workers
+    out["build_images_s_serial"] = round(build[0], 1)
+    out["build_images_s_workers"] = round(build[args.cache_workers], 1)
+    out["build_speedup"] = round(build[args.cache_workers] / build[0], 2)
+    print(f"building {rows} rows of the cache: {out['build_images_s_serial']} img/s in this process, "
+          f"{out['build_images_s_workers']} img/s in {args.cache_workers} workers ({out['build_speedup']}x)")
     return out
 
 
@@ -86,6 +100,8 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--no-compile", action="store_true", help="leave out the torch.compile variant")
+    parser.add_argument("--cache-workers", type=int, default=os.cpu_count() or 1,
+                        help="worker processes of the parallel cache build (default: every core)")
     args = parser.parse_args()
 
     dataset = ShapeWorld("pretrain")

@@ -168,6 +168,11 @@ def render() -> str:
                     f"demand {data['rendered']} images/s, read from the image cache (`train-backbone --cache`) "
                     f"{data['cached']} images/s (**{data['speedup']}x**); building the cache renders "
                     f"{data['build_images_s']} images/s, once."]
+            if "build_speedup" in data:
+                out[-1] += (f" Building {data['build_rows']} rows in this process: {data['build_images_s_serial']} "
+                            f"images/s; in {data['build_workers']} worker processes (`train-backbone --cache "
+                            f"--workers {data['build_workers']}`): {data['build_images_s_workers']} images/s "
+                            f"(**{data['build_speedup']}x**).")
         out += ["", f"Rendering one batch of ShapeWorld images: {train['render_batch_s']:.3f} s."
                 + (f" torch.compile's first call (compilation): {train['compile_first_call_s']:.0f} s."
                    if train.get("compile_first_call_s") else ""), "", _timing(train["timings"]), ""]

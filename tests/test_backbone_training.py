@@ -173,3 +173,37 @@ def test_the_image_cache_serves_the_rendered_images_resumes_a_killed_build_and_t
     a = load_file(rendered / "transformer" / "diffusion_pytorch_model.safetensors")
     b = load_file(cached / "transformer" / "diffusion_pytorch_model.safetensors")
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_the_image_cache_built_by_worker_processes_holds_the_same_rows(tmp_path, monkeypatch):
+    from probekit.backbone import cache as cache_mod
+    from probekit.datasets.shapeworld import ShapeWorld
+
+    monkeypatch.setattr(cache_mod, "CHUNK", 8)
+    ds = ShapeWorld("pretrain", size=30)
+    serial = cache_mod.ImageCache(ds, root=tmp_path / "serial").build(rows=20, progress=False)
+    parallel = cache_mod.ImageCache(ds, root=tmp_path / "parallel").build(rows=20, progress=False, workers=2)
+    assert serial.done == parallel.done == 20
+    for i in range(20):
+        (a, ca), (b, cb) = serial.item(i), parallel.item(i)
+        assert (a == b).all() and ca == cb
+    parallel.build(progress=False, workers=2)  # extends the same cache to the whole split
+    assert parallel.complete and (parallel.item(29)[0] == ds[29].image).all()
+
+
+def test_architecture_options_change_width_depth_and_token_grid_and_round_trip_through_the_config():
+    from diffusers import SD3Transformer2DModel
+
+    from probekit.backbone.model import TRANSFORMER_CONFIG, architecture, config_overrides
+
+    assert architecture() == {}
+    over = architecture(width=64, depth=2, patch_size=8)
+    model = SD3Transformer2DModel(**{**TRANSFORMER_CONFIG, **over})
+    assert model.inner_dim == 64 and len(model.transformer_blocks) == 2
+    out = model(hidden_states=torch.zeros(1, 3, 64, 64), encoder_hidden_states=torch.zeros(1, 4, 64),
+                pooled_projections=torch.zeros(1, 64), timestep=torch.tensor([500.0])).sample
+    assert out.shape == (1, 3, 64, 64)
+    assert config_overrides(dict(model.config)) == over  # what the random control rebuilds from a shipped config
+    for bad in (dict(width=100), dict(depth=0), dict(patch_size=3)):
+        with pytest.raises(ValueError):
+            architecture(**bad)

@@ -122,6 +122,13 @@ def test_train_backbone_refuses_a_bad_scene_before_training(tmp_path, scene, wor
     assert not (tmp_path / "run").exists()
 
 
+def test_train_backbone_refuses_a_width_the_heads_cannot_split_before_training(tmp_path):
+    res = CliRunner().invoke(cli, ["train-backbone", "--out", str(tmp_path / "run"), "--steps", "1",
+                                   "--width", "100", "-q"])
+    assert res.exit_code != 0 and "multiple of the head size 32" in res.output, res.output
+    assert not (tmp_path / "run").exists()
+
+
 def test_every_command_has_help_and_none_imports_torch_for_it():
     import subprocess
     import sys

@@ -215,6 +215,50 @@ def training_command(recipe: dict) -> str:
     return " ".join(words)
 
 
+LEVER_SWEEP = HERE / "recipe-sweep-h200-levers.json"
+LEVER_PROBES = HERE / "lever-probes.json"
+
+
+def lever_table(numbers: dict) -> str:
+    """The GPU lever sweep (recipe_sweep.py --sweep levers) beside the linear seg probes of its models
+    (lever_probes.py): the shape word's gain along training, judged samples, and what probes read."""
+    sweep = json.loads(LEVER_SWEEP.read_text())
+    probes = json.loads(LEVER_PROBES.read_text()) if LEVER_PROBES.is_file() else {}
+    marks = (128_000, 256_000, 384_000)
+    lines = ["| run | options beyond the base | steps (last export) | images seen | shape word's loss gain at "
+             + " / ".join(f"{m // 1000}k" for m in marks) + " images / at the end | shape judged correct "
+             "| colour found | linear seg mIoU, best map (t=750 L5) |", "|---" * 8 + "|"]
+    from recipe_sweep import SWEEPS  # beside this script: the options each run adds to the base
+
+    options = SWEEPS["levers"][1]
+
+    def cell(scores: dict) -> str:
+        maps = {k: v for k, v in scores.items() if k.startswith("t=")}
+        if not maps:
+            return "-"
+        best = max(maps, key=maps.get)
+        return f"{maps[best]:.1f} ({best.replace('/layer=', ' L')}) ({maps.get('t=750/layer=5', float('nan')):.1f})"
+
+    if "shipped" in probes:
+        shipped = shipped_row(numbers)
+        lines.append(f"| shipped model (CPU recipe) | - | {shipped['steps']:,} | {shipped['images_seen']:,} | "
+                     f"- / - / - / {shipped['shape_gain']['0.7']:.1%} | {shipped['shape_accuracy']:.0%} of "
+                     f"{shipped['n']} | {shipped['colour_found']:.0%} | {cell(probes['shipped'])} |")
+    for name, run in sweep["runs"].items():
+        words = run["command"].split()
+        batch = int(words[words.index("--batch-size") + 1])
+        opts = options[name]
+        extra = " ".join(w for i, w in enumerate(opts)  # how often a run exports is no lever
+                         if w != "--export-every" and (i == 0 or opts[i - 1] != "--export-every"))
+        by_images = {e["steps"] * batch: e["shape_word_gain_at_0.7"] for e in run["exports"]}
+        gains = [f"{by_images[m]:.1%}" if m in by_images else "-" for m in marks]
+        last = run["exports"][-1]
+        lines.append(f"| {name} | `{extra or '(base)'}` | {last['steps']:,} | {last['steps'] * batch:,} | "
+                     f"{' / '.join(gains)} / {last['shape_word_gain_at_0.7']:.1%} | {last['shape_accuracy']:.0%} "
+                     f"| {last['colour_found']:.0%} | {cell(probes.get(name, {}))} |")
+    return "\n".join(lines)
+
+
 def model_card(run: Path, numbers: dict) -> None:
     folder = shipped_weights()
     info = json.loads((folder / "training_info.json").read_text())
@@ -242,7 +286,7 @@ def model_card(run: Path, numbers: dict) -> None:
         batch=info["recipe"]["batch_size"], images_seen=f"{info['images_seen']:,}", wall_min=info["wall_time_s"] / 60,
         machine=info["machine"]["platform"], cpus=info["machine"]["cpus"],
         torch_threads=info["machine"]["torch_threads"], n_eval=numbers["n"], loss_table="\n".join(rows),
-        prompts="; ".join(f'"{p}"' for p in PROMPTS))
+        prompts="; ".join(f'"{p}"' for p in PROMPTS), lever_table=lever_table(numbers))
     (HERE / "shapeworld-mmdit.md").write_text(text)
 
 

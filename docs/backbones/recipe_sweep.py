@@ -10,10 +10,17 @@ and judged with `probekit.backbone.judge.prompt_fidelity`.
 writes ``OUT/sweep.json`` (per run: the command, steps reached, wall time, and per export: shape accuracy,
 colour found and the shape word's loss gain at s = 0.7) and ``OUT/samples.png`` (one row of samples per run's last export).
 
+``--sweep`` picks the set of runs: ``first`` (six recipes, images rendered on demand), ``levers`` (width and
+depth, patch size and learning rate, from the image cache, compiled) or ``alone`` (one run of the levers' best
+slope). Runs that train from the image cache find it built: the sweep renders each distinct scene once, in
+``--cache-workers`` processes, before the runs start. ``--replot SWEEP_JSON --out FIG.png`` only redraws the
+gain-vs-images figure.
+
 Measured (recipe-sweep-h100.json): six runs at once on one H100, each rendering its own images, took about
-140 ms per step each, so none reached 5,000 steps in ten minutes. A step of this small model is many tiny
-kernels, and processes sharing a GPU take turns; for a long GPU run train one recipe at a time, with
-``--workers`` rendering the images.
+140 ms per step each, so none reached 5,000 steps in ten minutes. With the image cache and torch.compile
+(recipe-sweep-h200-levers.json, one H200) four runs at once took about 72 ms per step each at batch 128, and
+one run alone took the same (74 ms, GPU 12% busy): the step of this small model is bound by the host, so a
+larger batch, not more runs at once, is what fills the GPU (the model card, "Levers on a GPU").
 """
 
 from __future__ import annotations
@@ -29,35 +36,75 @@ from pathlib import Path
 
 BASE = ["--steps", "5000", "--lr", "1e-3", "--shift", "3", "--precision", "bf16"]
 CLOSE = ["--scene", "objects_per_image=1,2", "--scene", "object_distance_m=2.5,6"]
-RUNS = {  # name: options after the base recipe (later options win)
-    "control": [],
-    "close": CLOSE,
-    "few": ["--scene", "objects_per_image=1,2"],
-    "near": ["--scene", "object_distance_m=2.5,6"],
-    "close-lr2e-3": CLOSE + ["--lr", "2e-3"],
-    "close-long": CLOSE + ["--steps", "12000"],
+# Levers of model and recipe, one process each on one GPU, training images from the image cache, compiled.
+LEVER_BASE = ["--steps", "40000", "--batch-size", "128", "--lr", "1e-3", "--shift", "3", "--precision", "bf16",
+              "--scene", "objects_per_image=1,2", "--scene", "object_distance_m=2.5,7", "--cache", "--compile"]
+SWEEPS = {  # sweep: (base options, {run name: options after the base recipe (later options win)})
+    "first": (BASE, {  # recipe-sweep-h100.json: six recipes at once, images rendered on demand
+        "control": [],
+        "close": CLOSE,
+        "few": ["--scene", "objects_per_image=1,2"],
+        "near": ["--scene", "object_distance_m=2.5,6"],
+        "close-lr2e-3": CLOSE + ["--lr", "2e-3"],
+        "close-long": CLOSE + ["--steps", "12000"],
+    }),
+    "levers": (LEVER_BASE, {
+        "w128-d6-p4": [],
+        "w192-d8-p4": ["--width", "192", "--depth", "8"],
+        "w128-d6-p2": ["--patch-size", "2", "--export-every", "250"],
+        "w128-d6-p4-lr3e-3": ["--lr", "3e-3"],
+    }),
+    "alone": (LEVER_BASE, {  # the levers' best slope, one process on the GPU, a schedule it can finish
+        "w128-d6-p4-lr3e-3-8k": ["--lr", "3e-3", "--steps", "8000"],
+    }),
 }
+RUNS = {name: base + options for base, runs in SWEEPS.values() for name, options in runs.items()}
 
 
 def _command(name: str, out: Path, device: str, export_every: int, steps: int | None, threads: int,
              workers: int) -> list[str]:
     override = ["--steps", str(steps)] if steps else []  # a quick trial of the sweep itself
     return [sys.executable, "-m", "probekit", "--threads", str(threads), "train-backbone", "--out", str(out / name),
-            *BASE, *RUNS[name], *override, "--device", device, "--workers", str(workers),
-            "--export-every", str(export_every), "--quiet"]
+            "--export-every", str(export_every), *RUNS[name], *override, "--device", device,
+            "--workers", str(workers), "--quiet"]
 
 
-def _judge(folder: str, device: str, per_prompt: int) -> dict:
+def _judge(folder: str, device: str, per_prompt: int, fidelity: bool = True) -> dict:
+    """The shape word's loss gain at s = 0.7 (cheap: every export) and, with ``fidelity``, the judged samples."""
     import torch
 
     torch.set_num_threads(2)
     from probekit.backbone.prompt_sensitivity import prompt_sensitivity
     from probekit.backbone.judge import prompt_fidelity
 
-    summary = prompt_fidelity(folder, per_prompt=per_prompt, device=device)
+    steps = json.loads((Path(folder) / "training_info.json").read_text()).get("steps")
     gain = prompt_sensitivity(folder, noise_levels=(0.7,))["noise_levels"]["0.7"]["shape_gain"]
-    return {"folder": folder, "shape_accuracy": summary["shape_accuracy"], "colour_found": summary["colour_found"],
-            "n": summary["n"], "shape_word_gain_at_0.7": gain}
+    out = {"folder": folder, "steps": steps, "shape_word_gain_at_0.7": gain}
+    if fidelity:
+        summary = prompt_fidelity(folder, per_prompt=per_prompt, device=device)
+        out.update(shape_accuracy=summary["shape_accuracy"], colour_found=summary["colour_found"], n=summary["n"])
+    return out
+
+
+def _build_caches(names: list[str], workers: int, steps: int | None = None) -> None:
+    """Render each distinct training scene of the runs that train from the image cache once, in ``workers``
+    processes, before the runs start (runs sharing a scene would otherwise race to build one cache)."""
+    from probekit.backbone.cache import ImageCache
+    from probekit.cli.backbone import _scene_option
+    from probekit.datasets.shapeworld import ShapeWorld
+
+    scenes = {}
+    for name in names:
+        options = RUNS[name]
+        if "--cache" not in options:
+            continue
+        value = {o: options[i + 1] for i, o in enumerate(options[:-1]) if o in ("--steps", "--batch-size")}
+        scene = _scene_option([options[i + 1] for i, o in enumerate(options) if o == "--scene"])
+        key = json.dumps(scene, sort_keys=True)
+        rows = int(steps or value.get("--steps", 3000)) * int(value.get("--batch-size", 32))
+        scenes[key] = (scene, max(rows, scenes.get(key, (None, 0))[1]))
+    for scene, rows in scenes.values():
+        ImageCache(ShapeWorld("pretrain", scene=scene)).build(rows=rows, workers=workers, progress=False)
 
 
 def _exports(run: Path) -> list[Path]:
@@ -74,7 +121,13 @@ def main() -> None:
     parser.add_argument("--budget-s", type=float, default=3600.0, help="Stop training after this many seconds.")
     parser.add_argument("--export-every", type=int, default=1000)
     parser.add_argument("--per-prompt", type=int, default=4)
-    parser.add_argument("--runs", nargs="*", default=list(RUNS), choices=list(RUNS))
+    parser.add_argument("--replot", type=Path, default=None, metavar="SWEEP_JSON",
+                        help="only draw the gain-vs-images figure of a finished sweep (to --out, a .png)")
+    parser.add_argument("--sweep", default="first", choices=list(SWEEPS), help="which set of runs")
+    parser.add_argument("--runs", nargs="*", default=None, choices=list(RUNS), help="default: the sweep's runs")
+    parser.add_argument("--fidelity", default="all", choices=["all", "last"],
+                        help="judge the samples of every export, or of each run's last (the loss gain: every one)")
+    parser.add_argument("--cache-workers", type=int, default=1, help="processes rendering the image caches")
     parser.add_argument("--steps", type=int, default=None, help="Train every run this many steps instead.")
     parser.add_argument("--judge-workers", type=int, default=6)
     parser.add_argument("--workers", type=int, default=0, help="image-rendering processes per run")
@@ -82,9 +135,15 @@ def main() -> None:
                         help="torch threads per run; runs x threads must not exceed the cores (oversubscribed "
                              "OpenMP threads slow CPU training dozens of times)")
     args = parser.parse_args()
+    if args.replot:
+        plot_gain(json.loads(args.replot.read_text()), args.out)
+        return
+    args.runs = args.runs or list(SWEEPS[args.sweep][1])
     args.out.mkdir(parents=True, exist_ok=True)
 
     start = time.perf_counter()
+    _build_caches(args.runs, args.cache_workers, args.steps)
+    print(f"image caches ready after {time.perf_counter() - start:.0f} s", flush=True)
     procs = {}
     for name in args.runs:
         cmd = _command(name, args.out, args.device, args.export_every, args.steps, args.threads, args.workers)
@@ -105,18 +164,50 @@ def main() -> None:
                       "last_loss": float(last[1]), "elapsed_s": float(last[4]), "exports": []}
     print(f"training stopped after {time.perf_counter() - start:.0f} s", flush=True)
 
-    folders = [(name, str(f)) for name in runs for f in _exports(args.out / name)]
+    folders, fidelity = [], []
+    for name in runs:
+        exports = _exports(args.out / name)
+        folders += [(name, str(f)) for f in exports]
+        fidelity += [args.fidelity == "all" or i == len(exports) - 1 for i in range(len(exports))]
     with ProcessPoolExecutor(max_workers=args.judge_workers) as pool:
         judged = list(pool.map(_judge, [f for _, f in folders], [args.device] * len(folders),
-                               [args.per_prompt] * len(folders)))
+                               [args.per_prompt] * len(folders), fidelity))
     for (name, _), result in zip(folders, judged):
         runs[name]["exports"].append(result)
-        print(name, Path(result["folder"]).name, f"shape {result['shape_accuracy']:.3f}",
-              f"colour {result['colour_found']:.3f}", f"shape-word gain {result['shape_word_gain_at_0.7']:.2%}",
+        judged_text = (f"shape {result['shape_accuracy']:.3f} colour {result['colour_found']:.3f} "
+                       if "shape_accuracy" in result else "")
+        print(name, Path(result["folder"]).name, judged_text + f"shape-word gain {result['shape_word_gain_at_0.7']:.2%}",
               flush=True)
-    (args.out / "sweep.json").write_text(json.dumps({"device": args.device, "budget_s": args.budget_s,
+    gpu = {}
+    if args.device.startswith("cuda"):
+        import torch
+
+        gpu = {"gpu": torch.cuda.get_device_name(torch.device(args.device))}
+    (args.out / "sweep.json").write_text(json.dumps({"device": args.device, **gpu, "budget_s": args.budget_s,
                                                      "per_prompt": args.per_prompt, "runs": runs}, indent=1))
     _sample_rows(args.out, runs, args.device)
+    plot_gain(json.loads((args.out / "sweep.json").read_text()), args.out / "gain.png")
+
+
+def plot_gain(sweep: dict, path: Path) -> None:
+    """The shape word's loss gain at s = 0.7 of every export against training images seen, one line per run."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 3.2))
+    for name, run in sweep["runs"].items():
+        words = run["command"].split()
+        batch = int(words[words.index("--batch-size") + 1]) if "--batch-size" in words else 32
+        points = sorted((e["steps"] * batch, e["shape_word_gain_at_0.7"]) for e in run["exports"] if e.get("steps"))
+        ax.plot([x / 1000 for x, _ in points], [100 * y for _, y in points], "o-", ms=3, label=name)
+    ax.axhline(0, color="#999999", lw=0.8)
+    ax.set(xlabel="training images seen (thousands)", ylabel="shape word's loss gain at s=0.7 (%)",
+           title=f"Levers, {sweep.get('gpu', sweep['device'])}")
+    ax.legend(frameon=False, fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=150)
 
 
 def _sample_rows(out: Path, runs: dict, device: str) -> None:

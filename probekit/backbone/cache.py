@@ -63,8 +63,10 @@ class ImageCache:
     def complete(self) -> bool:
         return self.done == self.size
 
-    def build(self, rows: int | None = None, progress: bool = True, log=print) -> "ImageCache":
-        """Render rows up to ``rows`` (default: all) that are not there yet, resuming an earlier build."""
+    def build(self, rows: int | None = None, progress: bool = True, log=print, workers: int = 0) -> "ImageCache":
+        """Render rows up to ``rows`` (default: all) that are not there yet, resuming an earlier build;
+        ``workers`` > 1 renders chunks in that many processes (the rows are the same: each is a pure function of
+        its index)."""
         from tqdm.auto import tqdm
 
         target = self.size if rows is None else min(int(rows), self.size)
@@ -72,25 +74,32 @@ class ImageCache:
         if start >= target:
             return self
         self.dir.mkdir(parents=True, exist_ok=True)
-        mode = "r+" if (self.dir / "images.u8").is_file() else "w+"
-        images = np.memmap(self.dir / "images.u8", dtype=np.uint8, mode=mode, shape=(self.size, *self.shape))
+        path = self.dir / "images.u8"
+        if not path.is_file():
+            np.memmap(path, dtype=np.uint8, mode="w+", shape=(self.size, *self.shape)).flush()
         captions_path = self.dir / "captions.json"
         captions = json.loads(captions_path.read_text())[:start] if captions_path.is_file() else []
         if start:
             log(f"resuming the image cache at {start} of {target} images ({self.dir})")
         bar = tqdm(total=target, initial=start, desc="render training images", unit="img", disable=not progress)
-        for a in range(start, target, CHUNK):
-            chunk = range(a, min(a + CHUNK, target))
-            for i in chunk:
-                sample = self.dataset[i]
-                images[i] = sample.image
-                captions.append(sample.caption)
-            images.flush()
-            atomic.write_text(captions_path, json.dumps(captions))
-            atomic.write_text(self.dir / "progress.json", json.dumps({"rows": chunk.stop}))
-            bar.update(len(chunk))
-        bar.close()
-        del images
+        chunks = [(self.dataset, str(path), (self.size, *self.shape), a, min(a + CHUNK, target))
+                  for a in range(start, target, CHUNK)]
+        pool = None
+        if workers > 1:
+            from concurrent.futures import ProcessPoolExecutor
+
+            pool = ProcessPoolExecutor(workers)
+        try:
+            # in order, so progress.json only ever counts rows that are all on disk
+            for stop, chunk_captions in (pool.map(_render_chunk, chunks) if pool else map(_render_chunk, chunks)):
+                captions.extend(chunk_captions)
+                atomic.write_text(captions_path, json.dumps(captions))
+                atomic.write_text(self.dir / "progress.json", json.dumps({"rows": stop}))
+                bar.update(len(chunk_captions))
+        finally:
+            if pool:
+                pool.shutdown(cancel_futures=True)
+            bar.close()
         self._images = None
         return self
 
@@ -109,3 +118,17 @@ class ImageCache:
 
     def __len__(self) -> int:
         return self.size
+
+
+def _render_chunk(task) -> tuple[int, list[str]]:
+    """Render rows [a, b) into the memory map; returns (b, their captions)."""
+    dataset, path, shape, a, b = task
+    images = np.memmap(path, dtype=np.uint8, mode="r+", shape=shape)
+    captions = []
+    for i in range(a, b):
+        sample = dataset[i]
+        images[i] = sample.image
+        captions.append(sample.caption)
+    images.flush()
+    del images
+    return b, captions

@@ -48,6 +48,36 @@ PREDICTION_FILE = "prediction.json"
 SCHEDULER_CONFIG = {"_class_name": "FlowMatchEulerDiscreteScheduler", "num_train_timesteps": 1000, "shift": 1.0}
 
 
+HEAD_DIM = TRANSFORMER_CONFIG["attention_head_dim"]
+
+
+def architecture(width: int | None = None, depth: int | None = None, patch_size: int | None = None,
+                 image_size: int = 64) -> dict[str, Any]:
+    """Transformer config overrides for another width (a multiple of the 32-wide heads), depth (joint blocks)
+    or patch size (a divisor of the image size; the positional table covers the token grid); ``{}`` when all
+    are the shipped ones' defaults (None)."""
+    overrides: dict[str, Any] = {}
+    if width is not None:
+        if width < HEAD_DIM or width % HEAD_DIM:
+            raise ValueError(f"width must be a positive multiple of the head size {HEAD_DIM}, not {width}")
+        overrides.update(num_attention_heads=width // HEAD_DIM, caption_projection_dim=width)
+    if depth is not None:
+        if depth < 1:
+            raise ValueError(f"depth must be at least 1, not {depth}")
+        overrides["num_layers"] = depth
+    if patch_size is not None:
+        if patch_size < 1 or image_size % patch_size:
+            raise ValueError(f"patch size must divide the image size {image_size}, not {patch_size}")
+        overrides.update(patch_size=patch_size, pos_embed_max_size=image_size // patch_size)
+    return overrides
+
+
+def config_overrides(transformer_config: dict[str, Any]) -> dict[str, Any]:
+    """The entries of a saved transformer config that differ from the default architecture (so a control can be
+    built with the architecture of whatever model is shipped)."""
+    return {k: v for k, v in transformer_config.items() if k in TRANSFORMER_CONFIG and v != TRANSFORMER_CONFIG[k]}
+
+
 def scheduler_config(shift: float) -> dict[str, Any]:
     """The scheduler must sample with the shift the model was trained with."""
     return {**SCHEDULER_CONFIG, "shift": float(shift)}
@@ -156,16 +186,19 @@ def shipped_shift() -> float:
 
 
 def random_folder(init_seed: int = 0) -> Path:
-    """The random-init control: same architecture, vocabulary, noise schedule and output parameterisation as the
-    shipped model, never trained (built once into the cache; shift and prediction are in the name so a retrained
-    model never meets a stale one)."""
+    """The random-init control: same architecture (read from the shipped config), vocabulary, noise schedule and
+    output parameterisation as the shipped model, never trained (built once into the cache; shift, prediction and
+    any architecture other than the default are in the name, so a retrained model never meets a stale one)."""
     from probekit.datasets import load_manifest
     from probekit.provenance import cache_dir
 
     shift, prediction = shipped_shift(), prediction_type(shipped_weights())
-    folder = cache_dir() / f"shapeworld-mmdit-random-seed{init_seed}-shift{shift:g}-{prediction}"
+    overrides = config_overrides(json.loads((shipped_weights() / "transformer" / "config.json").read_text()))
+    arch = "".join(f"-{k}{v}" for k, v in sorted(overrides.items()))  # the shipped architecture, if not the default
+    folder = cache_dir() / f"shapeworld-mmdit-random-seed{init_seed}-shift{shift:g}-{prediction}{arch}"
     if not (folder / "transformer" / "config.json").is_file():
         manifest, _ = load_manifest("shapeworld")
-        save_folder(folder, *build_models(manifest, seed=init_seed), shift=shift, prediction=prediction,
+        save_folder(folder, *build_models(manifest, seed=init_seed, overrides=overrides), shift=shift,
+                    prediction=prediction,
                     extra={"note": f"random initialisation, seed {init_seed}; never trained"})
     return folder

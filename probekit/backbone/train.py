@@ -126,7 +126,8 @@ def train_backbone(out: str | Path, *, steps: int = 3000, batch_size: int = 32, 
     ``device`` ("cpu", "cuda", "cuda:1") only moves the work: data order and noise are drawn on the CPU, so
     the recipe is the same on any device (the arithmetic, and so the last digits, are not). ``workers`` > 0
     renders the training images in that many loader processes (same images, same order; worth it when the
-    model's step is faster than rendering a batch, as on a GPU). ``scene``
+    model's step is faster than rendering a batch, as on a GPU), and builds the image cache in as many
+    processes. ``config_overrides`` change the transformer's architecture (``model.architecture``). ``scene``
     overrides ShapeWorld's scene ranges for the training images (e.g. ``{"objects_per_image": [1, 2]}``);
     the probes' splits are untouched. ``cache`` renders the training images once into a memory map
     (``probekit.backbone.cache``; same images, same order) and trains from it; ``compile`` runs the transformer
@@ -147,7 +148,8 @@ def train_backbone(out: str | Path, *, steps: int = 3000, batch_size: int = 32, 
     params = {k: v for k, v in locals().items() if k not in not_recipe}
     dataset = ShapeWorld("pretrain", scene=scene)
     # The cache holds the rows this run reads (its steps x batch size, wrapping at the split's end).
-    source = (ImageCache(dataset).build(rows=steps * batch_size, progress=progress, log=log) if cache
+    source = (ImageCache(dataset).build(rows=steps * batch_size, progress=progress, log=log,
+                                        workers=workers) if cache
               else Rendered(dataset))
     transformer, text_encoder, tokenizer = build_models(dataset.manifest, seed=seed, overrides=config_overrides)
     dev = torch.device(device)
@@ -194,8 +196,9 @@ def train_backbone(out: str | Path, *, steps: int = 3000, batch_size: int = 32, 
             schedule.step()
             with torch.no_grad():
                 decay = min(ema_decay, (1 + step) / (10 + step))  # short warm-up of the average
-                for p_ema, p in zip(ema.parameters(), trainable.parameters()):
-                    p_ema.lerp_(p.detach(), 1.0 - decay)
+                # one fused update over all tensors: on a GPU a loop would be ~150 tiny kernels per step
+                torch._foreach_lerp_(list(ema.parameters()), [p.detach() for p in trainable.parameters()],
+                                     1.0 - decay)
                 for b_ema, b in zip(ema.buffers(), trainable.buffers()):
                     b_ema.copy_(b)
             writer.writerow([step + 1, f"{float(loss.detach()):.5f}", f"{schedule.get_last_lr()[0]:.3g}",

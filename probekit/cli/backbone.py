@@ -31,11 +31,17 @@ from probekit.errors import ProbekitError
               help="Also export the EMA weights every N steps to OUT/model-stepN (0: only at the end).")
 @opt.device("cpu")
 @click.option("--workers", type=click.IntRange(min=0), default=0, show_default=True,
-              help="Processes rendering the training images (0: in the training process). Same images, same "
-                   "order; use it on a GPU, where rendering would otherwise be the bottleneck.")
+              help="Processes rendering the training images (0: in the training process), and building the "
+                   "image cache with --cache. Same images, same order; use it on a GPU, where rendering would "
+                   "otherwise be the bottleneck.")
 @click.option("--scene", "scene_items", multiple=True, metavar="KEY=LOW,HIGH",
               help="Override a ShapeWorld scene range for the training images, e.g. objects_per_image=1,2 or "
                    "object_distance_m=2.5,6 (repeatable).")
+@click.option("--width", type=opt.POSITIVE, default=None,
+              help="Transformer width (a multiple of 32, the head size; shipped default 128).")
+@click.option("--depth", type=opt.POSITIVE, default=None, help="Joint transformer blocks (shipped default 6).")
+@click.option("--patch-size", type=click.Choice(["1", "2", "4", "8"]), default=None,
+              help="Pixels per token side (shipped default 4: 16x16 tokens).")
 @click.option("--cache/--no-cache", default=False, show_default=True,
               help="Render the training images once into a memory-mapped cache ($PROBEKIT_CACHE) and train from "
                    "it: same images, same order; for a GPU, where rendering bounds the step.")
@@ -44,14 +50,22 @@ from probekit.errors import ProbekitError
 @click.pass_context
 @opt.friendly_errors
 def train_backbone(ctx, out, steps, batch_size, lr, caption_dropout, shift, prediction, precision, seed,
-                   checkpoint_every, export_every, device, workers, scene_items, cache, compile_, quiet):
+                   checkpoint_every, export_every, device, workers, scene_items, width, depth, patch_size, cache, compile_,
+                   quiet):
     """Train the ShapeWorld MM-DiT (rectified flow, SD3 architecture); rerun the same command to resume."""
+    from probekit.backbone.model import architecture
     from probekit.backbone.train import train_backbone as train
+
+    try:
+        overrides = architecture(width, depth, int(patch_size) if patch_size else None)
+    except ValueError as e:
+        raise ProbekitError(str(e)) from None
 
     train(out, steps=steps, batch_size=batch_size, lr=lr, caption_dropout=caption_dropout, shift=shift,
           prediction=prediction, precision=precision, seed=seed, checkpoint_every=checkpoint_every,
           export_every=export_every, threads=ctx.obj.get("threads") if ctx.obj else None, device=device,
-          workers=workers, scene=_scene_option(scene_items), cache=cache, compile=compile_, progress=not quiet,
+          workers=workers, scene=_scene_option(scene_items), config_overrides=overrides or None, cache=cache,
+          compile=compile_, progress=not quiet,
           log=click.echo)
 
 
