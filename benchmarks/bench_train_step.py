@@ -6,7 +6,10 @@ Each variant trains its own copy of the shipped architecture (random init, seed 
 batches, with train-backbone's loss, AdamW and gradient clipping; one timed run is ``--steps`` steps.
 Speed-up = float32 median / variant median. torch.compile's first call (the compilation) is timed apart and
 is not in the medians. Rendering one batch of ShapeWorld images, which train-backbone does in the same
-process unless given ``--workers``, is timed too, as a share of the float32 step.
+process unless given ``--workers``, is timed too, as a share of the float32 step. On CPU the parts of one
+bfloat16 step (text, transformer, clipping and AdamW, EMA) are also timed at batch 1, 4 and 32: what does not
+shrink with the batch is the step's fixed cost. The image cache's build is timed in this process and in
+``--cache-workers`` processes.
 """
 
 from __future__ import annotations
@@ -52,6 +55,44 @@ def make_variant(batches, device: str, bf16: bool, compiled: bool):
             torch.cuda.synchronize()
 
     return run_steps
+
+
+def step_parts(dataset, batch_sizes=(1, 4, 32), steps: int = 6) -> dict:
+    """Milliseconds per part of a bfloat16 step (eager) at several batch sizes: what does not shrink with the
+    batch is the step's fixed cost, the part a GPU cannot speed up (a small model's step is bound by it)."""
+    transformer, text_encoder, tokenizer = build_models(dataset.manifest, seed=0)
+    conditioner = TextConditioner(tokenizer, text_encoder)
+    params = list(transformer.parameters()) + list(text_encoder.parameters())
+    optimizer = torch.optim.AdamW(params, lr=1e-3, betas=(0.9, 0.99))
+    ema = [p.detach().clone() for p in params]
+    out = {}
+    for bs in batch_sizes:
+        batches = [_batch(Rendered(dataset), dataset.image_size, s, bs, 0.1, 0) for s in range(steps + 2)]
+        parts = {"text": [], "transformer_forward_backward": [], "clip_and_adamw": [], "ema": []}
+        for i, (x0, prompts, u, eps) in enumerate(batches):
+            t0 = time.perf_counter()
+            with torch.autocast(device_type="cpu", dtype=torch.bfloat16):
+                cond = conditioner(prompts)
+                t1 = time.perf_counter()
+                sigma = shifted_sigmas(u, 3.0)
+                s = sigma.view(-1, 1, 1, 1)
+                pred = transformer(hidden_states=(1 - s) * x0 + s * eps, timestep=sigma * 1000.0,
+                                   return_dict=False, **cond)[0].float()
+                loss = ((pred - (eps - x0)) ** 2).mean()
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            t2 = time.perf_counter()
+            torch.nn.utils.clip_grad_norm_(params, 1.0)
+            optimizer.step()
+            t3 = time.perf_counter()
+            torch._foreach_lerp_(ema, [p.detach() for p in params], 0.001)
+            t4 = time.perf_counter()
+            if i >= 2:  # the first two steps warm up
+                for key, seconds in zip(parts, (t1 - t0, t2 - t1, t3 - t2, t4 - t3)):
+                    parts[key].append(1000 * seconds)
+        out[bs] = {key: round(sorted(v)[len(v) // 2], 2) for key, v in parts.items()}
+        print(f"batch {bs}: " + ", ".join(f"{k} {v} ms" for k, v in out[bs].items()), flush=True)
+    return out
 
 
 def data_path(dataset, args) -> dict:
@@ -124,9 +165,10 @@ def main() -> None:
         t["speedup_vs_fp32"] = base / t["median_s"]
         print(f"{name:>13}: {t['s_per_step']:.3f} s/step, x{t['speedup_vs_fp32']:.2f} vs fp32")
     print(f"rendering one batch: {render_s:.3f} s ({render_s / (base / args.steps):.0%} of a float32 step)")
+    parts = step_parts(dataset) if args.device == "cpu" else None
     write_result(f"train_step_{args.device.split(':')[0]}", {
         "settings": vars(args), "timings": timings, "render_batch_s": render_s, "compile_first_call_s": compile_s,
-        "data_path": data})
+        "data_path": data, "step_parts_ms": parts})
 
 
 if __name__ == "__main__":

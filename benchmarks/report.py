@@ -173,6 +173,13 @@ def render() -> str:
                             f"images/s; in {data['build_workers']} worker processes (`train-backbone --cache "
                             f"--workers {data['build_workers']}`): {data['build_images_s_workers']} images/s "
                             f"(**{data['build_speedup']}x**).")
+        parts = train.get("step_parts_ms")
+        if parts:
+            names = list(next(iter(parts.values())))
+            out += ["", "Median milliseconds per part of a bfloat16 step (eager), by batch size: what does not shrink "
+                    "with the batch is the fixed cost a GPU cannot take over.", "",
+                    "| batch | " + " | ".join(n.replace("_", " ") for n in names) + " |", "|---" * (len(names) + 1) + "|"]
+            out += [f"| {bs} | " + " | ".join(f"{v[n]:.1f}" for n in names) + " |" for bs, v in parts.items()]
         out += ["", f"Rendering one batch of ShapeWorld images: {train['render_batch_s']:.3f} s."
                 + (f" torch.compile's first call (compilation): {train['compile_first_call_s']:.0f} s."
                    if train.get("compile_first_call_s") else ""), "", _timing(train["timings"]), ""]
