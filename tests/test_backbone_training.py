@@ -207,3 +207,22 @@ def test_architecture_options_change_width_depth_and_token_grid_and_round_trip_t
     for bad in (dict(width=100), dict(depth=0), dict(patch_size=3)):
         with pytest.raises(ValueError):
             architecture(**bad)
+
+
+def test_a_model_folder_stored_in_float16_loads_as_float32_with_the_weights_rounded_once(tmp_path):
+    """A wider backbone may ship in float16 (half the bytes); every loader gives float32 weights to compute in."""
+    from safetensors.torch import save_file
+
+    from helpers import make_tiny_shapeworld_mmdit
+    from probekit.backbone.model import load_denoiser
+
+    folder = make_tiny_shapeworld_mmdit(tmp_path / "m", num_layers=1)
+    weights = folder / "transformer" / "diffusion_pytorch_model.safetensors"
+    full = load_file(weights)
+    save_file({k: v.half() for k, v in full.items()}, weights)
+    transformer, conditioner, _ = load_denoiser(folder)
+    loaded = dict(transformer.state_dict())
+    assert all(loaded[k].dtype == torch.float32 and torch.equal(loaded[k], full[k].half().float()) for k in full)
+    out = transformer(hidden_states=torch.randn(1, 3, 64, 64), timestep=torch.tensor([500.0]), return_dict=False,
+                      **conditioner(["a red circle"]))[0]
+    assert out.dtype == torch.float32 and torch.isfinite(out).all()

@@ -57,6 +57,10 @@ SWEEPS = {  # sweep: (base options, {run name: options after the base recipe (la
     "alone": (LEVER_BASE, {  # the levers' best slope, one process on the GPU, a schedule it can finish
         "w128-d6-p4-lr3e-3-8k": ["--lr", "3e-3", "--steps", "8000"],
     }),
+    "next": (LEVER_BASE, {  # not run yet: the two steepest levers, a batch that fills the GPU (the model card)
+        "w192-d8-p4-lr3e-3-b1024": ["--width", "192", "--depth", "8", "--lr", "3e-3", "--batch-size", "1024",
+                                    "--steps", "3000"],
+    }),
 }
 RUNS = {name: base + options for base, runs in SWEEPS.values() for name, options in runs.items()}
 
