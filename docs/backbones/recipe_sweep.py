@@ -54,7 +54,7 @@ SWEEPS = {  # sweep: (base options, {run name: options after the base recipe (la
         "w128-d6-p2": ["--patch-size", "2", "--export-every", "250"],
         "w128-d6-p4-lr3e-3": ["--lr", "3e-3"],
     }),
-    "alone": (LEVER_BASE, {  # the levers' best slope, one process on the GPU, a schedule it can finish
+    "alone": (LEVER_BASE, {  # the levers' best slope, one process on the GPU (it reached 1,200 of its steps in 205 s)
         "w128-d6-p4-lr3e-3-8k": ["--lr", "3e-3", "--steps", "8000"],
     }),
     "next": (LEVER_BASE, {  # not run yet: the two steepest levers, a batch that fills the GPU (the model card)
