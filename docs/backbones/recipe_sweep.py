@@ -14,7 +14,8 @@ colour found and the shape word's loss gain at s = 0.7) and ``OUT/samples.png`` 
 depth, patch size and learning rate, from the image cache, compiled) or ``alone`` (one run of the levers' best
 slope). Runs that train from the image cache find it built: the sweep renders each distinct scene once, in
 ``--cache-workers`` processes, before the runs start. ``--replot SWEEP_JSON --out FIG.png`` only redraws the
-gain-vs-images figure.
+gain-vs-images figure. ``--pack DIR`` also writes each run's last export, its transformer in float16, as tar
+parts of 15 MB into DIR.
 
 Measured (recipe-sweep-h100.json): six runs at once on one H100, each rendering its own images, took about
 140 ms per step each, so none reached 5,000 steps in ten minutes. With the image cache and torch.compile
@@ -127,6 +128,8 @@ def main() -> None:
     parser.add_argument("--per-prompt", type=int, default=4)
     parser.add_argument("--replot", type=Path, default=None, metavar="SWEEP_JSON",
                         help="only draw the gain-vs-images figure of a finished sweep (to --out, a .png)")
+    parser.add_argument("--pack", type=Path, default=None, metavar="DIR",
+                        help="after judging, also write each run's last export (float16) as tar parts into DIR")
     parser.add_argument("--sweep", default="first", choices=list(SWEEPS), help="which set of runs")
     parser.add_argument("--runs", nargs="*", default=None, choices=list(RUNS), help="default: the sweep's runs")
     parser.add_argument("--fidelity", default="all", choices=["all", "last"],
@@ -191,6 +194,8 @@ def main() -> None:
                                                      "per_prompt": args.per_prompt, "runs": runs}, indent=1))
     _sample_rows(args.out, runs, args.device)
     plot_gain(json.loads((args.out / "sweep.json").read_text()), args.out / "gain.png")
+    if args.pack:
+        print("packed", ", ".join(p.name for p in pack(args.out, args.pack)), flush=True)
 
 
 def plot_gain(sweep: dict, path: Path) -> None:
@@ -212,6 +217,38 @@ def plot_gain(sweep: dict, path: Path) -> None:
     ax.legend(frameon=False, fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=150)
+
+
+def pack(out: Path, dest: Path, part_mb: int = 15) -> list[Path]:
+    """Each run's last export, its transformer in float16 (the form a wider model ships in), in one tar split into
+    parts of ``part_mb`` MB under ``dest`` (``cat models.tar.part-* | tar x`` joins them), to carry the models
+    off the training machine."""
+    import io
+    import tarfile
+
+    from safetensors.torch import load_file, save
+
+    dest.mkdir(parents=True, exist_ok=True)
+    runs = json.loads((out / "sweep.json").read_text())["runs"]
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w") as tar:
+        for name, run in runs.items():
+            if not run["exports"]:
+                continue
+            folder = Path(run["exports"][-1]["folder"])
+            for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+                data = path.read_bytes()
+                if path.parent.name == "transformer" and path.suffix == ".safetensors":
+                    data = save({k: v.half() if v.is_floating_point() else v for k, v in load_file(path).items()})
+                info = tarfile.TarInfo(f"models/{name}/{folder.name}/{path.relative_to(folder)}")
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+    blob, size = buffer.getvalue(), part_mb * 2**20
+    parts = []
+    for i in range(0, len(blob), size):
+        parts.append(dest / f"models.tar.part-{i // size:02d}")
+        parts[-1].write_bytes(blob[i:i + size])
+    return parts
 
 
 def _sample_rows(out: Path, runs: dict, device: str) -> None:
