@@ -63,6 +63,9 @@ class ProbeConfig:
     # each also trained on its own loss) or the maps themselves, read by one head ("features"). "auto":
     # predictions for the linear head, features for the decoder heads. Resolved when the config is built.
     fusion_level: str = "auto"
+    # At the prediction level: the weight of the read-outs' own losses (their mean over maps) beside the mixed
+    # prediction's loss. Higher keeps each read-out closer to its map's own probe (less co-adaptation in the mix).
+    own_loss_weight: float = 1.0
     depth_output: str = "bins"
     val_fraction: float = 0.15  # of the training file, when no validation file is given
     cross_dataset: bool = False  # allow train and eval features from different datasets with the same classes
@@ -97,6 +100,9 @@ class ProbeConfig:
             raise ProbekitError(f"--lrs lists a rate twice: {self.lrs}")
         if not (math.isfinite(float(self.fusion_lr)) and float(self.fusion_lr) > 0):
             raise ProbekitError(f"--fusion-lr must be a positive finite number, got {self.fusion_lr}")
+        if not (math.isfinite(float(self.own_loss_weight)) and float(self.own_loss_weight) >= 0):
+            raise ProbekitError(f"--own-loss-weight must be a finite number >= 0, got {self.own_loss_weight}")
+        self.own_loss_weight = float(self.own_loss_weight)
         if not (math.isfinite(float(self.weight_decay)) and float(self.weight_decay) >= 0):
             raise ProbekitError(f"--weight-decay must be a finite number >= 0, got {self.weight_decay}")
         self.seeds = [int(s) for s in self.seeds]

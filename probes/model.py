@@ -31,8 +31,9 @@ class Probe(nn.Module):
 
     def __init__(self, fusion: str, head_cls: type[nn.Module], keys: list[str], channels: dict[str, int],
                  out_channels: int, fusion_dim: int | None = None, guidance_keys: list[str] | None = None,
-                 head_transform=None, fusion_level: str = "features"):
+                 head_transform=None, fusion_level: str = "features", own_loss_weight: float = 1.0):
         super().__init__()
+        self.own_loss_weight = float(own_loss_weight)  # prediction level: the read-outs' own losses' weight
         self.head_transform = head_transform  # e.g. depth bins -> depth, on the feature grid
         self.keys = list(keys)
         self.guidance_keys = list(guidance_keys or [])
@@ -80,7 +81,7 @@ class Probe(nn.Module):
 
     def own_loss_gradient(self, loss_fn, target: torch.Tensor, size: tuple[int, int]) -> torch.Tensor | None:
         """The gradient, with respect to the latest training forward's per-map predictions, of the mean over maps
-        of each map's own loss (None at the feature level). Computed one map at a time on a detached copy, so the
+        of each map's own loss, times ``own_loss_weight`` (None at the feature level). Computed one map at a time on a detached copy, so the
         label-size tensors of only one map are alive at once; the caller sends it back through the read-outs in
         the same backward pass as the mixed loss.
 
@@ -95,7 +96,7 @@ class Probe(nn.Module):
         per_map = self.per_map.detach().requires_grad_(True)
         k = per_map.shape[1]
         for i in range(k):
-            (loss_fn(_resized(per_map[:, i], tuple(sub.shape[-2:])), sub) / k).backward()
+            (loss_fn(_resized(per_map[:, i], tuple(sub.shape[-2:])), sub) * (self.own_loss_weight / k)).backward()
         return per_map.grad
 
 

@@ -86,9 +86,9 @@ def train_probe(train_features: PathOrPaths, eval_features: PathOrPaths, *, val_
 
 
 SETTINGS = ("task", "fusion", "head", "keys", "epochs", "batch_size", "lrs", "fusion_lr", "weight_decay", "fusion_dim",
-            "depth_output", "train_limit", "eval_crop", "cross_dataset", "fusion_level")
+            "depth_output", "train_limit", "eval_crop", "cross_dataset", "fusion_level", "own_loss_weight")
 # Settings that records made before they existed hold implicitly: their value then.
-SETTING_BEFORE = {"fusion_level": "features"}
+SETTING_BEFORE = {"fusion_level": "features", "own_loss_weight": 1.0}
 
 
 def covers(record: dict[str, Any], cfg: ProbeConfig, data: ProbeData) -> bool:
@@ -116,7 +116,8 @@ def _build(data: ProbeData, cfg: ProbeConfig) -> Probe:
     from probekit.registries import HEADS
 
     return Probe(cfg.fusion, HEADS.get(cfg.head).load(), data.keys, data.channels, data.task.out_channels,
-                 cfg.fusion_dim, data.guidance_keys, getattr(data.task, "head_transform", None), cfg.fusion_level)
+                 cfg.fusion_dim, data.guidance_keys, getattr(data.task, "head_transform", None), cfg.fusion_level,
+                 cfg.own_loss_weight)
 
 
 def _run_seed(data: ProbeData, cfg: ProbeConfig, seed: int, name: str, progress: bool, tick, first: bool) -> dict:

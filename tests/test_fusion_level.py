@@ -108,6 +108,8 @@ def test_own_loss_gradient_is_that_of_the_mean_of_every_maps_own_loss(fusion, ki
         sum(task.loss(F.interpolate(per_map[:, i], size=(10, 10), mode="bilinear", align_corners=False),
                       target[:, ::2, ::2]) for i in range(len(KEYS))) / len(KEYS), per_map)[0]
     torch.testing.assert_close(got, expected)
+    model.own_loss_weight = 3.0  # --own-loss-weight scales the read-outs' own losses, nothing else
+    torch.testing.assert_close(model.own_loss_gradient(task.loss, target, (20, 20)), 3.0 * expected)
     model.eval()
     with torch.no_grad():
         model(feats, (10, 10))
@@ -143,3 +145,12 @@ def test_both_levels_train_record_themselves_and_an_older_record_is_the_feature_
         cfg = ProbeConfig.build(fusion="global", epochs=15, lrs=[3e-2], fusion_level=level)
         with ProbeData(cfg, [files["train"]], [files["test"]], val_features=[files["val"]]) as data:
             assert covers(old, cfg, data) is expected
+    # Likewise a record written before --own-loss-weight holds weight 1: it answers 1 and not 3.
+    oldest = {**late, "config": {k: v for k, v in late["config"].items() if k != "own_loss_weight"}}
+    assert late["config"]["own_loss_weight"] == 1.0
+    for weight, expected in ((1.0, True), (3.0, False)):
+        cfg = ProbeConfig.build(fusion="global", epochs=15, lrs=[3e-2], own_loss_weight=weight)
+        with ProbeData(cfg, [files["train"]], [files["test"]], val_features=[files["val"]]) as data:
+            assert covers(oldest, cfg, data) is expected
+    with pytest.raises(ProbekitError, match="own-loss-weight"):
+        ProbeConfig.build(fusion="global", own_loss_weight=-1)

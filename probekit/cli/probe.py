@@ -47,6 +47,9 @@ from probekit.probes.config import DEFAULT_BATCH_SIZE, DEFAULT_EPOCHS, DEFAULT_F
               help="What global/spatial weights mix: each map's own prediction (one linear read-out per map, each "
                    "also trained on its own loss) or the maps, read by one head. auto: predictions for the linear "
                    "head, features for the decoder heads.")
+@click.option("--own-loss-weight", type=opt.FiniteFloat(min=0.0), default=1.0, show_default=True,
+              help="Prediction level: weight of the read-outs' own losses beside the mixed prediction's loss (higher "
+                   "keeps each read-out closer to its map's own probe).")
 @click.option("--depth-output", type=click.Choice(["bins", "regression"]), default="bins", show_default=True)
 @click.option("--eval-crop", type=opt.FloatList(), default=None,
               help="Depth evaluation crop as TOP,BOTTOM,LEFT,RIGHT fractions of the image (e.g. an Eigen-style crop).")
@@ -63,7 +66,8 @@ from probekit.probes.config import DEFAULT_BATCH_SIZE, DEFAULT_EPOCHS, DEFAULT_F
 @opt.friendly_errors
 def probe(ctx, features, eval_features, val_features, guidance, eval_guidance, val_guidance, task, fusion, head,
           timestep, layer, grid, out, results_root, epochs, batch_size, lrs, fusion_lr, weight_decay, fusion_dim,
-          fusion_level, depth_output, eval_crop, seeds, device, cross_dataset, overwrite_mode, quiet):
+          fusion_level, own_loss_weight, depth_output, eval_crop, seeds, device, cross_dataset, overwrite_mode,
+          quiet):
     """Train probe heads on frozen features, select on validation, score on held-out features."""
     from probekit import scores
 
@@ -71,6 +75,7 @@ def probe(ctx, features, eval_features, val_features, guidance, eval_guidance, v
     val_features = list(val_features) or None
     config = dict(task=task, head=head, epochs=epochs, batch_size=batch_size, lrs=lrs, fusion_lr=fusion_lr,
                   weight_decay=weight_decay, fusion_dim=fusion_dim, fusion_level=fusion_level,
+                  own_loss_weight=own_loss_weight,
                   depth_output=depth_output, seeds=seeds,
                   device=device, cross_dataset=cross_dataset, eval_crop=eval_crop, guidance=guidance,
                   eval_guidance=eval_guidance, val_guidance=val_guidance)

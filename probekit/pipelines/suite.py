@@ -35,7 +35,7 @@ COMBINE_KEYS = {"name", "of", "probes"}
 DATASET_KEYS = {"train", "eval", "val", "image_size", "data_root"}
 SPLIT_KEYS = {"split", "limit"}
 PROBE_KEYS = {"fusion", "head", "tasks", "seeds", "each_map", "best_map_of", "keys", "fusion_level", "lrs"}
-TRAINING_KEYS = {"epochs", "lrs", "batch_size", "fusion_lr", "weight_decay", "device"}
+TRAINING_KEYS = {"epochs", "lrs", "batch_size", "fusion_lr", "weight_decay", "own_loss_weight", "device"}
 
 
 # -- the suite file --------------------------------------------------------------------------------
