@@ -81,9 +81,9 @@ class Probe(nn.Module):
 
     def own_loss_gradient(self, loss_fn, target: torch.Tensor, size: tuple[int, int]) -> torch.Tensor | None:
         """The gradient, with respect to the latest training forward's per-map predictions, of the mean over maps
-        of each map's own loss, times ``own_loss_weight`` (None at the feature level). Computed one map at a time on a detached copy, so the
-        label-size tensors of only one map are alive at once; the caller sends it back through the read-outs in
-        the same backward pass as the mixed loss.
+        of each map's own loss, times ``own_loss_weight`` (None at the feature level). Computed one map at a time
+        on a detached copy, so the label-size tensors of only one map are alive at once; the caller sends it back
+        through the read-outs in the same backward pass as the mixed loss.
 
         The own losses read every s-th label pixel, s chosen so that they see about twice the feature grid
         (``own_loss_stride``): a read-out is linear on that grid, so finer labels add little to what it learns

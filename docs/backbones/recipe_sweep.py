@@ -11,8 +11,8 @@ writes ``OUT/sweep.json`` (per run: the command, steps reached, wall time, and p
 colour found and the shape word's loss gain at s = 0.7) and ``OUT/samples.png`` (one row of samples per run's last export).
 
 ``--sweep`` picks the set of runs: ``first`` (six recipes, images rendered on demand), ``levers`` (width and
-depth, patch size and learning rate, from the image cache, compiled) or ``alone`` (one run of the levers' best
-slope). Runs that train from the image cache find it built: the sweep renders each distinct scene once, in
+depth, patch size and learning rate, from the image cache, compiled), ``alone`` (one run of the levers' best
+slope) or ``next`` (the run the model card proposes, not run yet). Runs that train from the image cache find it built: the sweep renders each distinct scene once, in
 ``--cache-workers`` processes, before the runs start. ``--replot SWEEP_JSON --out FIG.png`` only redraws the
 gain-vs-images figure. ``--pack DIR`` also writes each run's last export, its transformer in float16, as tar
 parts of 15 MB into DIR.
@@ -183,17 +183,17 @@ def main() -> None:
         runs[name]["exports"].append(result)
         judged_text = (f"shape {result['shape_accuracy']:.3f} colour {result['colour_found']:.3f} "
                        if "shape_accuracy" in result else "")
-        print(name, Path(result["folder"]).name, judged_text + f"shape-word gain {result['shape_word_gain_at_0.7']:.2%}",
-              flush=True)
+        print(name, Path(result["folder"]).name,
+              judged_text + f"shape-word gain {result['shape_word_gain_at_0.7']:.2%}", flush=True)
     gpu = {}
     if args.device.startswith("cuda"):
         import torch
 
         gpu = {"gpu": torch.cuda.get_device_name(torch.device(args.device))}
-    (args.out / "sweep.json").write_text(json.dumps({"device": args.device, **gpu, "budget_s": args.budget_s,
-                                                     "per_prompt": args.per_prompt, "runs": runs}, indent=1))
+    sweep = {"device": args.device, **gpu, "budget_s": args.budget_s, "per_prompt": args.per_prompt, "runs": runs}
+    (args.out / "sweep.json").write_text(json.dumps(sweep, indent=1))
     _sample_rows(args.out, runs, args.device)
-    plot_gain(json.loads((args.out / "sweep.json").read_text()), args.out / "gain.png")
+    plot_gain(sweep, args.out / "gain.png")
     if args.pack:
         print("packed", ", ".join(p.name for p in pack(args.out, args.pack)), flush=True)
 

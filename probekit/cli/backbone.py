@@ -50,8 +50,8 @@ from probekit.errors import ProbekitError
 @click.pass_context
 @opt.friendly_errors
 def train_backbone(ctx, out, steps, batch_size, lr, caption_dropout, shift, prediction, precision, seed,
-                   checkpoint_every, export_every, device, workers, scene_items, width, depth, patch_size, cache, compile_,
-                   quiet):
+                   checkpoint_every, export_every, device, workers, scene_items, width, depth, patch_size, cache,
+                   compile_, quiet):
     """Train the ShapeWorld MM-DiT (rectified flow, SD3 architecture); rerun the same command to resume."""
     from probekit.backbone.model import architecture
     from probekit.backbone.train import train_backbone as train
