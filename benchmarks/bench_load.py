@@ -41,7 +41,7 @@ def commands(work: Path, extra: list[str]) -> dict[str, list[str]]:
         "A demo": probekit + ["demo", "--out", str(work / "demo"), "--n-train", "64", "--n-test", "32", "-q"],
         "B probe": probekit + ["probe", "-f", str(feats / "train.h5"), "-E", str(feats / "eval.h5"), "--fusion",
                                "global", "--epochs", "30", "--out", str(work / "probe"), "--overwrite", "-q",
-                               "--device", "cpu"],
+                               "--device", "cpu", "--own-loss-weights", "1"],  # the load measured before the grid
     }
 
 

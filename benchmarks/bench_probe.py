@@ -117,7 +117,9 @@ def child(args) -> None:
     from probekit.probes.trainer import train_probe
 
     with PeakRSS() as rss:
+        # one trial (one rate, one own-loss weight): memory of one model, as measured before the weights grid
         train_probe(args.train, args.eval, fusion="global", epochs=1, lrs=[1e-2], seeds=[0], device="cpu",
+                    own_loss_weights=[1.0],
                     out=args.out, overwrite="overwrite", progress=False,
                     resident_bytes=0 if args.mode == "streamed" else None)
     print(json.dumps({"baseline_mb": rss.baseline_mb, "peak_mb": rss.peak_mb}))

@@ -17,6 +17,10 @@ DEFAULT_LRS = (1e-3, 3e-3, 1e-2, 3e-2, 1e-1)
 DEFAULT_EPOCHS = 20
 DEFAULT_BATCH_SIZE = 32
 DEFAULT_FUSION_LR = 0.2
+# Prediction-level fusion: own-loss weights tried per seed, the first with every learning rate, the others at the
+# rate it chose; the best on validation is kept (docs/results/shapeworld.md: 3 closes a case 1 loses, 1 is
+# better elsewhere).
+DEFAULT_OWN_LOSS_WEIGHTS = (1.0, 3.0)
 FUSION_LEVELS = ("auto", "features", "predictions")
 # Heads that read each map on its own cheaply enough to mix predictions (one read-out per map).
 PREDICTION_LEVEL_HEADS = ("linear",)
@@ -63,9 +67,10 @@ class ProbeConfig:
     # each also trained on its own loss) or the maps themselves, read by one head ("features"). "auto":
     # predictions for the linear head, features for the decoder heads. Resolved when the config is built.
     fusion_level: str = "auto"
-    # At the prediction level: the weight of the read-outs' own losses (their mean over maps) beside the mixed
-    # prediction's loss. Higher keeps each read-out closer to its map's own probe (less co-adaptation in the mix).
-    own_loss_weight: float = 1.0
+    # At the prediction level: weights of the read-outs' own losses (their mean over maps) beside the mixed
+    # prediction's loss, chosen on validation like the learning rate. Higher keeps each read-out closer to its
+    # map's own probe (less co-adaptation in the mix). None at other levels, where there are no read-outs.
+    own_loss_weights: list[float] | None = field(default_factory=lambda: list(DEFAULT_OWN_LOSS_WEIGHTS))
     depth_output: str = "bins"
     val_fraction: float = 0.15  # of the training file, when no validation file is given
     cross_dataset: bool = False  # allow train and eval features from different datasets with the same classes
@@ -100,9 +105,6 @@ class ProbeConfig:
             raise ProbekitError(f"--lrs lists a rate twice: {self.lrs}")
         if not (math.isfinite(float(self.fusion_lr)) and float(self.fusion_lr) > 0):
             raise ProbekitError(f"--fusion-lr must be a positive finite number, got {self.fusion_lr}")
-        if not (math.isfinite(float(self.own_loss_weight)) and float(self.own_loss_weight) >= 0):
-            raise ProbekitError(f"--own-loss-weight must be a finite number >= 0, got {self.own_loss_weight}")
-        self.own_loss_weight = float(self.own_loss_weight)
         if not (math.isfinite(float(self.weight_decay)) and float(self.weight_decay) >= 0):
             raise ProbekitError(f"--weight-decay must be a finite number >= 0, got {self.weight_decay}")
         self.seeds = [int(s) for s in self.seeds]
@@ -123,11 +125,26 @@ class ProbeConfig:
                                     f"left < right, got {self.eval_crop}")
             self.eval_crop = crop
         self.fusion_level = self._resolved_fusion_level()
+        self.own_loss_weights = self._checked_own_loss_weights()
         if self.depth_output not in ("bins", "regression"):
             raise ProbekitError(f"--depth-output must be bins or regression, got {self.depth_output!r}")
 
     def _resolved_fusion_level(self) -> str:
         return resolve_fusion_level(self.fusion, self.head, self.fusion_level)
+
+    def _checked_own_loss_weights(self) -> list[float] | None:
+        if self.fusion_level != "predictions":
+            return None  # no read-outs of their own: nothing to weigh (and nothing recorded that means nothing)
+        given = DEFAULT_OWN_LOSS_WEIGHTS if self.own_loss_weights is None else self.own_loss_weights
+        weights = [float(w) for w in given]
+        if not weights:
+            raise ProbekitError("--own-loss-weights is empty: give at least one weight, e.g. --own-loss-weights 1")
+        bad = [w for w in weights if not (math.isfinite(w) and w >= 0)]
+        if bad:
+            raise ProbekitError(f"--own-loss-weights must be finite numbers >= 0, got {bad[0]}")
+        if len(set(weights)) != len(weights):
+            raise ProbekitError(f"--own-loss-weights lists a weight twice: {weights}")
+        return weights
 
     @property
     def seed(self) -> int:
@@ -136,7 +153,8 @@ class ProbeConfig:
 
     @classmethod
     def build(cls, **options: Any) -> "ProbeConfig":
-        """From keyword options as the CLI and the library pass them (``seed``/``lr``/``key`` shorthands)."""
+        """From keyword options as the CLI and the library pass them (``seed``/``lr``/``key``/``own_loss_weight``
+        shorthands for one-element lists)."""
         if "seed" in options:
             seed = options.pop("seed")
             options.setdefault("seeds", [seed])
@@ -144,6 +162,8 @@ class ProbeConfig:
             options["lrs"] = [options.pop("lr")]
         if "key" in options:
             options["keys"] = [options.pop("key")]
+        if "own_loss_weight" in options:
+            options["own_loss_weights"] = [options.pop("own_loss_weight")]
         options = {k: v for k, v in options.items()
                    if v is not None or k in ("keys", "train_limit", "eval_crop", "fusion_dim")}
         unknown = sorted(set(options) - set(cls.__dataclass_fields__))

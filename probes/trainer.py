@@ -86,16 +86,30 @@ def train_probe(train_features: PathOrPaths, eval_features: PathOrPaths, *, val_
 
 
 SETTINGS = ("task", "fusion", "head", "keys", "epochs", "batch_size", "lrs", "fusion_lr", "weight_decay", "fusion_dim",
-            "depth_output", "train_limit", "eval_crop", "cross_dataset", "fusion_level", "own_loss_weight")
+            "depth_output", "train_limit", "eval_crop", "cross_dataset", "fusion_level", "own_loss_weights")
 # Settings that records made before they existed hold implicitly: their value then.
-SETTING_BEFORE = {"fusion_level": "features", "own_loss_weight": 1.0}
+SETTING_BEFORE = {"fusion_level": "features"}
+
+
+def recorded_setting(config: dict[str, Any], name: str) -> Any:
+    """A setting as a record holds it, older records included: before the own-loss weights were a grid chosen
+    on validation, a prediction-level run trained at one weight (``own_loss_weight``, before that 1)."""
+    if name == "own_loss_weights" and name not in config:
+        level = config.get("fusion_level", SETTING_BEFORE["fusion_level"])
+        return [float(config.get("own_loss_weight", 1.0))] if level == "predictions" else None
+    return config.get(name, SETTING_BEFORE.get(name))
+
+
+def settings_differ(config: dict[str, Any], cfg: ProbeConfig, skip: tuple[str, ...] = ()) -> list[str]:
+    """The settings (of ``SETTINGS``, less ``skip``) in which a record's config and ``cfg`` disagree."""
+    return [name for name in SETTINGS if name not in skip and recorded_setting(config, name) != getattr(cfg, name)]
 
 
 def covers(record: dict[str, Any], cfg: ProbeConfig, data: ProbeData) -> bool:
     """True when an existing record already answers this run: the same settings and features, and at least the
     seeds asked for (a 3-seed run covers a 1-seed request for its first seed)."""
     old = record.get("config") or {}
-    if any(old.get(name, SETTING_BEFORE.get(name)) != getattr(cfg, name) for name in SETTINGS):
+    if settings_differ(old, cfg):
         return False
     if not set(cfg.seeds) <= set(record.get("seeds") or [old.get("seed")]):
         return False
@@ -112,59 +126,80 @@ def _readable(run_dir: Path) -> dict[str, Any] | None:
         return None
 
 
-def _build(data: ProbeData, cfg: ProbeConfig) -> Probe:
+def _build(data: ProbeData, cfg: ProbeConfig, own_loss_weight: float = 1.0) -> Probe:
     from probekit.registries import HEADS
 
     return Probe(cfg.fusion, HEADS.get(cfg.head).load(), data.keys, data.channels, data.task.out_channels,
                  cfg.fusion_dim, data.guidance_keys, getattr(data.task, "head_transform", None), cfg.fusion_level,
-                 cfg.own_loss_weight)
+                 own_loss_weight)
 
 
-def _run_seed(data: ProbeData, cfg: ProbeConfig, seed: int, name: str, progress: bool, tick, first: bool) -> dict:
-    task = data.task
+def _train_and_validate(data: ProbeData, cfg: ProbeConfig, seed: int, lrs: list[float], own_weight: float | None,
+                        name: str, progress: bool, tick) -> list[tuple[dict, Probe | None]]:
+    """Train one model per rate (from the seed's one initialisation, in lockstep) and score each on validation:
+    each trial's record and its model (None when it diverged)."""
     models = []
-    for _ in cfg.lrs:
+    for _ in lrs:
         torch.manual_seed(seed)  # every trial of a seed starts from the same initialisation
-        model = _build(data, cfg).to(data.device)
+        model = _build(data, cfg, 1.0 if own_weight is None else own_weight).to(data.device)
         if cfg.fusion != "single":
             model.fusion.set_statistics(data.channel_stats())
         models.append(model)
+    desc = f"{name} seed {seed}" + ("" if own_weight is None else f" own {own_weight:g}")
     t0 = time.perf_counter()
-    histories = train_trials(models, cfg.lrs, data, seed, progress, f"{name} seed {seed}")
+    histories = train_trials(models, lrs, data, seed, progress, desc)
     wall = round((time.perf_counter() - t0) / len(models), 3)  # trials share the wall time
-    trials, best, best_state = [], None, None
-    for lr, model, history in zip(cfg.lrs, models, histories):
+    out = []
+    for lr, model, history in zip(lrs, models, histories):
+        trial = {"seed": seed, "lr": lr, **({} if own_weight is None else {"own_loss_weight": own_weight})}
+        label = f"{desc} lr {lr:g}"
         try:
             if isinstance(history, Diverged):
                 raise history
-            score = float(evaluate(model, data, data.val).metrics[task.main_metric])
+            score = float(evaluate(model, data, data.val).metrics[data.task.main_metric])
         except (Diverged, NonFinitePredictions) as exc:
-            trials.append({"seed": seed, "lr": lr, "val_score": None, "val_metric": task.main_metric,
-                           "diverged": str(exc), "wall_time_s": wall})
+            out.append(({**trial, "val_score": None, "val_metric": data.task.main_metric, "diverged": str(exc),
+                         "wall_time_s": wall}, None))
             if tick:
-                tick(f"{name} seed {seed} lr {lr:g} diverged")
+                tick(f"{label} diverged")
             continue
-        trials.append({"seed": seed, "lr": lr, "val_score": score, "val_metric": task.main_metric,
-                       "train_loss_per_epoch": history, "wall_time_s": wall})
-        if _better(score, best, task.higher_is_better):
-            best, best_state = score, copy.deepcopy(model.state_dict())
+        out.append(({**trial, "val_score": score, "val_metric": data.task.main_metric,
+                     "train_loss_per_epoch": history, "wall_time_s": wall}, model))
         if tick:
-            tick(f"{name} seed {seed} lr {lr:g}")
-    if best_state is None:
-        raise ProbekitError(f"every learning rate of {cfg.lrs} diverged for {name} (seed {seed}): the loss became "
-                            "NaN or inf; try lower --lrs")
-    chosen = next(t["lr"] for t in trials if t["val_score"] == best)
-    model = _build(data, cfg)
+            tick(label)
+    return out
+
+
+def _run_seed(data: ProbeData, cfg: ProbeConfig, seed: int, name: str, progress: bool, tick, first: bool) -> dict:
+    """Every learning rate at the first own-loss weight, then every other weight at the rate chosen (one more
+    trial per weight, not a full grid); the best on validation is scored on the evaluation split."""
+    task = data.task
+    weights = cfg.own_loss_weights or [None]
+    trials, best, best_state, chosen, chosen_weight = [], None, None, None, None
+    for i, weight in enumerate(weights):
+        lrs = cfg.lrs if i == 0 else [chosen]
+        for trial, model in _train_and_validate(data, cfg, seed, lrs, weight, name, progress, tick):
+            trials.append(trial)
+            if model is not None and _better(trial["val_score"], best, task.higher_is_better):
+                best, best_state = trial["val_score"], copy.deepcopy(model.state_dict())
+                chosen, chosen_weight = trial["lr"], weight
+        if best_state is None:
+            raise ProbekitError(f"every learning rate of {cfg.lrs} diverged for {name} (seed {seed}): the loss "
+                                "became NaN or inf; try lower --lrs")
+    model = _build(data, cfg, 1.0 if chosen_weight is None else chosen_weight)
     model.load_state_dict(best_state)
     model.to(data.device)
     final = evaluate(model, data, data.eval, keep_examples=first)
-    weights = model.fusion.key_weights()
+    weights_learned = model.fusion.key_weights()
     if final.spatial is not None:
-        weights = {}
+        weights_learned = {}
         for group, mean in zip(model.fusion.groups, final.spatial["mean"]):
-            weights.update(dict(zip(group.keys, mean)))
+            weights_learned.update(dict(zip(group.keys, mean)))
     return {"seed": seed, "trials": trials, "selected_lr": chosen, "val_score": best, "lr_at_edge": _edge(cfg.lrs, chosen),
-            "metrics": final.metrics, "weights": weights, "evaluation": final, "state": best_state,
+            "selected_own_loss_weight": chosen_weight,
+            # Only the top is flagged: below 1 the read-outs co-adapt more, which measured worse.
+            "own_loss_weight_at_edge": "highest" if _edge(cfg.own_loss_weights or [], chosen_weight) == "highest" else None,
+            "metrics": final.metrics, "weights": weights_learned, "evaluation": final, "state": best_state,
             "normalised_over": "each layer's timesteps" if len(model.fusion.groups) > 1 else "all maps"}
 
 
@@ -204,6 +239,10 @@ def _record(data: ProbeData, cfg: ProbeConfig, seeds: list[dict], name: str, ext
         lrs = [s["selected_lr"] for s in seeds if s["lr_at_edge"] == edge]
         notes.append(f"{name}: the chosen learning rate {lrs[0]:g} is the {edge} of the grid {cfg.lrs}; the best "
                      "rate may lie beyond it (widen --lrs)")
+    heavy = [s["seed"] for s in seeds if s["own_loss_weight_at_edge"]]
+    if heavy:
+        notes.append(f"{name}: seed(s) {', '.join(map(str, heavy))} chose the highest own-loss weight of "
+                     f"{cfg.own_loss_weights}; a higher one may do better (widen --own-loss-weights)")
     readers = {"train": data.train_reader, "eval": data.eval_reader}
     if data.paths["val"] is not None:
         readers["val"] = data.readers[2]
@@ -214,12 +253,14 @@ def _record(data: ProbeData, cfg: ProbeConfig, seeds: list[dict], name: str, ext
         probe=probe_fields(name, cfg, data.keys, data.channels, data.guidance_keys, fusion_info,
                            examples is not None, cfg.fusion == "spatial"),
         config={**cfg.to_dict(), "selected_lr": first["selected_lr"], "val_score": first["val_score"],
-                "lr_at_edge": first["lr_at_edge"], "validation": data.validation, "task_config": task.config(),
+                "lr_at_edge": first["lr_at_edge"], "selected_own_loss_weight": first["selected_own_loss_weight"],
+                "validation": data.validation, "task_config": task.config(),
                 "data": data.describe(), "train_features": data.paths["train"], "eval_features": data.paths["eval"],
                 "val_features": data.paths["val"]},
         seeds=list(cfg.seeds),
         per_seed=[{"seed": s["seed"], "main_score": float(s["metrics"][task.main_metric]),
-                   "selected_lr": s["selected_lr"], "val_score": s["val_score"], "lr_at_edge": s["lr_at_edge"]}
+                   "selected_lr": s["selected_lr"], "val_score": s["val_score"], "lr_at_edge": s["lr_at_edge"],
+                   **({"selected_own_loss_weight": s["selected_own_loss_weight"]} if cfg.own_loss_weights else {})}
                   for s in seeds],
         features={role: {"path": str(r.path), "num_samples": r.num_samples, "split": r.dataset.get("split"),
                          "storage": r.storage, "provenance": r.provenance} for role, r in readers.items()},

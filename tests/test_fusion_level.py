@@ -145,12 +145,47 @@ def test_both_levels_train_record_themselves_and_an_older_record_is_the_feature_
         cfg = ProbeConfig.build(fusion="global", epochs=15, lrs=[3e-2], fusion_level=level)
         with ProbeData(cfg, [files["train"]], [files["test"]], val_features=[files["val"]]) as data:
             assert covers(old, cfg, data) is expected
-    # Likewise a record written before --own-loss-weight holds weight 1: it answers 1 and not 3.
-    oldest = {**late, "config": {k: v for k, v in late["config"].items() if k != "own_loss_weight"}}
-    assert late["config"]["own_loss_weight"] == 1.0
-    for weight, expected in ((1.0, True), (3.0, False)):
-        cfg = ProbeConfig.build(fusion="global", epochs=15, lrs=[3e-2], own_loss_weight=weight)
-        with ProbeData(cfg, [files["train"]], [files["test"]], val_features=[files["val"]]) as data:
-            assert covers(oldest, cfg, data) is expected
-    with pytest.raises(ProbekitError, match="own-loss-weight"):
-        ProbeConfig.build(fusion="global", own_loss_weight=-1)
+    # Own-loss weights: a record of one weight (``own_loss_weight``, and before that none: weight 1) answers a
+    # request for that weight alone, not the default grid; the grid is chosen per seed and recorded.
+    assert late["config"]["own_loss_weights"] == [1.0, 3.0]
+    assert all(s["selected_own_loss_weight"] in (1.0, 3.0) for s in late["per_seed"])
+    one = {**late, "config": {**{k: v for k, v in late["config"].items() if k != "own_loss_weights"},
+                              "own_loss_weight": 1.0}}
+    oldest = {**late, "config": {k: v for k, v in late["config"].items() if k != "own_loss_weights"}}
+    for record in (one, oldest):
+        for weights, expected in (([1.0], True), ([3.0], False), (None, False)):
+            cfg = ProbeConfig.build(fusion="global", epochs=15, lrs=[3e-2], own_loss_weights=weights)
+            with ProbeData(cfg, [files["train"]], [files["test"]], val_features=[files["val"]]) as data:
+                assert covers(record, cfg, data) is expected, (record["config"].get("own_loss_weight"), weights)
+    assert ProbeConfig.build(fusion="global", own_loss_weight=3).own_loss_weights == [3.0]  # the shorthand
+    assert ProbeConfig.build(fusion="single").own_loss_weights is None  # no read-outs: nothing to weigh
+    assert ProbeConfig.build(fusion="global", fusion_level="features").own_loss_weights is None
+    for bad, match in (([-1.0], "finite numbers >= 0"), ([1.0, 1.0], "twice"), ([], "empty")):
+        with pytest.raises(ProbekitError, match=match):
+            ProbeConfig.build(fusion="global", own_loss_weights=bad)
+
+
+def test_own_loss_weights_are_chosen_on_validation_at_the_rate_the_first_weight_chose(tmp_path):
+    files = _stacks(tmp_path)
+    rec = train_probe(files["train"], files["test"], val_features=files["val"], fusion="spatial", epochs=4,
+                      lrs=[1e-2, 3e-2], own_loss_weights=[1, 3, 0], seeds=[0, 1], progress=False, out=tmp_path / "run")
+    assert rec["config"]["own_loss_weights"] == [1.0, 3.0, 0.0]
+    pick = max if rec["higher_is_better"] else min
+    for seed, chosen in zip((0, 1), rec["per_seed"]):
+        trials = [t for t in rec["trials"] if t["seed"] == seed]
+        first = [t for t in trials if t["own_loss_weight"] == 1.0]
+        assert [t["lr"] for t in first] == [1e-2, 3e-2]  # the first weight sweeps every rate
+        rate = pick(first, key=lambda t: t["val_score"])["lr"]
+        assert [(t["own_loss_weight"], t["lr"]) for t in trials[2:]] == [(3.0, rate), (0.0, rate)]  # one trial each
+        at_rate = [t for t in trials if t["lr"] == rate]
+        assert len({tuple(t["train_loss_per_epoch"]) for t in at_rate}) == 3  # the weight changes the training
+        best = pick(trials, key=lambda t: t["val_score"])
+        assert (chosen["selected_lr"], chosen["selected_own_loss_weight"], chosen["val_score"]) == \
+            (best["lr"], best["own_loss_weight"], best["val_score"])
+    heavy = any(s["selected_own_loss_weight"] == 3.0 for s in rec["per_seed"])
+    assert heavy == any("highest own-loss weight" in n for n in rec["notes"])
+    # Single maps have no read-outs to weigh: one grid of rates, no weights recorded.
+    single = train_probe(files["train"], files["test"], val_features=files["val"], key=KEYS[1], epochs=2,
+                         lrs=[1e-2], own_loss_weights=[1, 3], progress=False, out=tmp_path / "single")
+    assert single["config"]["own_loss_weights"] is None and len(single["trials"]) == 1
+    assert "own_loss_weight" not in single["trials"][0] and "selected_own_loss_weight" not in single["per_seed"][0]

@@ -74,6 +74,13 @@ def test_a_suite_of_two_backbones_runs_end_to_end_and_a_rerun_does_no_work(tmp_p
     assert dry.exit_code == 0 and pending == [f"[pending] probe pixels shapeworld {task} linear-global x2 seeds"
                                               for task in ("seg", "saliency")], dry.output
     assert "to write: 0 B of features" in dry.output
+    # Results made with other settings are not "done": the run would replace them, and the plan says so.
+    other = _write(tmp_path / "other.yaml", {**SUITE, "training": {**SUITE["training"], "own_loss_weights": [1.0]}})
+    dry = _run(other, "--out", out, "--dry-run")
+    stale = [line.strip() for line in dry.output.splitlines() if "[  stale]" in line]
+    assert stale == [f"[  stale] probe tiny-mmdit-random shapeworld {task} linear-global x2 seeds  (results of other "
+                     "settings (own_loss_weights): the run replaces them)" for task in ("seg", "saliency")], dry.output
+    assert "[pending]" in dry.output and dry.output.count("[   done]") == 11 - 2  # single maps have no read-outs
 
 
 @pytest.mark.slow

@@ -125,7 +125,9 @@ def render(work: Path, args, elapsed_min: float, zeroshot: list[str], ceiling: l
         "",
         _noise_sentence(),
         "- Fused probes (linear head) mix predictions: every map, standardised with its own training statistics, "
-        "has a linear read-out of its own, trained on its own loss as well as on the mix, and the global (or, for "
+        "has a linear read-out of its own, trained on its own loss as well as on the mix (the own losses count 1 or "
+        "3 times, chosen on validation per seed: `--own-loss-weights 1,3`, 1 with every learning rate, 3 at the "
+        "rate 1 chose; 3 keeps the read-outs closer to their maps' own probes), and the global (or, for "
         "spatial fusion, per-location) softmax weights mix the read-outs' predictions. A weight is therefore how "
         "far the mix trusts a map's own prediction, and a one-hot weight is that map's probe. Feature-level fusion "
         "(one head reading the weighted maps, `--fusion-level features`) lost to the best single map here: its "
@@ -210,28 +212,49 @@ def _fusion_vs_single(by, task, args) -> list[str]:
             out.append(f"- {backbone}, {fusion} fusion vs the best single map: "
                        f"{'+' if gain >= 0 else '-'}{scores.format_score(abs(gain), unit)} "
                        f"(largest std {scores.format_score(spread, unit)}): {verdict}." + _losses(fused, single)
-                       + _edges(fused))
+                       + _edges(fused) + _other_metrics(fused, single))
     return out + [""] if out else []
 
 
 def _edges(rec: dict) -> str:
-    """Which seeds chose a learning rate at an end of the run's grid (the record flags each)."""
-    at = [(s["seed"], s["selected_lr"], s["lr_at_edge"]) for s in rec.get("per_seed") or [] if s.get("lr_at_edge")]
-    if not at:
+    """Which seeds chose a learning rate at an end of the run's grid (the record flags each), and the own-loss
+    weight every seed chose."""
+    per_seed = rec.get("per_seed") or []
+    at = [(s["seed"], s["selected_lr"], s["lr_at_edge"]) for s in per_seed if s.get("lr_at_edge")]
+    out = ""
+    if at:
+        out += " Chosen rate at the grid's end: " + ", ".join(f"seed {seed} {lr:g} ({edge})" for seed, lr, edge in at) + "."
+    own = [(s["seed"], s["selected_own_loss_weight"]) for s in per_seed if s.get("selected_own_loss_weight") is not None]
+    if own:
+        out += " Own-loss weight chosen: " + ", ".join(f"seed {seed} {w:g}" for seed, w in own) + "."
+    return out
+
+
+def _other_metrics(fused: dict, single: dict) -> str:
+    """Depth: the fused and single probes' scores on the metric of the loss they train on (SILog), and two more of
+    the field's, beside the RMSE the verdict is on (a loss in log space and a score in metres can disagree)."""
+    if fused["task"] != "depth":
         return ""
-    return " Chosen rate at the grid's end: " + ", ".join(f"seed {seed} {lr:g} ({edge})" for seed, lr, edge in at) + "."
+    parts = []
+    for name in ("SILog", "AbsRel", "delta1"):
+        a, b = fused["metrics"].get(name), single["metrics"].get(name)
+        if a is not None and b is not None:
+            parts.append(f"{name} {a:.4g} vs {b:.4g}")
+    return (" Fused vs single on " + "; ".join(parts) + " (SILog, the training loss's own metric, and AbsRel: lower "
+            "is better; delta1: higher).") if parts else ""
 
 
-def _final_loss(rec: dict, lr: float) -> float | None:
-    trial = next((t for t in rec.get("trials") or [] if t["seed"] == rec["seeds"][0] and t["lr"] == lr), None)
+def _final_loss(rec: dict, lr: float, own: float | None = None) -> float | None:
+    trial = next((t for t in rec.get("trials") or [] if t["seed"] == rec["seeds"][0] and t["lr"] == lr
+                  and t.get("own_loss_weight") == own), None)
     return trial["train_loss_per_epoch"][-1] if trial and trial.get("train_loss_per_epoch") else None
 
 
 def _losses(fused: dict, single: dict) -> str:
-    """Final training loss of both at the fused probe's chosen learning rate, first seed: a fused probe contains
-    the single map, so ending above it means the optimisation, not the model, fell short."""
-    lr = fused["config"].get("selected_lr")
-    a, b = _final_loss(fused, lr), _final_loss(single, lr)
+    """Final training loss of both at the fused probe's chosen learning rate (and own-loss weight), first seed: a
+    fused probe contains the single map, so ending above it means the optimisation, not the model, fell short."""
+    lr, own = fused["config"].get("selected_lr"), fused["config"].get("selected_own_loss_weight")
+    a, b = _final_loss(fused, lr, own), _final_loss(single, lr)
     if a is None or b is None:
         return ""
     return f" Final training loss at lr {lr:g}, seed {fused['seeds'][0]}: fused {a:.4f}, single {b:.4f}."

@@ -37,6 +37,7 @@ from probekit.provenance import base_provenance
 CHECKPOINT = "checkpoint.pt"
 TRAIN_MIN_SIGMA = 0.05  # floor of the velocity denominator for sample prediction
 LOG_COLUMNS = ["step", "loss", "lr", "images_seen", "elapsed_s"]
+LOG_EVERY = 25  # steps whose losses are read back from the device together (and a checkpoint flushes them)
 
 
 def _log_rows_up_to(path: Path, step: int) -> list[list[str]]:
@@ -184,6 +185,7 @@ def train_backbone(out: str | Path, *, steps: int = 3000, batch_size: int = 32, 
         t0 = time.perf_counter() - elapsed
         batches = _batches(_StepBatches(source, dataset.image_size, start_step, steps, batch_size, caption_dropout,
                                         seed), workers, pin=dev.type == "cuda")
+        pending: list[tuple] = []  # log rows whose loss is still on the device
         for step, (x0, prompts, u, eps) in zip(bar, batches):
             x0, u, eps = x0.to(dev, non_blocking=True), u.to(dev), eps.to(dev, non_blocking=True)
             with torch.autocast(device_type=dev.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
@@ -201,10 +203,11 @@ def train_backbone(out: str | Path, *, steps: int = 3000, batch_size: int = 32, 
                                      1.0 - decay)
                 for b_ema, b in zip(ema.buffers(), trainable.buffers()):
                     b_ema.copy_(b)
-            writer.writerow([step + 1, f"{float(loss.detach()):.5f}", f"{schedule.get_last_lr()[0]:.3g}",
-                             (step + 1) * batch_size, f"{time.perf_counter() - t0:.1f}"])
-            bar.set_postfix(loss=f"{float(loss.detach()):.4f}")
-            if (step + 1) % checkpoint_every == 0 or step + 1 == steps:
+            pending.append((step + 1, loss.detach(), schedule.get_last_lr()[0], time.perf_counter() - t0))
+            last = step + 1 == steps
+            if len(pending) >= LOG_EVERY or last or (step + 1) % checkpoint_every == 0:
+                _write_log_rows(writer, pending, batch_size, bar)
+            if (step + 1) % checkpoint_every == 0 or last:
                 fh.flush()
                 _save_checkpoint(ckpt, trainable, ema, optimizer, schedule, step + 1, time.perf_counter() - t0,
                                  params)
@@ -230,6 +233,16 @@ def train_backbone(out: str | Path, *, steps: int = 3000, batch_size: int = 32, 
                          prediction=prediction)
     log(f"trained {steps} steps in {total / 60:.1f} min -> {folder}")
     return folder
+
+
+def _write_log_rows(writer, pending: list[tuple], batch_size: int, bar) -> None:
+    """Write the pending rows of the training log, reading their losses back from the device at once: one host
+    sync per block of steps rather than per step, so on a GPU the host can queue the next steps meanwhile."""
+    losses = torch.stack([row[1] for row in pending]).float().cpu().tolist()
+    for (step, _, lr, elapsed), loss in zip(pending, losses):
+        writer.writerow([step, f"{loss:.5f}", f"{lr:.3g}", step * batch_size, f"{elapsed:.1f}"])
+    bar.set_postfix(loss=f"{losses[-1]:.4f}")
+    pending.clear()
 
 
 def lr_factor(step: int, warmup: int, steps: int, floor: float = 0.1) -> float:

@@ -5,7 +5,8 @@ from __future__ import annotations
 import click
 
 from probekit.cli import options as opt
-from probekit.probes.config import DEFAULT_BATCH_SIZE, DEFAULT_EPOCHS, DEFAULT_FUSION_LR, DEFAULT_LRS
+from probekit.probes.config import (DEFAULT_BATCH_SIZE, DEFAULT_EPOCHS, DEFAULT_FUSION_LR, DEFAULT_LRS,
+                                   DEFAULT_OWN_LOSS_WEIGHTS)
 
 
 @click.command()
@@ -47,9 +48,11 @@ from probekit.probes.config import DEFAULT_BATCH_SIZE, DEFAULT_EPOCHS, DEFAULT_F
               help="What global/spatial weights mix: each map's own prediction (one linear read-out per map, each "
                    "also trained on its own loss) or the maps, read by one head. auto: predictions for the linear "
                    "head, features for the decoder heads.")
-@click.option("--own-loss-weight", type=opt.FiniteFloat(min=0.0), default=1.0, show_default=True,
-              help="Prediction level: weight of the read-outs' own losses beside the mixed prediction's loss (higher "
-                   "keeps each read-out closer to its map's own probe).")
+@click.option("--own-loss-weights", type=opt.FloatList(), show_default=True,
+              default=",".join(f"{x:g}" for x in DEFAULT_OWN_LOSS_WEIGHTS),
+              help="Prediction level: weights of the read-outs' own losses beside the mixed prediction's loss, "
+                   "chosen on validation (the first with every learning rate, the others at the rate it chose). "
+                   "Higher keeps each read-out closer to its map's own probe.")
 @click.option("--depth-output", type=click.Choice(["bins", "regression"]), default="bins", show_default=True)
 @click.option("--eval-crop", type=opt.FloatList(), default=None,
               help="Depth evaluation crop as TOP,BOTTOM,LEFT,RIGHT fractions of the image (e.g. an Eigen-style crop).")
@@ -66,7 +69,7 @@ from probekit.probes.config import DEFAULT_BATCH_SIZE, DEFAULT_EPOCHS, DEFAULT_F
 @opt.friendly_errors
 def probe(ctx, features, eval_features, val_features, guidance, eval_guidance, val_guidance, task, fusion, head,
           timestep, layer, grid, out, results_root, epochs, batch_size, lrs, fusion_lr, weight_decay, fusion_dim,
-          fusion_level, own_loss_weight, depth_output, eval_crop, seeds, device, cross_dataset, overwrite_mode,
+          fusion_level, own_loss_weights, depth_output, eval_crop, seeds, device, cross_dataset, overwrite_mode,
           quiet):
     """Train probe heads on frozen features, select on validation, score on held-out features."""
     from probekit import scores
@@ -75,8 +78,7 @@ def probe(ctx, features, eval_features, val_features, guidance, eval_guidance, v
     val_features = list(val_features) or None
     config = dict(task=task, head=head, epochs=epochs, batch_size=batch_size, lrs=lrs, fusion_lr=fusion_lr,
                   weight_decay=weight_decay, fusion_dim=fusion_dim, fusion_level=fusion_level,
-                  own_loss_weight=own_loss_weight,
-                  depth_output=depth_output, seeds=seeds,
+                  own_loss_weights=own_loss_weights, depth_output=depth_output, seeds=seeds,
                   device=device, cross_dataset=cross_dataset, eval_crop=eval_crop, guidance=guidance,
                   eval_guidance=eval_guidance, val_guidance=val_guidance)
     if grid:
@@ -100,9 +102,11 @@ def probe(ctx, features, eval_features, val_features, guidance, eval_guidance, v
         return
     unit = scores.info(record["main_score_name"], record)["unit"]
     seeds_note = f", {len(record['seeds'])} seeds" if len(record["seeds"]) > 1 else ""
+    own = record["config"].get("selected_own_loss_weight")
+    own_note = f", own-loss weight {own:g}" if own is not None else ""
     click.echo(f"{record['task']} {record['main_score_name']} = "
                f"{scores.format_score(record['main_score'], unit, record.get('main_score_std'))}  "
-               f"({record['probe']['name']}, lr {record['config']['selected_lr']:g}{seeds_note}) -> "
+               f"({record['probe']['name']}, lr {record['config']['selected_lr']:g}{own_note}{seeds_note}) -> "
                f"{record['_path']}")
     for note in record.get("notes", []):
         click.secho(f"note: {note}", fg="yellow", err=True)

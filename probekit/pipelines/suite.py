@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 import difflib
+import json
 import re
 import time
 import traceback
@@ -35,7 +36,8 @@ COMBINE_KEYS = {"name", "of", "probes"}
 DATASET_KEYS = {"train", "eval", "val", "image_size", "data_root"}
 SPLIT_KEYS = {"split", "limit"}
 PROBE_KEYS = {"fusion", "head", "tasks", "seeds", "each_map", "best_map_of", "keys", "fusion_level", "lrs"}
-TRAINING_KEYS = {"epochs", "lrs", "batch_size", "fusion_lr", "weight_decay", "own_loss_weight", "device"}
+TRAINING_KEYS = {"epochs", "lrs", "batch_size", "fusion_lr", "weight_decay", "own_loss_weights", "own_loss_weight",
+                 "device"}
 
 
 # -- the suite file --------------------------------------------------------------------------------
@@ -396,8 +398,10 @@ def run_suite(suite: Suite, *, dry_run: bool = False, overwrite: bool = False, p
 
                     cell.run = do
                     if dry_run:
-                        done = _probe_done(suite, parts, ds_name, task, probe)
-                        cell.status = "done" if done else "pending"
+                        try:
+                            cell.status, cell.detail = _probe_state(suite, parts, ds_name, task, probe, seeds)
+                        except ProbekitError as exc:
+                            cell.status, cell.detail = "failed", str(exc)
                     state.cells.append(cell)
 
     if dry_run:
@@ -476,21 +480,42 @@ def _features_of(label: str, ds_name: str) -> str:
     return f"features of {label} on {ds_name}"
 
 
-def _probe_done(suite: Suite, parts: list[str], ds_name: str, task: str, probe: dict) -> bool:
-    """For --dry-run: a result of this probe of these extractors exists under the suite's results (each_map:
-    any). A label's results sit under LABEL, or LABEL[storage] when its maps are stored reduced; a combination's
-    under its parts' folder names joined by '+'."""
+def _probe_state(suite: Suite, parts: list[str], ds_name: str, task: str, probe: dict,
+                 seeds: list[int]) -> tuple[str, str]:
+    """For --dry-run: "done" when a result of this probe of these extractors under the suite's results was made
+    with the settings and seeds the run would use (each_map: any map's), "stale" when results exist but none was
+    (the run replaces them, as ``overwrite="reuse"`` does), else "pending". A label's results sit under LABEL,
+    or LABEL[storage] when its maps are stored reduced; a combination's under its parts' folder names joined by
+    '+'."""
     root = suite.results
     if not root.exists():
-        return False
-    from probekit.probes.config import probe_stem
+        return "pending", ""
+    from probekit.probes.config import ProbeConfig, probe_stem
+    from probekit.probes.trainer import settings_differ
 
     head, fusion = probe.get("head", "linear"), probe.get("fusion", "single")
     pattern = probe_stem(head, fusion, probe.get("fusion_level", "auto")) + ("-*" if fusion == "single" else "")
     # not a glob over the label: labels may hold glob characters ([, *)
     folder_name = re.compile(r"\+".join(re.escape(p) + r"(\[[^\]]*\])?" for p in parts))
-    return any(folder_name.fullmatch(folder.name) and any((folder / ds_name / task).glob(f"{pattern}/result.json"))
-               for folder in root.iterdir())
+    paths = [path for folder in root.iterdir() if folder_name.fullmatch(folder.name)
+             for path in sorted((folder / ds_name / task).glob(f"{pattern}/result.json"))]
+    if not paths:
+        return "pending", ""
+    cfg = ProbeConfig.build(task=task, fusion=fusion, head=head, seeds=seeds,
+                            fusion_level=probe.get("fusion_level", "auto"),
+                            **{**suite.training, **({"lrs": probe["lrs"]} if "lrs" in probe else {})})
+    differ: set[str] = set()
+    for path in paths:
+        try:
+            record = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue  # unreadable: the run replaces it
+        old = record.get("config") or {}
+        names = settings_differ(old, cfg, skip=("keys",))  # which map: chosen when the run reads the files
+        if not names and set(seeds) <= set(record.get("seeds") or [old.get("seed")]):
+            return "done", ""
+        differ.update(names or ["seeds"])
+    return "stale", f"results of other settings ({', '.join(sorted(differ))}): the run replaces them"
 
 
 def with_overrides(suite: Suite, **overrides: Any) -> Suite:
