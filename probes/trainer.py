@@ -126,12 +126,13 @@ def _readable(run_dir: Path) -> dict[str, Any] | None:
         return None
 
 
-def _build(data: ProbeData, cfg: ProbeConfig, own_loss_weight: float = 1.0) -> Probe:
+def _build(data: ProbeData, cfg: ProbeConfig, own_loss_weight: float | None = None) -> Probe:
+    """``own_loss_weight`` None: a probe without read-outs of its own (or one not trained here), weight 1."""
     from probekit.registries import HEADS
 
     return Probe(cfg.fusion, HEADS.get(cfg.head).load(), data.keys, data.channels, data.task.out_channels,
                  cfg.fusion_dim, data.guidance_keys, getattr(data.task, "head_transform", None), cfg.fusion_level,
-                 own_loss_weight)
+                 1.0 if own_loss_weight is None else own_loss_weight)
 
 
 def _train_and_validate(data: ProbeData, cfg: ProbeConfig, seed: int, lrs: list[float], own_weight: float | None,
@@ -141,7 +142,7 @@ def _train_and_validate(data: ProbeData, cfg: ProbeConfig, seed: int, lrs: list[
     models = []
     for _ in lrs:
         torch.manual_seed(seed)  # every trial of a seed starts from the same initialisation
-        model = _build(data, cfg, 1.0 if own_weight is None else own_weight).to(data.device)
+        model = _build(data, cfg, own_weight).to(data.device)
         if cfg.fusion != "single":
             model.fusion.set_statistics(data.channel_stats())
         models.append(model)
@@ -186,7 +187,7 @@ def _run_seed(data: ProbeData, cfg: ProbeConfig, seed: int, name: str, progress:
         if best_state is None:
             raise ProbekitError(f"every learning rate of {cfg.lrs} diverged for {name} (seed {seed}): the loss "
                                 "became NaN or inf; try lower --lrs")
-    model = _build(data, cfg, 1.0 if chosen_weight is None else chosen_weight)
+    model = _build(data, cfg, chosen_weight)
     model.load_state_dict(best_state)
     model.to(data.device)
     final = evaluate(model, data, data.eval, keep_examples=first)
@@ -198,7 +199,8 @@ def _run_seed(data: ProbeData, cfg: ProbeConfig, seed: int, name: str, progress:
     return {"seed": seed, "trials": trials, "selected_lr": chosen, "val_score": best, "lr_at_edge": _edge(cfg.lrs, chosen),
             "selected_own_loss_weight": chosen_weight,
             # Only the top is flagged: below 1 the read-outs co-adapt more, which measured worse.
-            "own_loss_weight_at_edge": "highest" if _edge(cfg.own_loss_weights or [], chosen_weight) == "highest" else None,
+            "own_loss_weight_at_edge": ("highest" if _edge(cfg.own_loss_weights or [], chosen_weight) == "highest"
+                                        else None),
             "metrics": final.metrics, "weights": weights_learned, "evaluation": final, "state": best_state,
             "normalised_over": "each layer's timesteps" if len(model.fusion.groups) > 1 else "all maps"}
 

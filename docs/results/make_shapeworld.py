@@ -223,8 +223,10 @@ def _edges(rec: dict) -> str:
     at = [(s["seed"], s["selected_lr"], s["lr_at_edge"]) for s in per_seed if s.get("lr_at_edge")]
     out = ""
     if at:
-        out += " Chosen rate at the grid's end: " + ", ".join(f"seed {seed} {lr:g} ({edge})" for seed, lr, edge in at) + "."
-    own = [(s["seed"], s["selected_own_loss_weight"]) for s in per_seed if s.get("selected_own_loss_weight") is not None]
+        out += (" Chosen rate at the grid's end: "
+                + ", ".join(f"seed {seed} {lr:g} ({edge})" for seed, lr, edge in at) + ".")
+    own = [(s["seed"], s["selected_own_loss_weight"]) for s in per_seed
+           if s.get("selected_own_loss_weight") is not None]
     if own:
         out += " Own-loss weight chosen: " + ", ".join(f"seed {seed} {w:g}" for seed, w in own) + "."
     return out
