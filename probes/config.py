@@ -22,6 +22,11 @@ DEFAULT_FUSION_LR = 0.2
 # better elsewhere).
 DEFAULT_OWN_LOSS_WEIGHTS = (1.0, 3.0)
 FUSION_LEVELS = ("auto", "features", "predictions")
+# Depth training losses (probes/tasks.py). "silog": the scale-invariant log loss (SigLoss, lambda 0.85) of the
+# DINOv2 and probe3d depth probes. "silog+rmse" adds the RMSE in metres over the batch's mean depth: the RMSE
+# score weighs a pixel's log error by its depth squared, which the log loss alone does not, so probes trained
+# on SigLoss alone trade far pixels for near ones (docs/results/depth-loss.md measures it).
+DEPTH_LOSSES = ("silog+rmse", "silog")
 # Heads that read each map on its own cheaply enough to mix predictions (one read-out per map).
 PREDICTION_LEVEL_HEADS = ("linear",)
 
@@ -72,6 +77,7 @@ class ProbeConfig:
     # map's own probe (less co-adaptation in the mix). None at other levels, where there are no read-outs.
     own_loss_weights: list[float] | None = field(default_factory=lambda: list(DEFAULT_OWN_LOSS_WEIGHTS))
     depth_output: str = "bins"
+    depth_loss: str | None = DEPTH_LOSSES[0]  # None for the other tasks (recorded as such)
     val_fraction: float = 0.15  # of the training file, when no validation file is given
     cross_dataset: bool = False  # allow train and eval features from different datasets with the same classes
     train_limit: int | None = None  # train on the first N training rows only (learning curves)
@@ -128,6 +134,12 @@ class ProbeConfig:
         self.own_loss_weights = self._checked_own_loss_weights()
         if self.depth_output not in ("bins", "regression"):
             raise ProbekitError(f"--depth-output must be bins or regression, got {self.depth_output!r}")
+        if self.task != "depth":
+            self.depth_loss = None  # no depth loss to speak of (and none recorded that means nothing)
+        elif (self.depth_loss or DEPTH_LOSSES[0]) not in DEPTH_LOSSES:
+            raise ProbekitError(f"--depth-loss must be one of {', '.join(DEPTH_LOSSES)}, got {self.depth_loss!r}")
+        else:
+            self.depth_loss = self.depth_loss or DEPTH_LOSSES[0]
 
     def _resolved_fusion_level(self) -> str:
         return resolve_fusion_level(self.fusion, self.head, self.fusion_level)

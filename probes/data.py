@@ -242,6 +242,7 @@ class ProbeData:
             cfg.eval_crop = list(evaluation.dataset["eval_crop"])  # the dataset's protocol (e.g. NYU's Eigen crop)
         try:
             self.task = tasks.get(cfg.task).build(reference=self.reference, depth_output=cfg.depth_output,
+                                                  depth_loss=cfg.depth_loss,
                                                   crop=tuple(cfg.eval_crop) if cfg.eval_crop else None)
         except ValueError as exc:
             raise ProbekitError(f"{train.path}: {exc}") from None

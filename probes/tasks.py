@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from probekit import scores
+from probekit.probes.config import DEPTH_LOSSES
 from probekit.probes.metrics import ConfusionMatrix
 from probekit.probes.metrics_depth import DepthMetrics
 
@@ -112,7 +113,8 @@ class SaliencyTask:
 
 class DepthTask:
     """Depth as classification into bins over the depth range (output = softmax-weighted bin centres), as the
-    DINOv2 and probe3d depth probes do, or as bounded regression; trained with the scale-invariant log loss."""
+    DINOv2 and probe3d depth probes do, or as bounded regression; trained with the scale-invariant log loss,
+    by default plus the relative RMSE (``depth_loss``, see probes/config.py)."""
 
     name = "depth"
     label = "depth"
@@ -120,12 +122,16 @@ class DepthTask:
     higher_is_better = False
 
     def __init__(self, reference: dict[str, Any], depth_output: str = "bins", bins: int = 256,
-                 silog_lambda: float = 0.85, crop: tuple[float, float, float, float] | None = None, **_: Any):
+                 silog_lambda: float = 0.85, crop: tuple[float, float, float, float] | None = None,
+                 depth_loss: str = DEPTH_LOSSES[0], **_: Any):
         lo, hi = reference.get("depth_range") or (None, None)
         if hi is None:
             raise ValueError("depth needs 'depth_range' in the feature file's dataset reference")
         if depth_output not in ("bins", "regression"):
             raise ValueError(f"depth_output must be 'bins' or 'regression', got {depth_output!r}")
+        if depth_loss not in DEPTH_LOSSES:
+            raise ValueError(f"depth_loss must be one of {', '.join(DEPTH_LOSSES)}, got {depth_loss!r}")
+        self.depth_loss = depth_loss
         self.min_depth, self.max_depth = max(float(lo), 1e-3), float(hi)
         self.depth_output, self.bins, self.silog_lambda, self.crop = depth_output, int(bins), silog_lambda, crop
         self.centres = torch.linspace(self.min_depth, self.max_depth, self.bins + 1)
@@ -153,11 +159,17 @@ class DepthTask:
         return output[:, 0]
 
     def loss(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        """SigLoss: sqrt(mean(d^2) - lambda * mean(d)^2), d = ln(pred) - ln(gt), over valid pixels."""
+        """SigLoss: sqrt(mean(d^2) - lambda * mean(d)^2), d = ln(pred) - ln(gt), over valid pixels; with
+        "silog+rmse" plus sqrt(mean((pred - gt)^2)) / mean(gt), the RMSE in units of the batch's mean depth
+        (the two terms are of one size: both about a relative error)."""
         pred = self.predict(output)
         valid = (target > self.min_depth) & (target < self.max_depth)  # as the metrics: the far limit is invalid
-        d = torch.log(pred[valid].clamp_min(1e-6)) - torch.log(target[valid])
-        return torch.sqrt((d**2).mean() - self.silog_lambda * d.mean() ** 2 + 1e-8)
+        p, g = pred[valid].clamp_min(1e-6), target[valid]
+        d = torch.log(p) - torch.log(g)
+        loss = torch.sqrt((d**2).mean() - self.silog_lambda * d.mean() ** 2 + 1e-8)
+        if self.depth_loss == "silog+rmse":
+            loss = loss + torch.sqrt(((p - g) ** 2).mean() + 1e-8) / g.mean()
+        return loss
 
     def new_metric(self) -> DepthMetrics:
         return DepthMetrics(self.min_depth, self.max_depth, crop=self.crop)
@@ -176,5 +188,6 @@ class DepthTask:
 
     def config(self) -> dict[str, Any]:
         return {"depth_output": self.depth_output, "bins": self.bins if self.depth_output == "bins" else None,
-                "depth_range": [self.min_depth, self.max_depth], "loss": f"SigLoss (lambda {self.silog_lambda})",
+                "depth_range": [self.min_depth, self.max_depth], "loss": f"SigLoss (lambda {self.silog_lambda})"
+                + (" + RMSE / mean depth" if self.depth_loss == "silog+rmse" else ""),
                 "crop": self.crop}

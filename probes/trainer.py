@@ -86,17 +86,21 @@ def train_probe(train_features: PathOrPaths, eval_features: PathOrPaths, *, val_
 
 
 SETTINGS = ("task", "fusion", "head", "keys", "epochs", "batch_size", "lrs", "fusion_lr", "weight_decay", "fusion_dim",
-            "depth_output", "train_limit", "eval_crop", "cross_dataset", "fusion_level", "own_loss_weights")
+            "depth_output", "train_limit", "eval_crop", "cross_dataset", "fusion_level", "own_loss_weights",
+            "depth_loss")
 # Settings that records made before they existed hold implicitly: their value then.
 SETTING_BEFORE = {"fusion_level": "features"}
 
 
 def recorded_setting(config: dict[str, Any], name: str) -> Any:
     """A setting as a record holds it, older records included: before the own-loss weights were a grid chosen
-    on validation, a prediction-level run trained at one weight (``own_loss_weight``, before that 1)."""
+    on validation, a prediction-level run trained at one weight (``own_loss_weight``, before that 1); before the
+    depth loss was a setting, depth probes trained on SigLoss alone."""
     if name == "own_loss_weights" and name not in config:
         level = config.get("fusion_level", SETTING_BEFORE["fusion_level"])
         return [float(config.get("own_loss_weight", 1.0))] if level == "predictions" else None
+    if name == "depth_loss" and name not in config:  # before the choice, depth probes trained on SigLoss alone
+        return "silog" if config.get("task") == "depth" else None
     return config.get(name, SETTING_BEFORE.get(name))
 
 

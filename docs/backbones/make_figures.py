@@ -72,11 +72,12 @@ def samples(seed: int) -> None:
     image_grid(images, columns=4, scale=3).save(HERE / "samples.png")
 
 
-def fidelity(run: Path, compare: list[str]) -> dict:
+def fidelity(run: Path, compare: list[str], export_rows: bool = True) -> dict:
     """Judge samples of single-object prompts: the shipped model, its exports along training, the random
     control and any --compare models; plus the judge's own accuracy on real images."""
     models = [("random init (control)", random_folder())]
-    for export in sorted(run.glob("model-step*"), key=lambda p: int(p.name.removeprefix("model-step"))):
+    exports = sorted(run.glob("model-step*"), key=lambda p: int(p.name.removeprefix("model-step")))
+    for export in exports if export_rows else []:
         models.append((f"this recipe, step {export.name.removeprefix('model-step')}", export))
     recipe = json.loads((shipped_weights() / "training_info.json").read_text())["recipe"]
     models.append((f"shipped: shift {recipe['shift']:g}, lr {recipe['lr']:g}, {recipe.get('precision', 'fp32')} (shipped)",
@@ -98,6 +99,24 @@ def fidelity(run: Path, compare: list[str]) -> dict:
         print(f"{name}: colour {summary['colour_found']:.3f} shape {summary['shape_accuracy']:.3f} "
               f"shape-word gain {rows[-1]['shape_gain']}", flush=True)
     return {"judge_on_real_images": judge_real_images(), "models": rows}
+
+
+def with_earlier_rows(fid: dict) -> dict:
+    """Keep the prompt-fidelity rows of models measured by an earlier run of this script and not measured now
+    (their folders are gone once a recipe is replaced): the table goes on comparing every recipe tried. A row
+    that was the shipped model then is relabelled as the previous default."""
+    path = HERE / "numbers.json"
+    if not path.is_file():
+        return fid
+    names = {row["model"] for row in fid["models"]}
+    earlier = []
+    for row in json.loads(path.read_text())["fidelity"]["models"]:
+        if row["model"].endswith(" (shipped)"):
+            row = {**row, "model": row["model"].removesuffix(" (shipped)").removeprefix("shipped: ")
+                   + " (the previous default)"}
+        if row["model"] not in names and not row["model"].startswith("this recipe, step"):
+            earlier.append(row)
+    return {**fid, "models": fid["models"] + earlier}
 
 
 def training_amount(folder: Path) -> tuple[int, int]:
@@ -207,6 +226,8 @@ def training_command(recipe: dict) -> str:
     """The exact `probekit train-backbone` command that reproduces ``recipe`` (non-default options only)."""
     words = ["probekit --threads 2 train-backbone --out build/shapeworld-mmdit-run", f"--steps {recipe['steps']}",
              f"--lr {recipe['lr']:g}", f"--shift {recipe['shift']:g}"]
+    if recipe.get("batch_size", 32) != 32:
+        words.append(f"--batch-size {recipe['batch_size']}")
     for option, default in (("prediction", "velocity"), ("precision", "fp32")):
         if recipe.get(option, default) != default:
             words.append(f"--{option} {recipe[option]}")
@@ -299,6 +320,9 @@ if __name__ == "__main__":
                         help="another model folder for the prompt-fidelity table (repeatable)")
     parser.add_argument("--curve", action="append", default=[], metavar="NAME=RUNDIR",
                         help="a training run whose exports' shape-word gain is drawn against images seen (repeatable)")
+    parser.add_argument("--no-export-rows", action="store_true",
+                        help="judge the shipped model only, not each model-stepN export of --run (84 samples each; "
+                             "--curve follows the exports more cheaply)")
     parser.add_argument("--card-only", action="store_true",
                         help="only re-render the model card from the numbers.json already written")
     args = parser.parse_args()
@@ -309,7 +333,7 @@ if __name__ == "__main__":
     numbers = denoising(args.n)
     samples(args.seed)
     reconstructions()
-    numbers["fidelity"] = fidelity(args.run, args.compare)
+    numbers["fidelity"] = with_earlier_rows(fidelity(args.run, args.compare, not args.no_export_rows))
     numbers["curves"] = shape_word_curves(args.curve) if args.curve else None
     numbers["prompts"] = PROMPTS
     (HERE / "numbers.json").write_text(json.dumps(numbers, indent=2) + "\n")

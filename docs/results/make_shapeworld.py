@@ -22,6 +22,7 @@ import yaml
 
 from probekit import scores
 from probekit.pipelines.suite import parse_suite, run_suite
+from probekit.probes.trainer import recorded_setting
 from probekit.results import find_records, read_record
 
 HERE = Path(__file__).resolve().parent
@@ -144,7 +145,7 @@ def render(work: Path, args, elapsed_min: float, zeroshot: list[str], ceiling: l
         "ran over one seed (their spread is the single map's).",
         "- The best single map of each task is chosen on validation (never on test), then run over three seeds.",
         "- Depth is scored where the ground truth is below the far limit (`gt < 50 m`), as the NYU and KITTI "
-        "protocols do: ShapeWorld's sky, at exactly 50 m, is not scored.",
+        "protocols do: ShapeWorld's sky, at exactly 50 m, is not scored. " + _depth_loss_sentence(recs),
         "",
     ]
     for task in TASKS:
@@ -169,6 +170,15 @@ def render(work: Path, args, elapsed_min: float, zeroshot: list[str], ceiling: l
     lines += _storage(by, args)
     lines += zeroshot
     return "\n".join(lines) + "\n"
+
+
+def _depth_loss_sentence(recs: list[dict]) -> str:
+    losses = sorted({str(recorded_setting(r["config"], "depth_loss")) for r in recs if r["task"] == "depth"})
+    names = {"silog": "SigLoss alone", "silog+rmse": "SigLoss plus the RMSE over the batch's mean depth"}
+    if not losses:
+        return ""
+    return (f"Depth probes trained on {' and '.join(names.get(x, x) for x in losses)} (`--depth-loss`; "
+            "depth-loss.md, made by depth_loss.py, compares the two on these maps).")
 
 
 def _cell(p: dict) -> str:

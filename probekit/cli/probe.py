@@ -6,7 +6,7 @@ import click
 
 from probekit.cli import options as opt
 from probekit.probes.config import (DEFAULT_BATCH_SIZE, DEFAULT_EPOCHS, DEFAULT_FUSION_LR, DEFAULT_LRS,
-                                   DEFAULT_OWN_LOSS_WEIGHTS)
+                                   DEFAULT_OWN_LOSS_WEIGHTS, DEPTH_LOSSES)
 
 
 @click.command()
@@ -54,6 +54,10 @@ from probekit.probes.config import (DEFAULT_BATCH_SIZE, DEFAULT_EPOCHS, DEFAULT_
                    "chosen on validation (the first with every learning rate, the others at the rate it chose). "
                    "Higher keeps each read-out closer to its map's own probe.")
 @click.option("--depth-output", type=click.Choice(["bins", "regression"]), default="bins", show_default=True)
+@click.option("--depth-loss", type=click.Choice(DEPTH_LOSSES), default=DEPTH_LOSSES[0], show_default=True,
+              help="Depth training loss: SigLoss (scale-invariant, in log space) plus the RMSE over the mean depth, "
+                   "or SigLoss alone. The RMSE score weighs far pixels by their depth squared; the log loss alone "
+                   "does not.")
 @click.option("--eval-crop", type=opt.FloatList(), default=None,
               help="Depth evaluation crop as TOP,BOTTOM,LEFT,RIGHT fractions of the image (e.g. an Eigen-style crop).")
 @click.option("--seeds", type=opt.INT_LIST, default="0", show_default=True,
@@ -69,8 +73,8 @@ from probekit.probes.config import (DEFAULT_BATCH_SIZE, DEFAULT_EPOCHS, DEFAULT_
 @opt.friendly_errors
 def probe(ctx, features, eval_features, val_features, guidance, eval_guidance, val_guidance, task, fusion, head,
           timestep, layer, grid, out, results_root, epochs, batch_size, lrs, fusion_lr, weight_decay, fusion_dim,
-          fusion_level, own_loss_weights, depth_output, eval_crop, seeds, device, cross_dataset, overwrite_mode,
-          quiet):
+          fusion_level, own_loss_weights, depth_output, depth_loss, eval_crop, seeds, device, cross_dataset,
+          overwrite_mode, quiet):
     """Train probe heads on frozen features, select on validation, score on held-out features."""
     from probekit import scores
 
@@ -78,7 +82,7 @@ def probe(ctx, features, eval_features, val_features, guidance, eval_guidance, v
     val_features = list(val_features) or None
     config = dict(task=task, head=head, epochs=epochs, batch_size=batch_size, lrs=lrs, fusion_lr=fusion_lr,
                   weight_decay=weight_decay, fusion_dim=fusion_dim, fusion_level=fusion_level,
-                  own_loss_weights=own_loss_weights, depth_output=depth_output, seeds=seeds,
+                  own_loss_weights=own_loss_weights, depth_output=depth_output, depth_loss=depth_loss, seeds=seeds,
                   device=device, cross_dataset=cross_dataset, eval_crop=eval_crop, guidance=guidance,
                   eval_guidance=eval_guidance, val_guidance=val_guidance)
     if grid:

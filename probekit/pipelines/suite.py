@@ -37,7 +37,7 @@ DATASET_KEYS = {"train", "eval", "val", "image_size", "data_root"}
 SPLIT_KEYS = {"split", "limit"}
 PROBE_KEYS = {"fusion", "head", "tasks", "seeds", "each_map", "best_map_of", "keys", "fusion_level", "lrs"}
 TRAINING_KEYS = {"epochs", "lrs", "batch_size", "fusion_lr", "weight_decay", "own_loss_weights", "own_loss_weight",
-                 "device"}
+                 "depth_loss", "device"}
 
 
 # -- the suite file --------------------------------------------------------------------------------
