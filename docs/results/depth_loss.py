@@ -16,6 +16,7 @@ import os
 import time
 from pathlib import Path
 
+from make_shapeworld import STORAGE_KEY, _best_single  # beside this script: the page's own choice of map
 from probekit.probes.trainer import recorded_setting, train_probe
 from probekit.results import read_record
 
@@ -26,13 +27,14 @@ METRICS = (("RMSE", "{:.3f}"), ("SILog", "{:.2f}"), ("AbsRel", "{:.4f}"), ("delt
 
 
 def page_records(work: Path) -> tuple[str, dict[str, dict]]:
-    """The page's depth cells: its best single map (chosen on seed 0's validation score) and both fusions, and the
-    loss they were trained on."""
+    """The page's depth cells: its best single map (chosen as the page chooses it) and both fusions, and the loss
+    they were trained on."""
     root = work / "results" / BACKBONE / "shapeworld" / "depth"
-    singles = [read_record(d) for d in sorted(root.glob("linear-single-*"))]
-    if not singles:
+    best = _best_single([read_record(d) for d in sorted(root.glob("linear-single-*"))],
+                        argparse.Namespace(storage_key=STORAGE_KEY))
+    if best is None:
         raise SystemExit(f"{root}: no depth records; run make_shapeworld.py --work {work} first")
-    recs = {"best single": min(singles, key=lambda r: r["per_seed"][0]["val_score"]),
+    recs = {"best single": best,
             "global": read_record(root / "linear-global"), "spatial": read_record(root / "linear-spatial")}
     losses = {recorded_setting(rec["config"], "depth_loss") for rec in recs.values()}
     if len(losses) != 1:

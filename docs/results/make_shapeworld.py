@@ -31,6 +31,7 @@ TASKS = ["seg", "saliency", "depth"]
 # Fused probes sweep three rates of the default grid (one read-out per map makes each trial up to 12x a single
 # map's on CPU, depth's 256 bins most): the upper three, and for depth, whose fused probes chose 1e-2 (the lowest
 # of those) for every seed, the middle three. A choice at either end is flagged in the record, as ever.
+STORAGE_KEY = "t=250/layer=5"  # the map whose storage reductions are compared (--storage-key)
 FUSED_LRS = {"seg": [0.01, 0.03, 0.1], "saliency": [0.01, 0.03, 0.1], "depth": [0.003, 0.01, 0.03]}
 STORAGE = {  # label -> extract options: what each reduction of the shipped model's maps costs
     "float16 (plain)": {},
@@ -403,7 +404,7 @@ def main() -> None:
     parser.add_argument("--timesteps", type=int, nargs="+", default=[50, 250, 500, 750])
     parser.add_argument("--layers", type=int, nargs="+", default=[1, 3, 5])
     parser.add_argument("--epochs", type=int, default=20)
-    parser.add_argument("--storage-key", default="t=250/layer=5")
+    parser.add_argument("--storage-key", default=STORAGE_KEY)
     args = parser.parse_args()
     started = time.perf_counter()
     spec = suite(args)
