@@ -39,6 +39,7 @@ PROMPTS = [
 def loss_curve(run: Path) -> None:
     with open(run / "train_log.csv", newline="") as fh:
         rows = list(csv.DictReader(fh))
+    batch = json.loads((shipped_weights() / "training_info.json").read_text())["recipe"]["batch_size"]
     steps = [int(r["step"]) for r in rows]
     loss = [float(r["loss"]) for r in rows]
     window = 50
@@ -46,7 +47,7 @@ def loss_curve(run: Path) -> None:
     fig, ax = plt.subplots(figsize=(4.5, 3))
     ax.plot(steps, loss, color="#bbbbbb", lw=0.6, label="per step")
     ax.plot(steps, smooth, color="#0072B2", lw=1.5, label=f"mean of {window} steps")
-    ax.set(xlabel="training step (batch 32)", ylabel="velocity MSE", yscale="log", title="Training loss")
+    ax.set(xlabel=f"training step (batch {batch})", ylabel="velocity MSE", yscale="log", title="Training loss")
     ax.legend(frameon=False)
     fig.tight_layout()
     fig.savefig(HERE / "loss_curve.png", dpi=150)
@@ -80,8 +81,7 @@ def fidelity(run: Path, compare: list[str], export_rows: bool = True) -> dict:
     for export in exports if export_rows else []:
         models.append((f"this recipe, step {export.name.removeprefix('model-step')}", export))
     recipe = json.loads((shipped_weights() / "training_info.json").read_text())["recipe"]
-    models.append((f"shipped: shift {recipe['shift']:g}, lr {recipe['lr']:g}, {recipe.get('precision', 'fp32')} (shipped)",
-                   shipped_weights()))
+    models.append((f"shipped: {recipe_label(recipe)} (shipped)", shipped_weights()))
     for item in compare:
         name, _, folder = item.partition("=")
         models.append((name, Path(folder)))
@@ -101,22 +101,41 @@ def fidelity(run: Path, compare: list[str], export_rows: bool = True) -> dict:
     return {"judge_on_real_images": judge_real_images(), "models": rows}
 
 
+def recipe_label(recipe: dict) -> str:
+    """A short name of a training recipe for the tables: the settings the recipes measured here differ in."""
+    words = [f"shift {recipe['shift']:g}", f"lr {recipe['lr']:g}", recipe.get("precision", "fp32")]
+    if recipe.get("batch_size", 32) != 32:
+        words.append(f"batch {recipe['batch_size']}")
+    if recipe.get("scene"):
+        words.append("scene " + " ".join(f"{k}={lo:g},{hi:g}" for k, (lo, hi) in recipe["scene"].items()))
+    return ", ".join(words + [f"{recipe['steps']:,} steps"])
+
+
 def with_earlier_rows(fid: dict) -> dict:
     """Keep the prompt-fidelity rows of models measured by an earlier run of this script and not measured now
     (their folders are gone once a recipe is replaced): the table goes on comparing every recipe tried. A row
-    that was the shipped model then is relabelled as the previous default."""
+    that was the shipped model then is relabelled as the previous default; a row whose measurement equals one
+    made now is the same model under a new name (a recipe that became the shipped one) and is left out."""
     path = HERE / "numbers.json"
     if not path.is_file():
         return fid
     names = {row["model"] for row in fid["models"]}
+    measured = {_measurement(row) for row in fid["models"]}
     earlier = []
     for row in json.loads(path.read_text())["fidelity"]["models"]:
         if row["model"].endswith(" (shipped)"):
             row = {**row, "model": row["model"].removesuffix(" (shipped)").removeprefix("shipped: ")
                    + " (the previous default)"}
-        if row["model"] not in names and not row["model"].startswith("this recipe, step"):
+        if (row["model"] not in names and not row["model"].startswith("this recipe, step")
+                and _measurement(row) not in measured):
             earlier.append(row)
     return {**fid, "models": fid["models"] + earlier}
+
+
+def _measurement(row: dict) -> tuple:
+    """What identifies a model's row apart from its name: its training amount and every measured value."""
+    return (row["steps"], row["images_seen"], row["shape_accuracy"], row["colour_found"],
+            tuple(sorted(row["shape_gain"].items())), tuple(sorted(row["text_gain"].items())))
 
 
 def training_amount(folder: Path) -> tuple[int, int]:
@@ -130,8 +149,12 @@ def training_amount(folder: Path) -> tuple[int, int]:
 
 def shape_word_curves(curves: list[str], level: float = 0.7) -> dict:
     """The shape word's loss gain at noise ``level`` along each --curve run (its exports and final model),
-    against training images seen, drawn to shape_word_gain.png."""
-    out = {}
+    against training images seen, drawn to shape_word_gain.png with the curves an earlier run of this script
+    measured for other runs (their folders may be gone)."""
+    path = HERE / "numbers.json"
+    earlier = (json.loads(path.read_text()).get("curves") or {}) if path.is_file() else {}
+    out = {name: points for name, points in (earlier.get("runs") or {}).items()
+           if earlier.get("level") == level and name not in {item.partition("=")[0] for item in curves}}
     for item in curves:
         name, _, run = item.partition("=")
         folders = [p for p in Path(run).glob("model*") if (p / "training_info.json").is_file()]
@@ -260,11 +283,13 @@ def lever_table(numbers: dict) -> str:
         best = max(maps, key=maps.get)
         return f"{maps[best]:.1f} ({best.replace('/layer=', ' L')}) ({maps.get('t=750/layer=5', float('nan')):.1f})"
 
-    if "shipped" in probes:
-        shipped = shipped_row(numbers)
-        lines.append(f"| shipped model (CPU recipe) | - | {shipped['steps']:,} | {shipped['images_seen']:,} | "
-                     f"- / - / - / {shipped['shape_gain']['0.7']:.1%} | {shipped['shape_accuracy']:.0%} of "
-                     f"{shipped['n']} | {shipped['colour_found']:.0%} | {cell(probes['shipped'])} |")
+    previous = [r for r in numbers["fidelity"]["models"] if r["model"].endswith("(the previous default)")]
+    for key, label, row in (("shipped", "shipped model (CPU recipe)", shipped_row(numbers)),
+                            ("previous default", "the previous default (CPU recipe)", previous[0] if previous else None)):
+        if key in probes and row is not None:
+            lines.append(f"| {label} | - | {row['steps']:,} | {row['images_seen']:,} | "
+                         f"- / - / - / {row['shape_gain']['0.7']:.1%} | {row['shape_accuracy']:.0%} of "
+                         f"{row['n']} | {row['colour_found']:.0%} | {cell(probes[key])} |")
     for name, run in sweep["runs"].items():
         words = run["command"].split()
         batch = int(words[words.index("--batch-size") + 1])
@@ -278,6 +303,12 @@ def lever_table(numbers: dict) -> str:
                      f"{' / '.join(gains)} / {last['shape_word_gain_at_0.7']:.1%} | {last['shape_accuracy']:.0%} "
                      f"| {last['colour_found']:.0%} | {cell(probes.get(name, {}))} |")
     return "\n".join(lines)
+
+
+def control_ratio(numbers: dict) -> str:
+    """How many times lower the shipped model's held-out loss is than the random control's, over timesteps."""
+    ratios = [numbers["control"][t] / v for t, v in numbers["trained"].items()]
+    return f"{min(ratios):.0f}x to {max(ratios):.0f}x"
 
 
 def model_card(run: Path, numbers: dict) -> None:
@@ -307,7 +338,8 @@ def model_card(run: Path, numbers: dict) -> None:
         batch=info["recipe"]["batch_size"], images_seen=f"{info['images_seen']:,}", wall_min=info["wall_time_s"] / 60,
         machine=info["machine"]["platform"], cpus=info["machine"]["cpus"],
         torch_threads=info["machine"]["torch_threads"], n_eval=numbers["n"], loss_table="\n".join(rows),
-        prompts="; ".join(f'"{p}"' for p in PROMPTS), lever_table=lever_table(numbers))
+        prompts="; ".join(f'"{p}"' for p in PROMPTS), lever_table=lever_table(numbers),
+        shipped_judged=f"{shipped_row(numbers)['shape_accuracy']:.0%}", control_ratio=control_ratio(numbers))
     (HERE / "shapeworld-mmdit.md").write_text(text)
 
 
@@ -334,7 +366,7 @@ if __name__ == "__main__":
     samples(args.seed)
     reconstructions()
     numbers["fidelity"] = with_earlier_rows(fidelity(args.run, args.compare, not args.no_export_rows))
-    numbers["curves"] = shape_word_curves(args.curve) if args.curve else None
+    numbers["curves"] = shape_word_curves(args.curve)
     numbers["prompts"] = PROMPTS
     (HERE / "numbers.json").write_text(json.dumps(numbers, indent=2) + "\n")
     model_card(args.run, numbers)

@@ -179,7 +179,7 @@ def _depth_loss_sentence(recs: list[dict]) -> str:
     if not losses:
         return ""
     return (f"Depth probes trained on {' and '.join(names.get(x, x) for x in losses)} (`--depth-loss`; "
-            "depth-loss.md, made by depth_loss.py, compares the two on these maps).")
+            "depth-loss.md, made by depth_loss.py, compares the two on the maps of this page's setup).")
 
 
 def _cell(p: dict) -> str:
