@@ -114,15 +114,21 @@ def recipe_label(recipe: dict) -> str:
 def with_earlier_rows(fid: dict) -> dict:
     """Keep the prompt-fidelity rows of models measured by an earlier run of this script and not measured now
     (their folders are gone once a recipe is replaced): the table goes on comparing every recipe tried. A row
-    that was the shipped model then is relabelled as the previous default; a row whose measurement equals one
-    made now is the same model under a new name (a recipe that became the shipped one) and is left out."""
+    that was the shipped model then is relabelled as the previous default (and the default before it as an
+    earlier one); a row whose measurement equals one made now is the same model under a new name (a recipe that
+    became the shipped one) and is left out."""
     path = HERE / "numbers.json"
     if not path.is_file():
         return fid
     names = {row["model"] for row in fid["models"]}
     measured = {_measurement(row) for row in fid["models"]}
     earlier = []
-    for row in json.loads(path.read_text())["fidelity"]["models"]:
+    rows = json.loads(path.read_text())["fidelity"]["models"]
+    # A new default was shipped since: the row then shipped was measured, but is not among today's rows.
+    replaced = any(r["model"].endswith(" (shipped)") and _measurement(r) not in measured for r in rows)
+    for row in rows:
+        if replaced and row["model"].endswith(" (the previous default)"):  # now a default two models back
+            row = {**row, "model": row["model"].removesuffix(" (the previous default)") + " (an earlier default)"}
         if row["model"].endswith(" (shipped)"):
             row = {**row, "model": row["model"].removesuffix(" (shipped)").removeprefix("shipped: ")
                    + " (the previous default)"}
