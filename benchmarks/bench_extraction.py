@@ -41,7 +41,7 @@ from common import MemoryDataset, interleaved, write_result  # noqa: E402
 from probekit.api import build_extractor  # noqa: E402
 from probekit.datasets import load_dataset  # noqa: E402
 from probekit.extractors.base import Extractor  # noqa: E402
-from probekit.extractors.hooks import capture_blocks  # noqa: E402
+from probekit.extractors.hooks import capture_sites  # noqa: E402
 from probekit.extractors.runner import _to_tensor, extract_dataset  # noqa: E402
 from probekit.extractors.storage import StorageOptions  # noqa: E402
 
@@ -56,12 +56,11 @@ def batches(ds: MemoryDataset, batch_size: int):
 
 def bare_loop(ex, ds: MemoryDataset, batch_size: int, sync: bool = False) -> None:
     """The extractor's own inputs and forward, stopped after its deepest block, outputs thrown away."""
-    blocks = ex.family.blocks(ex.transformer)
+    requests = [(layer, site) for layer in ex.layers for site in ex.sites]
     with torch.inference_mode():
         for images, captions, indices in batches(ds, batch_size):
-            x_t, sigma, t_int, cond, extras, (gh, gw) = ex.model_inputs(images, captions, indices)
-            capture_blocks(blocks, ex.layers, lambda: ex.family.forward(ex.transformer, x_t, sigma, t_int, cond,
-                                                                        extras), n_img=gh * gw)
+            inputs = ex.model_inputs(images, captions, indices)
+            capture_sites(ex.family, requests, lambda: ex.run_forward(inputs))
     if sync and torch.cuda.is_available():
         torch.cuda.synchronize()
 

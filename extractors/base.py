@@ -52,6 +52,20 @@ class Extractor(ABC):
         """Caveats a user must see (e.g. randomly initialised weights)."""
         return []
 
+    @property
+    def uses_captions(self) -> bool:
+        """Whether ``extract`` reads the captions (then ``prepare`` is given every caption of the run)."""
+        return False
+
+    def prepare(self, captions: Sequence[str] = ()) -> None:
+        """Called once before the first batch, with the captions of every sample still to extract when
+        ``uses_captions``: a model can encode all its prompts at once and free its text encoder before its
+        largest component loads."""
+
+    def memory_plan(self) -> list[str]:
+        """Lines for the extraction plan: what is resident on the device when (empty when nothing to say)."""
+        return []
+
 
 def normalise_layers(layers: Sequence[int], n_blocks: int, what: str) -> list[int]:
     """Block indices (negative ones count from the end) -> distinct non-negative indices, in the given order;

@@ -195,8 +195,9 @@ class ConceptAttentionExtractor(Extractor):
     def __init__(self, base, concepts: Sequence[str], concept_layers: Sequence[int] | None = None):
         from probekit.extractors.diffusers_dit import DiffusersDiTExtractor
 
-        if not isinstance(base, DiffusersDiTExtractor) or base.family.name not in ("sd3", "flux"):
-            raise ProbekitError("concept attention needs an MM-DiT (SD3 or FLUX family) diffusers extractor")
+        if not isinstance(base, DiffusersDiTExtractor) or not base.family.concept_attention:
+            raise ProbekitError("concept attention needs an MM-DiT with a joint text stream (see `probekit ls "
+                                "families`)")
         if not base.has_text_encoder:
             raise ProbekitError(f"concept attention needs the model's text encoder; {base.root} has none")
         if not concepts:
@@ -254,16 +255,23 @@ class ConceptAttentionExtractor(Extractor):
     def notes(self) -> list[str]:
         return self.base.notes()
 
+    @property
+    def uses_captions(self) -> bool:
+        return self.base.uses_captions
+
+    def prepare(self, captions=()) -> None:
+        self.base.prepare(captions)
+
     @torch.inference_mode()
     def extract(self, images, captions, indices) -> dict[str, torch.Tensor]:
         base = self.base
         b, n_t = images.shape[0], len(base.timesteps)
         sums = {m: None for m in MODES}
         for draw in range(base.ensemble):
-            x_t, sigma, t_int, cond, extras, (gh, gw) = base.model_inputs(images, captions, indices, draw)
-            tokens = self._tokens.unsqueeze(0).expand(x_t.shape[0], -1, -1)
-            run = self.attention.run(tokens, lambda: base.family.forward(base.transformer, x_t, sigma, t_int, cond,
-                                                                         extras))
+            inputs = base.model_inputs(images, captions, indices, draw)
+            gh, gw = inputs.grid
+            tokens = self._tokens.unsqueeze(0).expand(inputs.x_t.shape[0], -1, -1)
+            run = self.attention.run(tokens, lambda: base.run_forward(inputs))
             for mode in MODES:
                 per_layer = torch.stack([run.maps[mode][layer] for layer in self.concept_layers])  # (L, B*T, C, N)
                 mean = per_layer.mean(0).view(b, n_t, len(self.concepts), -1).mean(1)  # over layers, timesteps

@@ -8,7 +8,6 @@ directly with their scheduler's ``add_noise``.
 from __future__ import annotations
 
 import functools
-import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -30,42 +29,72 @@ def sample_noise(shape: tuple[int, ...], seed: int, index: int, draw: int) -> to
 
 @dataclass
 class NoiseSchedule:
-    """``kind`` is "flow" (x_t = (1-s) x0 + s eps) or "ddpm" (scheduler.add_noise)."""
+    """``kind`` is "flow" (x_t = (1-s) x0 + s eps) or "ddpm" (scheduler.add_noise).
+
+    A flow model's noise level for timestep t is its scheduler's own: ``u = t / 1000`` shifted by the static
+    ``shift`` or, with ``dynamic`` shifting, by ``mu`` (which the family computes from the image's token count
+    with its pipeline's helper), through diffusers' ``FlowMatchEulerDiscreteScheduler`` with the folder's
+    ``time_shift_type``. ``shift_terminal`` stretches an N-step sampling schedule so that its last step lands
+    there; one timestep has no schedule to stretch, so it is recorded and not applied.
+    """
 
     kind: str
     shift: float = 1.0
-    dynamic_shift: dict[str, float] | None = None  # FLUX-style resolution-dependent shift
+    dynamic: bool = False
+    time_shift_type: str = "exponential"
+    scheduler_class: str | None = None
+    shift_terminal: float | None = None
     ddpm_config: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
-    def from_scheduler_config(cls, config: dict[str, Any] | None, default: str) -> "NoiseSchedule":
+    def from_scheduler_config(cls, config: dict[str, Any] | None, default: str,
+                              default_shift: float = 3.0) -> "NoiseSchedule":
         if not config:
-            return cls(kind=default, shift=3.0 if default == "flow" else 1.0)
+            return cls(kind=default, shift=default_shift if default == "flow" else 1.0)
         name = config.get("_class_name", "")
         if "FlowMatch" in name:
-            dyn = None
-            if config.get("use_dynamic_shifting"):
-                dyn = {k: float(config[k]) for k in ("base_shift", "max_shift", "base_image_seq_len", "max_image_seq_len")
-                       if k in config}
-            return cls(kind="flow", shift=float(config.get("shift", 1.0)), dynamic_shift=dyn)
-        return cls(kind="ddpm", ddpm_config={k: v for k, v in config.items() if not k.startswith("_")})
+            return cls(kind="flow", shift=float(config.get("shift", 1.0)),
+                       dynamic=bool(config.get("use_dynamic_shifting")),
+                       time_shift_type=config.get("time_shift_type", "exponential"), scheduler_class=name,
+                       shift_terminal=config.get("shift_terminal"))
+        if config.get("use_flow_sigmas") or config.get("prediction_type") == "flow_prediction":
+            # DPM-Solver / UniPC run as flow samplers (Sana, HiDream): sigma = k u / (1 + (k - 1) u), k = flow_shift
+            return cls(kind="flow", shift=float(config.get("flow_shift", 1.0)), scheduler_class=name)
+        return cls(kind="ddpm", scheduler_class=name,
+                   ddpm_config={k: v for k, v in config.items() if not k.startswith("_")})
 
-    def sigma(self, t: int, image_seq_len: int | None = None) -> float:
-        """Flow-matching noise level in [0, 1] for integer timestep t."""
+    @classmethod
+    def from_description(cls, described: dict[str, Any]) -> "NoiseSchedule":
+        """The schedule a feature file's provenance recorded (``describe()``)."""
+        fields = {k: v for k, v in described.items() if k in cls.__dataclass_fields__}
+        if isinstance(fields.get("dynamic"), dict):  # files of earlier versions recorded the shift range here
+            fields["dynamic"] = True
+        return cls(**fields)
+
+    def sigma(self, t: int, mu: float | None = None) -> float:
+        """Flow-matching noise level in [0, 1] for integer timestep t (``mu``: the dynamic shift)."""
         u = min(max(t / T_MAX, 0.0), 1.0)
-        if self.dynamic_shift and image_seq_len is not None:
-            d = self.dynamic_shift
-            slope = (d["max_shift"] - d["base_shift"]) / (d["max_image_seq_len"] - d["base_image_seq_len"])
-            mu = d["base_shift"] + slope * (image_seq_len - d["base_image_seq_len"])
-            if u <= 0.0:
-                return 0.0
-            return math.exp(mu) / (math.exp(mu) + (1.0 / u - 1.0))
+        if u == 0.0:
+            return 0.0
+        if self.dynamic:
+            if mu is None:
+                raise ValueError("a dynamically shifted schedule needs mu (from the image's token count)")
+            sched = self._flow_scheduler
+            sched.set_timesteps(sigmas=[u], mu=float(mu))
+            return float(sched.sigmas[0])
         k = self.shift
         return k * u / (1.0 + (k - 1.0) * u)
 
-    def add_noise(self, x0: torch.Tensor, eps: torch.Tensor, t: int, image_seq_len: int | None = None) -> torch.Tensor:
+    @functools.cached_property
+    def _flow_scheduler(self):
+        from diffusers import FlowMatchEulerDiscreteScheduler
+
+        return FlowMatchEulerDiscreteScheduler(shift=self.shift, use_dynamic_shifting=True,
+                                               time_shift_type=self.time_shift_type)
+
+    def add_noise(self, x0: torch.Tensor, eps: torch.Tensor, t: int, mu: float | None = None) -> torch.Tensor:
         if self.kind == "flow":
-            s = self.sigma(t, image_seq_len)
+            s = self.sigma(t, mu)
             return (1.0 - s) * x0 + s * eps
         sched = self._ddpm
         tt = torch.full((x0.shape[0],), self.ddpm_t(t, sched.config.num_train_timesteps), dtype=torch.long)
@@ -82,5 +111,11 @@ class NoiseSchedule:
         return int(min(max(round(t * num_train_timesteps / T_MAX), 0), num_train_timesteps - 1))
 
     def describe(self) -> dict[str, Any]:
-        return {"kind": self.kind, "shift": self.shift, "dynamic_shift": self.dynamic_shift,
-                "ddpm_config": self.ddpm_config}
+        out = {"kind": self.kind, "shift": self.shift, "dynamic": self.dynamic, "scheduler_class": self.scheduler_class,
+               "ddpm_config": self.ddpm_config}
+        if self.dynamic:
+            out["time_shift_type"] = self.time_shift_type
+        if self.shift_terminal:
+            out["shift_terminal"] = self.shift_terminal
+            out["shift_terminal_applied"] = False
+        return out

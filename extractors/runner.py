@@ -319,9 +319,25 @@ def extract_dataset(extractor: Extractor, dataset, out: str | os.PathLike, *, li
         raise
 
 
+def _prepare(extractor: Extractor, dataset, shards: list[Shard], reference, echo) -> None:
+    """Hand the extractor every caption it will see (read from the samples still to extract), once."""
+    captions: list[str] = []
+    if extractor.uses_captions:
+        skipped: list[dict[str, Any]] = []
+        for shard in shards:
+            for i in shard.positions():
+                sample = _load(dataset, i, reference, "skip", skipped)  # bad samples are reported by the main pass
+                if sample is not None:
+                    captions.append(sample.caption)
+        echo(f"encoding {len(set(captions))} distinct captions once, before the model loads")
+    extractor.prepare(captions)
+
+
 def _extract(extractor, dataset, run: ExtractionRun, state: str, first, reference, storage: StorageOptions, source,
              raw_shapes, limit, batch_size, progress, run_params, on_error, workers: Workers, echo, queue_depth,
              on_progress=None):
+    mine = [s for k, s in enumerate(run.shards) if k % workers.world_size == workers.rank]
+    _prepare(extractor, dataset, [s for s in mine if not run.is_done(s)], first, echo)
     projection = _projection(extractor, dataset, first, reference.get("split"), run, storage, source, raw_shapes,
                              batch_size, workers, echo)
     reducer = Reducer(storage, projection)
@@ -341,7 +357,6 @@ def _extract(extractor, dataset, run: ExtractionRun, state: str, first, referenc
         "seed": extractor.config().get("seed"), "ensemble": extractor.config().get("ensemble"),
         "dataset": reference, "provenance": provenance, "storage": reducer.describe(),
     }
-    mine = [s for k, s in enumerate(run.shards) if k % workers.world_size == workers.rank]
     run.discard_temporaries(mine)
     pending = [s for s in mine if not run.is_done(s)]
     if state == "resumed" and workers.is_main:

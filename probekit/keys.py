@@ -1,4 +1,5 @@
-"""Feature keys: the name of one stored map, e.g. ``t=250/layer=2``, ``layer=5`` or ``src=dinov3/layer=11``.
+"""Feature keys: the name of one stored map, e.g. ``t=250/layer=2``, ``layer=5``, ``src=dinov3/layer=11`` or
+``t=250/layer=2/site=norm1`` (a capture site other than the block output).
 
 One small type so that no caller decodes key strings by hand.
 """
@@ -9,9 +10,14 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 
-def feature_key(timestep: int | None, layer: int | str) -> str:
-    """The canonical key of one feature map: "t=250/layer=2", or "layer=2" without a timestep."""
-    return f"layer={layer}" if timestep is None else f"t={timestep}/layer={layer}"
+DEFAULT_SITE = "output"  # a DiT block's output; keys of other capture sites end in "/site=NAME"
+
+
+def feature_key(timestep: int | None, layer: int | str, site: str = DEFAULT_SITE) -> str:
+    """The canonical key of one feature map: "t=250/layer=2", "layer=2" without a timestep, and
+    "t=250/layer=2/site=attn" for a capture site other than the block output."""
+    key = f"layer={layer}" if timestep is None else f"t={timestep}/layer={layer}"
+    return key if site == DEFAULT_SITE else f"{key}/site={site}"
 
 
 def parse_key(key: str) -> dict[str, str]:
@@ -38,6 +44,11 @@ class FeatureKey:
     @property
     def source(self) -> str | None:
         return self.parts.get("src")
+
+    @property
+    def site(self) -> str:
+        """The capture site in the block ("output" when the key names none)."""
+        return self.parts.get("site", DEFAULT_SITE)
 
     @property
     def without_timestep(self) -> str:

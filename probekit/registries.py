@@ -12,12 +12,13 @@ DATASETS = Registry("dataset")
 TASKS = Registry("task")
 HEADS = Registry("head")
 FUSIONS = Registry("fusion")
+DIT_FAMILIES = Registry("DiT family")  # keyed by the diffusers transformer class a folder's config names
 
 _DIT = "probekit.extractors.diffusers_dit:DiffusersDiTExtractor"
 
 EXTRACTORS.register(
     "dit", _DIT,
-    "any diffusers DiT-family transformer (SD3, FLUX, PixArt, DiT); give --weights DIR_OR_HUB_ID",
+    "any diffusers DiT-family transformer (see `probekit ls families`); give --weights DIR_OR_HUB_ID",
 )
 EXTRACTORS.register(
     "shapeworld-mmdit", "probekit.extractors.shapeworld:shapeworld_mmdit",
@@ -113,4 +114,28 @@ FUSIONS.register("global", "probekit.probes.fusion:GlobalFusion",
 FUSIONS.register("spatial", "probekit.probes.fusion:SpatialFusion",
                  "per-location softmax weights over the maps, predicted from the features themselves")
 
-ALL = {"extractors": EXTRACTORS, "datasets": DATASETS, "tasks": TASKS, "heads": HEADS, "fusions": FUSIONS}
+_FAMILY = "probekit.extractors.families"
+for _cls, _target, _summary in (
+    ("SD3Transformer2DModel", "sd3:SD3Family", "Stable Diffusion 3 / 3.5 (MM-DiT), StableDiffusion3Pipeline"),
+    ("FluxTransformer2DModel", "flux:FluxFamily", "FLUX.1 dev / schnell (MM-DiT + single blocks), FluxPipeline"),
+    ("PixArtTransformer2DModel", "pixart:PixArtFamily", "PixArt-alpha / sigma (cross-attention DiT, DDPM)"),
+    ("DiTTransformer2DModel", "dit:DiTClassFamily", "DiT (class-conditional, DDPM; the null class by default)"),
+    ("Flux2Transformer2DModel", "flux2:Flux2Family", "FLUX.2 dev and Klein, Flux2Pipeline / Flux2KleinPipeline"),
+    ("QwenImageTransformer2DModel", "qwenimage:QwenImageFamily", "Qwen-Image, QwenImagePipeline"),
+    ("ZImageTransformer2DModel", "zimage:ZImageFamily", "Z-Image, ZImagePipeline"),
+    ("SanaTransformer2DModel", "sana:SanaFamily", "Sana (linear-attention DiT, DC-AE), SanaPipeline"),
+    ("Lumina2Transformer2DModel", "lumina2:Lumina2Family", "Lumina-Image 2.0, Lumina2Pipeline"),
+    ("ChromaTransformer2DModel", "chroma:ChromaFamily", "Chroma, ChromaPipeline"),
+    ("HiDreamImageTransformer2DModel", "hidream:HiDreamFamily", "HiDream-I1, HiDreamImagePipeline"),
+    ("CogView4Transformer2DModel", "cogview4:CogView4Family", "CogView4, CogView4Pipeline"),
+    ("AuraFlowTransformer2DModel", "auraflow:AuraFlowFamily", "AuraFlow, AuraFlowPipeline"),
+    ("HunyuanImageTransformer2DModel", "hunyuanimage:HunyuanImageFamily", "HunyuanImage 2.1, HunyuanImagePipeline"),
+    ("Flux3Transformer2DModel", "flux3:Flux3Family", "FLUX.3, Flux3ModularPipeline"),
+    ("QwenImage21Transformer2DModel", "qwenimage21:QwenImage21Family", "Qwen-Image 2.1, QwenImage21Pipeline"),
+    ("Krea2Transformer2DModel", "krea2:Krea2Family", "Krea 2, Krea2Pipeline"),
+    ("Ideogram4Transformer2DModel", "ideogram4:Ideogram4Family", "Ideogram 4, Ideogram4Pipeline"),
+):
+    DIT_FAMILIES.register(_cls, f"{_FAMILY}.{_target}", _summary)
+
+ALL = {"extractors": EXTRACTORS, "datasets": DATASETS, "tasks": TASKS, "heads": HEADS, "fusions": FUSIONS,
+       "families": DIT_FAMILIES}

@@ -46,39 +46,23 @@ def _inputs(ex, n=2):
 def test_the_transformer_output_is_bit_identical_with_concepts(folders, family):
     ex = DiffusersDiTExtractor(folders[family], timesteps=[300, 800], layers=[0], conditioning="caption",
                                device="cpu")
-    x_t, sigma, t_int, cond, extras, grid = _inputs(ex)
-    tr = ex.transformer
-    outs = []
-    with torch.no_grad():
-        tr_forward = lambda: outs.append(  # noqa: E731
-            ex.family.forward(_Capture(tr), x_t, sigma, t_int, cond, extras))
-        tr_forward()
-        ca = ConceptAttentionExtractor(ex, ["circle", "square", "background"])
-        tokens = ca._tokens.unsqueeze(0).expand(x_t.shape[0], -1, -1)
-        run = ca.attention.run(tokens, tr_forward, stop_early=False)
-        ca.close()
-        tr_forward()
+    inputs = _inputs(ex)
+    outputs = []  # this test's own capture: nothing carries over from another test or a failed run
+    hook = ex.transformer.register_forward_hook(lambda m, a, o: outputs.append(o[0].clone()))
+    try:
+        with torch.no_grad():
+            ex.run_forward(inputs)
+            ca = ConceptAttentionExtractor(ex, ["circle", "square", "background"])
+            tokens = ca._tokens.unsqueeze(0).expand(inputs.x_t.shape[0], -1, -1)
+            run = ca.attention.run(tokens, lambda: ex.run_forward(inputs), stop_early=False)
+            ca.close()
+            ex.run_forward(inputs)
+    finally:
+        hook.remove()
     assert run.maps["output"], "the concept stream did not run"
-    assert torch.equal(_Capture.outputs[0], _Capture.outputs[1]), "concepts changed the transformer output"
-    assert torch.equal(_Capture.outputs[0], _Capture.outputs[2]), "processors were not restored"
-    _Capture.outputs.clear()
-
-
-class _Capture:
-    """Calls the transformer and keeps its output (the family adapters discard it)."""
-
-    outputs: list = []
-
-    def __init__(self, tr):
-        self.tr = tr
-
-    def __call__(self, **kw):
-        out = self.tr(**kw)
-        _Capture.outputs.append(out[0].clone())
-        return out
-
-    def __getattr__(self, name):
-        return getattr(self.tr, name)
+    assert len(outputs) == 3
+    assert torch.equal(outputs[0], outputs[1]), "concepts changed the transformer output"
+    assert torch.equal(outputs[0], outputs[2]), "processors were not restored"
 
 
 @pytest.mark.parametrize("family", ["sd3", "flux"])
@@ -86,19 +70,19 @@ def test_concepts_equal_to_the_text_tokens_reproduce_the_text_stream(folders, fa
     """Fed the prompt's own embedded tokens as concepts, the concept stream must follow the text stream exactly:
     the same attention outputs in every block, so the 'output' maps equal text-output x image-output products."""
     ex = DiffusersDiTExtractor(folders[family], timesteps=[500], layers=[0], conditioning="caption", device="cpu")
-    x_t, sigma, t_int, cond, extras, _ = _inputs(ex)
+    inputs = _inputs(ex)
     tr = ex.transformer
     blocks = list(tr.transformer_blocks)
     captured = {}
     hooks = [b.attn.register_forward_hook(lambda m, a, o, i=i: captured.__setitem__(i, (o[0].clone(), o[1].clone())))
              for i, b in enumerate(blocks)]
     with torch.no_grad():
-        ex.family.forward(tr, x_t, sigma, t_int, cond, extras)
+        ex.run_forward(inputs)
         for h in hooks:
             h.remove()
         ca = ConceptAttention(tr, blocks, [0, 1])
-        text_tokens = tr.context_embedder(cond["encoder_hidden_states"])
-        run = ca.run(text_tokens, lambda: ex.family.forward(tr, x_t, sigma, t_int, cond, extras))
+        text_tokens = tr.context_embedder(inputs.cond["encoder_hidden_states"])
+        run = ca.run(text_tokens, lambda: ex.run_forward(inputs))
         ca.remove()
     for layer in (0, 1):
         image_out, text_out = captured[layer]

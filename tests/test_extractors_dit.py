@@ -102,8 +102,9 @@ def test_dit_features_equal_a_plain_forward_with_ddpm_noise(tiny_models, ds32, t
 def test_flux_tokens_are_unpacked_onto_the_right_grid(tiny_models, ds32, tmp_path):
     ex = DiffusersDiTExtractor(tiny_models["flux"], timesteps=TIMESTEPS, layers=[1, 3], device="cpu")
     path = extract_dataset(ex, ds32, tmp_path / "f.h5", batch_size=3, progress=False)
-    x_t, sigma, _, cond, _, grid = ex.model_inputs(_images(ds32, 3), [""] * 3, [0, 1, 2])
-    assert grid == (16, 16)
+    inputs = ex.model_inputs(_images(ds32, 3), [""] * 3, [0, 1, 2])
+    x_t, sigma, cond = inputs.x_t, inputs.sigma, inputs.cond
+    assert inputs.grid == (16, 16)
     b, c, h, w = x_t.shape
     # Pack 2x2 latent patches into tokens by explicit loops (independent of the extractor's view/permute).
     packed = torch.zeros(b, (h // 2) * (w // 2), c * 4)
@@ -125,7 +126,8 @@ def test_flux_tokens_are_unpacked_onto_the_right_grid(tiny_models, ds32, tmp_pat
 def test_pixart_extracts_with_its_ddpm_schedule(tiny_models, ds32, tmp_path):
     ex = DiffusersDiTExtractor(tiny_models["pixart"], timesteps=TIMESTEPS, layers=[0, 1], device="cpu")
     path = extract_dataset(ex, ds32, tmp_path / "f.h5", batch_size=2, progress=False)
-    x_t, _, t_int, cond, _, grid = ex.model_inputs(_images(ds32, 3), [""] * 3, [0, 1, 2])
+    inputs = ex.model_inputs(_images(ds32, 3), [""] * 3, [0, 1, 2])
+    x_t, t_int, cond, grid = inputs.x_t, inputs.t_int, inputs.cond, inputs.grid
     tr = ex.transformer
     plain = _plain_block_outputs(tr.transformer_blocks, lambda: tr(
         hidden_states=x_t, timestep=t_int, encoder_hidden_states=cond["encoder_hidden_states"],
@@ -167,9 +169,8 @@ def test_noise_ensemble_is_the_mean_over_draws(tiny_models, ds32):
     blocks = single.transformer.transformer_blocks
     draws = []
     for draw in range(2):
-        x_t, sigma, t_int, cond, extras, grid = single.model_inputs(images, ["", ""], [0, 1], draw)
-        tokens = capture_blocks(blocks, [2], lambda: single.family.forward(single.transformer, x_t, sigma, t_int,
-                                                                          cond, extras), n_img=256)[2]
+        inputs = single.model_inputs(images, ["", ""], [0, 1], draw)
+        tokens = capture_blocks(blocks, [2], lambda: single.run_forward(inputs), n_img=256)[2]
         draws.append(tokens.reshape(2, 16, 16, -1).permute(0, 3, 1, 2))
     torch.testing.assert_close(mean, (draws[0] + draws[1]) / 2)
     assert not torch.allclose(draws[0], draws[1])
