@@ -81,3 +81,22 @@ def normalise_layers(layers: Sequence[int], n_blocks: int, what: str) -> list[in
         if layer % n_blocks not in out:
             out.append(layer % n_blocks)
     return out
+
+
+def parse_resolution(resolution) -> tuple[int, int] | None:
+    """--resolution as (height, width): None, one size (square), "H,W", or a pair."""
+    from probekit.errors import ProbekitError
+
+    if resolution is None:
+        return None
+    if isinstance(resolution, str):
+        resolution = [p for p in resolution.replace("x", ",").split(",") if p.strip()]
+    if isinstance(resolution, (int, float)):
+        resolution = (resolution, resolution)
+    try:
+        h, w = (int(x) for x in (resolution if len(resolution) == 2 else (resolution[0],) * 2))
+    except (TypeError, ValueError):
+        raise ProbekitError(f"--resolution is one size or HEIGHT,WIDTH, got {resolution!r}") from None
+    if h <= 0 or w <= 0:
+        raise ProbekitError(f"--resolution must be positive, got {h}x{w}")
+    return h, w

@@ -259,6 +259,9 @@ class ConceptAttentionExtractor(Extractor):
     def uses_captions(self) -> bool:
         return self.base.uses_captions
 
+    def memory_plan(self) -> list[str]:
+        return self.base.memory_plan()
+
     def prepare(self, captions=()) -> None:
         self.base.prepare(captions)
 

@@ -28,7 +28,7 @@ import torch.nn.functional as F
 
 from probekit.devices import resolve_device, resolve_dtype
 from probekit.errors import ProbekitError
-from probekit.extractors.base import Extractor, normalise_layers
+from probekit.extractors.base import Extractor, normalise_layers, parse_resolution
 from probekit.extractors.dit_family import SITE_MEANINGS, Cond, DiTFamily
 from probekit.extractors.hooks import capture_sites
 from probekit.extractors.loading import load_pretrained, read_json, resolve_weights
@@ -76,18 +76,6 @@ def _full_config(cls, folder: Path) -> dict[str, Any]:
     without building the model."""
     init, _, _ = cls.extract_init_dict(cls.load_config(folder))
     return dict(init)
-
-
-def parse_resolution(resolution) -> tuple[int, int] | None:
-    """None, one size (square) or (height, width)."""
-    if resolution is None:
-        return None
-    if isinstance(resolution, (int, float)):
-        resolution = (resolution, resolution)
-    h, w = (int(x) for x in resolution)
-    if h <= 0 or w <= 0:
-        raise ProbekitError(f"--resolution must be positive, got {h}x{w}")
-    return h, w
 
 
 class DiffusersDiTExtractor(Extractor):
@@ -281,6 +269,15 @@ class DiffusersDiTExtractor(Extractor):
 
     def weights_identity(self) -> dict[str, Any]:
         return weights_identity(self.weights)
+
+    def memory_plan(self) -> list[str]:
+        from probekit.extractors.memory import memory_lines, parameter_counts
+
+        counts = parameter_counts(self.root)
+        if not (self.family.text and self.has_text_encoder):
+            counts = {k: v for k, v in counts.items() if not k.startswith("text_encoder")}
+        itemsize = torch.empty((), dtype=self.dtype).element_size()
+        return memory_lines(counts, itemsize, str(self.device), str(self.dtype).replace("torch.", ""))
 
     def config(self) -> dict[str, Any]:
         return {

@@ -273,8 +273,16 @@ class DiTFamily:
 
     @classmethod
     def capabilities(cls) -> dict[str, Any]:
-        return {"captions": cls.text, "concept_attention": cls.concept_attention,
-                "sites": sorted({s for kind in cls.sites.values() for s in kind})}
+        sites = [s for s in SITE_MEANINGS if any(s in kind for kind in cls.sites.values())]
+        return {"captions": cls.text, "concept_attention": cls.concept_attention, "sites": sites,
+                "block_kinds": list(cls.block_lists), "noise": cls.noise_default}
+
+    @classmethod
+    def capability_line(cls) -> str:
+        caps = cls.capabilities()
+        yes = {True: "yes", False: "no"}
+        return (f"captions: {yes[caps['captions']]}; concept attention: {yes[caps['concept_attention']]}; "
+                f"sites: {', '.join(caps['sites'])}; blocks: {' then '.join(caps['block_kinds'])}")
 
 
 class ConfigOnly:

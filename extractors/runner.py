@@ -282,7 +282,7 @@ def extract_dataset(extractor: Extractor, dataset, out: str | os.PathLike, *, li
         plan.shards_done = len(run.shards) - len(run.missing())
     free = free_bytes(out.parent)
     if workers.is_main:
-        for line in plan.lines(free, verbose=dry_run):
+        for line in plan.lines(free, verbose=dry_run) + (extractor.memory_plan() if dry_run else []):
             echo(line)
     if dry_run:
         if projection_pending:  # a plan of val/test before train exists: the shapes are known, the rest is not

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 
 from probekit.errors import ProbekitError
 from probekit.devices import resolve_device, resolve_dtype
-from probekit.extractors.base import Extractor, normalise_layers
+from probekit.extractors.base import Extractor, normalise_layers, parse_resolution
 from probekit.keys import feature_key
 from probekit.provenance import weights_identity
 from probekit.safety import refuse_pickled_weights
@@ -27,12 +27,12 @@ class TimmViTExtractor(Extractor):
     name = "timm"
 
     def __init__(self, model: str, weights: str | None = None, layers: Sequence[int] = (-1,),
-                 resolution: int | None = None, device: str = "cpu", dtype: str = "auto",
+                 resolution=None, device: str = "cpu", dtype: str = "auto",
                  model_kwargs: dict[str, Any] | None = None, name: str | None = None, **ignored: Any):
         import timm
 
         self.name = name or f"timm:{model}"
-        self.model_name, self.weights, self.resolution = model, weights, resolution
+        self.model_name, self.weights, self.resolution = model, weights, parse_resolution(resolution)
         self.ignored = sorted(k for k, v in ignored.items() if v is not None)
         self.model_kwargs = dict(model_kwargs or {})
         self.device = resolve_device(device)
@@ -76,13 +76,13 @@ class TimmViTExtractor(Extractor):
 
     def config(self) -> dict[str, Any]:
         return {"extractor": self.name, "model": self.model_name, "weights": self.weights, "layers": self.layers,
-                "resolution": self.resolution, "num_prefix_tokens": self.num_prefix_tokens,
+                "resolution": list(self.resolution) if self.resolution else None, "num_prefix_tokens": self.num_prefix_tokens,
                 "patch_size": _patch_size(self.model), "mean": self.mean.flatten().tolist(),
                 "std": self.std.flatten().tolist(), "model_kwargs": self.model_kwargs, "device": str(self.device),
                 "dtype": str(self.dtype).replace("torch.", ""), "ignored_options": self.ignored}
 
     def feature_shapes(self, image_size: tuple[int, int]) -> dict[str, tuple[int, int, int]]:
-        h, w = (self.resolution, self.resolution) if self.resolution is not None else image_size
+        h, w = self.resolution or image_size
         patch = _patch_size(self.model)
         if h % patch or w % patch:
             raise ProbekitError(f"image size {h}x{w} is not divisible by the patch size {patch}; set --resolution")
@@ -91,8 +91,8 @@ class TimmViTExtractor(Extractor):
     @torch.inference_mode()
     def extract(self, images: torch.Tensor, captions: Sequence[str], indices: Sequence[int]) -> dict[str, torch.Tensor]:
         x = images.float()
-        if self.resolution is not None and x.shape[-1] != self.resolution:
-            x = F.interpolate(x, size=(self.resolution, self.resolution), mode="bicubic", align_corners=False,
+        if self.resolution is not None and tuple(x.shape[-2:]) != self.resolution:
+            x = F.interpolate(x, size=self.resolution, mode="bicubic", align_corners=False,
                               antialias=True).clamp(0, 1)
         patch = _patch_size(self.model)
         if x.shape[-2] % patch or x.shape[-1] % patch:

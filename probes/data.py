@@ -21,7 +21,7 @@ import torch
 from probekit.combined import open_features
 from probekit.errors import FeatureFileError, ProbekitError
 from probekit.devices import resolve_device
-from probekit.keys import feature_key
+from probekit.keys import DEFAULT_SITE, FeatureKey, feature_key, sites_of
 from probekit.prefetch import prefetched
 from probekit.probes.config import ProbeConfig
 from probekit.probes.fusion import STACKED, STACKED_KEYS
@@ -73,12 +73,20 @@ def storage_label(reader) -> str:
 
 
 def resolve_keys(reader, fusion: str, timestep: int | None = None, layer: int | None = None,
-                 keys: Sequence[str] | None = None) -> list[str]:
+                 keys: Sequence[str] | None = None, site: str | None = None) -> list[str]:
     if fusion != "single" and (timestep is not None or layer is not None):
         raise ProbekitError(f"--timestep/--layer pick the one map of a single-map probe; {fusion} fusion fuses "
                             "several maps (all of the file's by default): drop them, or use --fusion single")
     if keys is None and layer is not None:
-        keys = [feature_key(timestep, layer)]
+        keys = [feature_key(timestep, layer, site or DEFAULT_SITE)]
+    elif keys is None and site is not None:  # one capture site: its maps only
+        keys = [k for k in reader.keys if FeatureKey(k).site == site]
+        if not keys:
+            raise ProbekitError(f"{reader.path} holds no maps of capture site {site!r} (its sites: "
+                                f"{', '.join(sites_of(reader.keys))})")
+        if fusion == "single" and len(keys) > 1:
+            raise ProbekitError(f"{reader.path} holds {len(keys)} maps of site {site!r}; choose one with --timestep "
+                                "and --layer")
     if keys is None:
         if fusion == "single":
             if len(reader.keys) == 1:
@@ -202,7 +210,8 @@ class ProbeData:
     """Readers, keys, rows and the task of one probe run; ``batches`` serves minibatches on the device."""
 
     def __init__(self, cfg: ProbeConfig, train_features, eval_features, *, val_features=None, guidance=None,
-                 eval_guidance=None, val_guidance=None, timestep: int | None = None, layer: int | None = None):
+                 eval_guidance=None, val_guidance=None, timestep: int | None = None, layer: int | None = None,
+                 site: str | None = None):
         from probekit.registries import TASKS
 
         if (guidance is None) != (eval_guidance is None) or (val_guidance is not None and val_features is None):
@@ -220,18 +229,18 @@ class ProbeData:
             self.readers.append(open_features(with_guidance(eval_features, eval_guidance)))
             if val_features is not None:
                 self.readers.append(open_features(with_guidance(val_features, val_guidance)))
-            self._setup(cfg, guidance, timestep, layer, TASKS)
+            self._setup(cfg, guidance, timestep, layer, site, TASKS)
         except BaseException:
             self.close()
             raise
 
-    def _setup(self, cfg, guidance, timestep, layer, tasks) -> None:
+    def _setup(self, cfg, guidance, timestep, layer, site, tasks) -> None:
         train, evaluation = self.readers[0], self.readers[1]
         val = self.readers[2] if len(self.readers) > 2 else None
         self.guidance_keys = [k for k in train.keys if "/concepts=" in k] if guidance is not None else []
         if guidance is not None and not self.guidance_keys:
             raise FeatureFileError(f"{_paths(guidance)[0]} holds no concept maps to use as guidance")
-        self.keys = resolve_keys(_Without(train, self.guidance_keys), cfg.fusion, timestep, layer, cfg.keys)
+        self.keys = resolve_keys(_Without(train, self.guidance_keys), cfg.fusion, timestep, layer, cfg.keys, site)
         cfg.keys = self.keys
         for other in self.readers[1:]:
             check_compatible(train, other, self.all_keys, cfg.cross_dataset)

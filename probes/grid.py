@@ -8,6 +8,8 @@ from typing import Any
 
 from probekit import scores
 from probekit.combined import open_features
+from probekit.errors import ProbekitError
+from probekit.keys import FeatureKey
 from probekit.probes.trainer import train_probe
 
 FUSION_MODES = ("single", "concat", "global", "spatial")  # the grid's order: each map alone, then fused
@@ -25,10 +27,13 @@ def grid_cells(keys: Sequence[str], fusions: Sequence[str] = FUSION_MODES) -> li
 
 def run_grid(train_features: str | Path, eval_features: str | Path, *, val_features: str | Path | None = None,
              results_root: str | Path = "results", fusions: Sequence[str] = FUSION_MODES, overwrite: str = "skip",
-             progress: bool = True, echo=print, **config: Any) -> list[dict[str, Any]]:
-    """One result record per cell, at the default run directory of each; existing cells are kept by default."""
+             progress: bool = True, echo=print, site: str | None = None, **config: Any) -> list[dict[str, Any]]:
+    """One result record per cell, at the default run directory of each; existing cells are kept by default.
+    ``site`` keeps the grid to one capture site's maps."""
     with open_features(train_features) as reader:
-        keys = list(config.pop("keys", None) or reader.keys)
+        keys = [k for k in (config.pop("keys", None) or reader.keys) if site is None or FeatureKey(k).site == site]
+    if not keys:
+        raise ProbekitError(f"{train_features}: no maps of capture site {site!r}")
     records = []
     for cell in grid_cells(keys, fusions):
         record = train_probe(train_features, eval_features, val_features=val_features, results_root=results_root,

@@ -18,7 +18,7 @@ import torch
 
 from probekit import atomic
 from probekit.errors import ProbekitError
-from probekit.keys import FeatureKey, feature_key, layers_of, timesteps_of
+from probekit.keys import FeatureKey, columns_of, layers_of, timesteps_of
 from probekit.provenance import base_provenance
 from probekit.results import ResultRecord
 
@@ -75,13 +75,14 @@ def fusion_weights(keys: list[str], per_seed: list[dict[str, float] | None], kin
         return None
     mean = {k: float(np.mean([w[k] for w in runs])) for k in keys}
     std = {k: (float(np.std([w[k] for w in runs], ddof=1)) if len(runs) > 1 else None) for k in keys}
-    timesteps, layers = timesteps_of(keys), layers_of(keys)
+    timesteps, columns = timesteps_of(keys), columns_of(keys)
+    cell = {(FeatureKey(k).timestep, FeatureKey(k).column): k for k in keys}
 
     def grid(values):
-        return [[values.get(feature_key(t, layer)) for layer in layers] for t in timesteps] if timesteps else None
+        return [[values.get(cell.get((t, c))) for c in columns] for t in timesteps] if timesteps else None
 
     return {"kind": kind, "per_key": mean, "per_key_std": std, "per_seed": runs, "seeds": len(runs),
-            "timesteps": timesteps, "layers": layers, "matrix": grid(mean), "matrix_std": grid(std),
+            "timesteps": timesteps, "layers": columns, "matrix": grid(mean), "matrix_std": grid(std),
             "normalised_over": normalised_over, "level": level, "reading": READINGS[level]}
 
 

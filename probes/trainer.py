@@ -50,14 +50,15 @@ def _edge(lrs: list[float], chosen: float) -> str | None:
 def train_probe(train_features: PathOrPaths, eval_features: PathOrPaths, *, val_features: PathOrPaths | None = None,
                 guidance: PathOrPaths | None = None, eval_guidance: PathOrPaths | None = None,
                 val_guidance: PathOrPaths | None = None, timestep: int | None = None, layer: int | None = None,
-                out: str | Path | None = None, results_root: str | Path = "results", overwrite: str = "error",
+                site: str | None = None, out: str | Path | None = None, results_root: str | Path = "results", overwrite: str = "error",
                 progress: bool = True, tick: Callable[[str], None] | None = None, return_existing: bool = False,
                 **options: Any) -> dict[str, Any] | None:
     """Train one probe; returns the result record as a dict (None when skipped as existing).
 
     Each ``*_features`` is one feature file, or several files of the same samples combined (keys prefixed
     with their source, see probekit.combined). ``options`` are `ProbeConfig` fields (task, fusion, head, keys,
-    epochs, lrs, seeds, ...; ``seed``, ``lr`` and ``key`` are shorthands). ``tick`` is called after each
+    epochs, lrs, seeds, ...; ``seed``, ``lr`` and ``key`` are shorthands). ``timestep``/``layer``/``site`` pick
+    the map of a single-map probe; ``site`` alone keeps a fused probe to one capture site. ``tick`` is called after each
     trained trial (for a progress display over many runs). ``overwrite``: "error" (refuse an existing run),
     "overwrite", "skip" (keep an existing run), or "reuse" (keep an existing run that covers these settings and
     seeds, replace one of other settings). A run kept returns None, or with ``return_existing`` its record
@@ -66,7 +67,8 @@ def train_probe(train_features: PathOrPaths, eval_features: PathOrPaths, *, val_
     cfg = ProbeConfig.build(**options)
     started = time.perf_counter()
     with ProbeData(cfg, train_features, eval_features, val_features=val_features, guidance=guidance,
-                   eval_guidance=eval_guidance, val_guidance=val_guidance, timestep=timestep, layer=layer) as data:
+                   eval_guidance=eval_guidance, val_guidance=val_guidance, timestep=timestep, layer=layer,
+                   site=site) as data:
         train = data.train_reader
         name = probe_name(cfg, data.keys) + ("-guided" if data.guidance_keys else "")
         storage = storage_label(train)

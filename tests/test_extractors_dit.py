@@ -206,3 +206,46 @@ def test_noise_schedule_from_scheduler_configs():
     assert flow.sigma(500) == pytest.approx(0.75)  # 3*0.5 / (1 + 2*0.5)
     ddpm = NoiseSchedule.from_scheduler_config(None, "ddpm")
     assert ddpm.kind == "ddpm" and NoiseSchedule.ddpm_t(1000) == 999
+
+
+def test_non_square_resolution_keeps_the_aspect_ratio_and_probes_read_it(tiny_models, ds32, tmp_path):
+    """--resolution 32,48 on square images: maps on a 16x24 token grid (patch 2), planned and stored alike, and
+    the probe stage trains on them (labels stay at the dataset's size)."""
+    from probekit.probes.trainer import train_probe
+
+    ex = DiffusersDiTExtractor(tiny_models["sd3"], timesteps=[200], layers=[1], resolution=(32, 48), device="cpu")
+    assert ex.feature_shapes((32, 32)) == {"t=200/layer=1": (32, 16, 24)}
+    train = extract_dataset(ex, ds32, tmp_path / "train.h5", progress=False)
+    test = extract_dataset(ex, ShapeWorld("test", image_size=32, size=2), tmp_path / "test.h5", progress=False)
+    with FeatureReader(train) as r:
+        assert r.shape("t=200/layer=1") == (32, 16, 24)
+        assert r.provenance["extractor"]["resolution"] == [32, 48]
+    rec = train_probe(train, test, out=tmp_path / "run", task="seg", key="t=200/layer=1", epochs=1, lrs=[1e-2],
+                      progress=False)
+    assert 0.0 <= rec["main_score"] <= 1.0 and rec["config"]["keys"] == ["t=200/layer=1"]
+
+
+def test_text_encoders_are_freed_before_the_transformer_loads(tmp_path):
+    """A folder's text encoders encode every prompt once and leave before the transformer arrives; the dry-run
+    plan says what is resident when, with sizes from the safetensors headers."""
+    from helpers import make_tiny_shapeworld_mmdit
+
+    folder = make_tiny_shapeworld_mmdit(tmp_path / "mmdit", num_layers=2)
+    ex = DiffusersDiTExtractor(folder, timesteps=[300], layers=[1], conditioning="caption", device="cpu")
+    assert ex.family.transformer is None  # nothing but configs read so far
+    ex.prepare(["a red circle", "a blue square", "a red circle"])
+    assert ex._encoder is None and ex.family.transformer is None
+    assert set(ex._cond_cache) == {"a red circle", "a blue square"}
+    maps = ex.extract(torch.rand(1, 3, 64, 64), ["a blue square"], [0])
+    assert ex._encoder is None, "a prepared prompt must not bring the text encoder back"
+    assert maps["t=300/layer=1"].shape[0] == 1
+    lines = ex.memory_plan()
+    from probekit.extractors.memory import parameter_counts
+
+    counts = parameter_counts(folder)
+    assert counts["transformer"] == sum(v.numel() for v in ex.transformer.state_dict().values())
+    text_bytes = counts["text_encoder"] * 4
+    assert any(line.startswith("  text encoders") and "then freed" in line for line in lines)
+    from probekit.extractors.plan import human
+
+    assert human(text_bytes) in "\n".join(lines)

@@ -44,9 +44,10 @@ def cli(ctx, threads) -> None:
 
 @cli.command("ls")
 @click.argument("kind", required=False,
-                type=click.Choice(["extractors", "datasets", "tasks", "heads", "fusions"]))
+                type=click.Choice(["extractors", "datasets", "tasks", "heads", "fusions", "families"]))
 def ls_command(kind: str | None) -> None:
-    """List registered extractors, datasets, tasks, heads and fusions."""
+    """List registered extractors, datasets, tasks, heads, fusions and DiT families (by transformer class: what
+    `--extractor dit --weights FOLDER` reads; with what each supports)."""
     from probekit.registries import ALL
 
     for name, registry in ALL.items():
@@ -57,6 +58,8 @@ def ls_command(kind: str | None) -> None:
         width = max((len(e.name) for e in entries), default=0)
         for entry in entries:
             click.echo(f"  {entry.name:<{width}}  {entry.summary}")
+            if name == "families":  # family modules import no torch: reading their capabilities is cheap
+                click.echo(f"  {'':<{width}}    {entry.load().capability_line()}")
 
 
 for _command in (extract.extract, extract.merge, extract.data, probe.probe, probe.zeroshot, report.report,

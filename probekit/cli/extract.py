@@ -7,6 +7,7 @@ import sys
 import click
 
 from probekit.cli import options as opt
+from probekit.extractors.dit_family import SITE_MEANINGS  # imports no torch
 
 
 @click.command()
@@ -33,8 +34,13 @@ from probekit.cli import options as opt
 @click.option("--ensemble", type=opt.POSITIVE, default=1, show_default=True, help="Average features over K noise draws.")
 @click.option("--conditioning", type=click.Choice(["empty", "caption"]), default="empty", show_default=True,
               help="Text prompt: the empty prompt, or each sample's caption.")
-@click.option("--resolution", type=opt.POSITIVE, default=None,
-              help="Resize images to this square size before encoding.")
+@click.option("--resolution", type=opt.RESOLUTION, default=None,
+              help="Resize images to this size before encoding: one number (square) or HEIGHT,WIDTH (maps keep "
+                   "the aspect ratio).")
+@click.option("--sites", type=opt.NameList(SITE_MEANINGS), default="output", show_default=True,
+              help="DiT capture sites in each block, comma-separated: output (the block's output), norm1 (the "
+                   "AdaLN-modulated input of attention), attn (attention output), mlp (feed-forward output). "
+                   "Several sites cost one forward; each is stored under its own key (`probekit ls families`).")
 @click.option("--concept-attention", is_flag=True,
               help="Store concept-attention maps (MM-DiT only) instead of block features.")
 @click.option("--concepts", default=None, help="Comma-separated concept words; default: the dataset's class names.")
@@ -67,7 +73,7 @@ from probekit.cli import options as opt
 @opt.quiet
 @opt.friendly_errors
 def extract(extractor, dataset, split, data_root, image_size, timesteps, layers, out, weights, limit, batch_size,
-            device, dtype, seed, ensemble, conditioning, resolution, concept_attention, concepts, concept_layers,
+            device, dtype, seed, ensemble, conditioning, resolution, sites, concept_attention, concepts, concept_layers,
             shard_size, on_error, part, pool, channels, projection, projection_from, fit_samples, store_dtype, dry_run,
             overwrite, quiet):
     """Extract per-timestep, per-layer features of a dataset split into an HDF5 feature file.
@@ -96,6 +102,7 @@ def extract(extractor, dataset, split, data_root, image_size, timesteps, layers,
     device = device_for(workers, device)
     ex = build_extractor(extractor, weights=weights, timesteps=timesteps, layers=layers, seed=seed,
                          ensemble=ensemble, conditioning=conditioning, resolution=resolution, device=device,
+                         sites=sites if sites != ["output"] else None,
                          dtype=dtype)
     if concept_attention:
         from probekit.extractors.concept_attention import ConceptAttentionExtractor

@@ -106,7 +106,44 @@ class FiniteFloat(click.ParamType):
         return v
 
 
+class Resolution(click.ParamType):
+    """One size (square) or HEIGHT,WIDTH."""
+
+    name = "SIZE|H,W"
+
+    def convert(self, value, param, ctx):
+        if value is None or isinstance(value, tuple):
+            return value
+        parts = [p.strip() for p in str(value).replace("x", ",").split(",") if p.strip()]
+        try:
+            sizes = [int(p) for p in parts]
+        except ValueError:
+            self.fail(f"{value!r} is not a size or HEIGHT,WIDTH", param, ctx)
+        if len(sizes) not in (1, 2) or min(sizes) <= 0:
+            self.fail(f"{value!r} is not a positive size or HEIGHT,WIDTH", param, ctx)
+        return (sizes[0], sizes[-1])
+
+
+class NameList(click.ParamType):
+    """Comma-separated names, each one of ``choices``."""
+
+    name = "NAMES"
+
+    def __init__(self, choices):
+        self.choices = list(choices)
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, list):
+            return value
+        names = [v.strip() for v in str(value).split(",") if v.strip()]
+        bad = [n for n in names if n not in self.choices]
+        if bad or not names:
+            self.fail(f"{value!r}: choose from {', '.join(self.choices)}", param, ctx)
+        return list(dict.fromkeys(names))
+
+
 INT_LIST = IntList()
+RESOLUTION = Resolution()
 POSITIVE = click.IntRange(min=1)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from probekit.cli import options as opt
+from probekit.extractors.dit_family import SITE_MEANINGS  # imports no torch
 from probekit.probes.config import (DEFAULT_BATCH_SIZE, DEFAULT_EPOCHS, DEFAULT_FUSION_LR, DEFAULT_LRS,
                                    DEFAULT_OWN_LOSS_WEIGHTS, DEPTH_LOSSES)
 
@@ -29,6 +30,9 @@ from probekit.probes.config import (DEFAULT_BATCH_SIZE, DEFAULT_EPOCHS, DEFAULT_
 @click.option("--head", default="linear", show_default=True, help="linear | conv | deeplab | dpt.")
 @click.option("--timestep", type=int, default=None, help="Timestep of the feature map (single fusion).")
 @click.option("--layer", type=int, default=None, help="Layer of the feature map (single fusion).")
+@click.option("--site", type=click.Choice(list(SITE_MEANINGS)), default=None,
+              help="DiT capture site: of the map (single fusion, default output), or the only site a fused probe "
+                   "reads (default: every map of the file, so fusion spans sites and timesteps).")
 @click.option("--grid", is_flag=True, help="Run the ablation grid: every single map, then concat, global, spatial.")
 @click.option("--out", "-o", type=click.Path(file_okay=False), default=None,
               help="Run directory; default results/<extractor>/<dataset>/<task>/<probe>.")
@@ -72,7 +76,7 @@ from probekit.probes.config import (DEFAULT_BATCH_SIZE, DEFAULT_EPOCHS, DEFAULT_
 @click.pass_context
 @opt.friendly_errors
 def probe(ctx, features, eval_features, val_features, guidance, eval_guidance, val_guidance, task, fusion, head,
-          timestep, layer, grid, out, results_root, epochs, batch_size, lrs, fusion_lr, weight_decay, fusion_dim,
+          timestep, layer, site, grid, out, results_root, epochs, batch_size, lrs, fusion_lr, weight_decay, fusion_dim,
           fusion_level, own_loss_weights, depth_output, depth_loss, eval_crop, seeds, device, cross_dataset,
           overwrite_mode, quiet):
     """Train probe heads on frozen features, select on validation, score on held-out features."""
@@ -93,13 +97,13 @@ def probe(ctx, features, eval_features, val_features, guidance, eval_guidance, v
         for name in ("fusion", "timestep", "layer"):
             if ctx.get_parameter_source(name) == click.core.ParameterSource.COMMANDLINE:
                 raise click.UsageError(f"--grid runs every map and every fusion; drop --{name}")
-        run_grid(features, eval_features, val_features=val_features, results_root=results_root,
+        run_grid(features, eval_features, val_features=val_features, results_root=results_root, site=site,
                  overwrite=overwrite_mode or "skip", progress=not quiet, echo=click.echo, **config)
         return
     from probekit.probes.trainer import train_probe
 
     record = train_probe(features, eval_features, val_features=val_features, timestep=timestep, layer=layer,
-                         out=out, results_root=results_root, overwrite=overwrite_mode or "error",
+                         site=site, out=out, results_root=results_root, overwrite=overwrite_mode or "error",
                          progress=not quiet, fusion=fusion, **config)
     if record is None:
         click.echo("skipped: a result already exists (--skip-existing)")

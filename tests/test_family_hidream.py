@@ -1,0 +1,138 @@
+"""HiDream-I1 (HiDreamImageTransformer2DModel) against its own HiDreamImagePipeline: a tiny random pipeline folder
+with its four text encoders (two CLIP with projection, T5, Llama 3), written and loaded back offline.
+
+The pipeline renders every request at an area of (128 * vae_scale)^2 pixels, whatever height and width it is
+given: its latents are always 128 x 128 at that area. The tiny VAE downsamples 2x, so the pipeline works at
+256 x 256 pixels; probekit is run at that resolution, and a patch of 16 keeps the token grid at 8 x 8."""
+
+import pytest
+import torch
+
+from pipeline_check import PipelineCheck, assert_matches_pipeline
+from probekit.datasets.shapeworld import ShapeWorld
+from tiny_text import char_tokenizer, tiny_clip, tiny_t5
+
+LAYERS = [1, 3]  # a double-stream block and a single-stream block
+RESOLUTION = 256
+SHIFT, SCALE = 0.1159, 0.3611
+
+
+def tiny_llama(tokenizer, hidden=16):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=2,
+                      num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=256,
+                      bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+                      pad_token_id=tokenizer.eos_token_id)
+    return LlamaForCausalLM(cfg).eval()
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+    from diffusers import AutoencoderKL, HiDreamImagePipeline, HiDreamImageTransformer2DModel, UniPCMultistepScheduler
+
+    clip_tok = char_tokenizer(bos="<|startoftext|>", eos="<|endoftext|>", model_max_length=128)
+    t5_tok = char_tokenizer(eos="</s>", model_max_length=512)
+    llama_tok = char_tokenizer(bos="<|begin_of_text|>", eos="<|end_of_text|>", model_max_length=128)
+    torch.manual_seed(0)
+    transformer = HiDreamImageTransformer2DModel(
+        patch_size=16, in_channels=4, num_layers=2, num_single_layers=2, attention_head_dim=16, num_attention_heads=2,
+        caption_channels=[32, 16], text_emb_dim=16, num_routed_experts=4, num_activated_experts=2,
+        axes_dims_rope=(8, 4, 4), max_resolution=(128, 128), llama_layers=[1, 0, 1, 1])
+    vae = AutoencoderKL(down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
+                        block_out_channels=(16, 32), layers_per_block=1, latent_channels=4, norm_num_groups=8,
+                        sample_size=64, shift_factor=SHIFT, scaling_factor=SCALE,
+                        mid_block_add_attention=False)  # attention over 128x128 latents would take seconds
+    # HiDream-I1-Full's scheduler: UniPC run as a flow sampler with a static shift.
+    scheduler = UniPCMultistepScheduler(use_flow_sigmas=True, flow_shift=3.0, prediction_type="flow_prediction")
+    pipe = HiDreamImagePipeline(
+        scheduler=scheduler, vae=vae, transformer=transformer,
+        text_encoder=tiny_clip(clip_tok, hidden=16, projection=8), tokenizer=clip_tok,
+        text_encoder_2=tiny_clip(clip_tok, hidden=16, projection=8, seed=1), tokenizer_2=clip_tok,
+        text_encoder_3=tiny_t5(t5_tok, d_model=32), tokenizer_3=t5_tok,
+        text_encoder_4=tiny_llama(llama_tok), tokenizer_4=llama_tok)
+    path = tmp_path_factory.mktemp("hidream") / "pipe"
+    pipe.save_pretrained(path)
+    return path
+
+
+def double_image(output, n_img):
+    """Double-stream blocks return (image, text)."""
+    return output[0]
+
+
+def single_image(output, n_img):
+    """Single-stream blocks return the joined [image; text] sequence."""
+    return output[:, :n_img]
+
+
+@pytest.fixture(scope="module")
+def check(folder):
+    from diffusers import HiDreamImagePipeline
+
+    pipe = HiDreamImagePipeline.from_pretrained(folder)
+    return PipelineCheck(pipe=pipe, blocks=lambda tr: list(tr.double_stream_blocks) + list(tr.single_stream_blocks),
+                         call=lambda prompt: {"prompt": prompt, "guidance_scale": 1.0},  # CFG off: one forward
+                         image_tokens={1: double_image, 3: single_image})
+
+
+@pytest.mark.parametrize("conditioning", ["empty", "caption"])
+def test_maps_equal_the_hidream_pipeline(folder, check, tmp_path, conditioning):
+    ds = ShapeWorld("train", size=2)  # 64 px, resized to 256 px -> 128x128 latents -> 8x8 tokens of 16x16
+    worst = assert_matches_pipeline(folder, check, tmp_path, layers=LAYERS, conditioning=conditioning, dataset=ds,
+                                    resolution=RESOLUTION)
+    print(f"worst relative difference ({conditioning}): {worst:.2e}")
+
+
+def test_latents_are_the_vae_mode_shifted_and_scaled(folder):
+    from probekit.extractors.diffusers_dit import DiffusersDiTExtractor
+
+    ex = DiffusersDiTExtractor(folder, timesteps=[0], layers=[0], device="cpu")
+    images = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    expected = (ex.vae.encode(images * 2 - 1).latent_dist.mode() - SHIFT) * SCALE
+    torch.testing.assert_close(ex.encode_images(images), expected)
+
+
+def test_sigma_is_the_unipc_flow_shift_and_mu_the_max_seq_shift(folder):
+    """UniPC with flow sigmas: sigma = k u / (1 + (k - 1) u), k = flow_shift, no mu. With a dynamically shifting
+    FlowMatch scheduler the pipeline's mu is calculate_shift(max_seq), whatever the image's token count."""
+    from probekit.extractors.diffusers_dit import DiffusersDiTExtractor
+
+    ex = DiffusersDiTExtractor(folder, timesteps=[300], layers=[0], device="cpu")
+    assert ex.schedule.kind == "flow" and not ex.schedule.dynamic
+    assert ex.family.mu(64) is None
+    assert ex.schedule.sigma(300) == pytest.approx(3 * 0.3 / (1 + 2 * 0.3))
+    timestep = ex.family.timestep_input(torch.tensor([0.4]), torch.tensor([400]))
+    assert float(timestep) == pytest.approx(400.0)  # the scheduler's timestep, sigma * 1000, as the pipeline passes it
+
+    family = type(ex.family)(ex.family.config, ex.family.vae_config, {"use_dynamic_shifting": True})
+    max_seq = 128 * 128 // 16 ** 2
+    for tokens in (16, 64):
+        assert family.mu(tokens) == pytest.approx(0.5 + 0.65 * (max_seq - 256) / 3840)
+
+
+def test_every_declared_site_extracts(folder):
+    from probekit.extractors.diffusers_dit import DiffusersDiTExtractor
+
+    family_sites = ["output", "attn", "mlp"]
+    images = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(1))
+    kwargs = dict(timesteps=[200, 700], layers=[0, 1, 2, 3], device="cpu", resolution=RESOLUTION)
+    ex = DiffusersDiTExtractor(folder, sites=family_sites, **kwargs)
+    assert ex.family.available_sites() == family_sites
+    ex.prepare()
+    maps = ex.extract(images, ["", ""], [0, 1])
+    shapes = ex.feature_shapes((64, 64))
+    assert {k: tuple(v.shape[1:]) for k, v in maps.items()} == shapes
+    plain = DiffusersDiTExtractor(folder, **kwargs)
+    plain.prepare()
+    for key, value in plain.extract(images, ["", ""], [0, 1]).items():
+        torch.testing.assert_close(maps[key], value)
+
+
+def test_norm1_is_refused_with_a_reason(folder):
+    from probekit.errors import ProbekitError
+    from probekit.extractors.diffusers_dit import DiffusersDiTExtractor
+
+    with pytest.raises(ProbekitError, match="AdaLN"):
+        DiffusersDiTExtractor(folder, timesteps=[100], layers=[0], sites=["norm1"], device="cpu")
