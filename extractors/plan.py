@@ -133,7 +133,9 @@ class ExtractionPlan:
                 if k is None and d is None:
                     continue
                 label = " ".join(x for x in (f"--pool {k}" if k else "", f"--channels {d}" if d else "") if x)
-                yield label, StorageOptions(pool=k or opts.pool, channels=d or opts.channels, dtype=opts.dtype)
+                channels = d or opts.channels
+                yield label, StorageOptions(pool=k or opts.pool, channels=channels, dtype=opts.dtype,
+                                            drop_massive=None if channels else opts.drop_massive)
 
 
 def _bytes_per_image(raw_shapes, label_bytes: int, opts: StorageOptions) -> int:

@@ -117,6 +117,9 @@ def _storage_fingerprint(options: StorageOptions, source: Projection | None) -> 
     if not options.reduces and options.dtype == "float16":
         return None
     out: dict[str, Any] = {"pool": options.pool, "channels": options.channels, "dtype": options.dtype}
+    if options.drop_massive is not None:
+        out["drop_massive"] = options.drop_massive
+        out["projection"] = {"from": source.sha256()} if source is not None else {"fit_samples": options.fit_samples}
     if options.channels is not None:
         out["projection"] = options.projection if source is None else {"from": source.sha256()}
         if source is None and options.projection == "pca":
@@ -190,7 +193,7 @@ def _fit_batches(extractor, dataset, reference, n: int, batch_size: int, reducer
 def _projection(extractor, dataset, first, split: str | None, run: ExtractionRun, options: StorageOptions, source,
                 raw_shapes, batch_size: int, workers: Workers, echo) -> Projection | None:
     """The run's channel projection: kept in OUT.parts/ (so a resumed run reuses it), made once."""
-    if options.channels is None:
+    if not options.projects:
         return None
     path = run.projection_path
     if not path.is_file():
@@ -199,6 +202,14 @@ def _projection(extractor, dataset, first, split: str | None, run: ExtractionRun
         else:
             if source is not None:
                 projection = source
+            elif options.drop_massive is not None:
+                echo(f"finding the {options.drop_massive} massive-activation channels of each map on the first "
+                     f"{options.fit_samples} images")
+                with torch.inference_mode():
+                    projection = Projection.drop_massive(
+                        _fit_batches(extractor, dataset, first, options.fit_samples, batch_size, Reducer(options)),
+                        options.drop_massive, {"fit_samples": options.fit_samples, "fit_split": split})
+                _echo_dropped(projection, echo)
             elif options.projection == "random":
                 channels = {k: s[0] for k, s in raw_shapes.items()}
                 projection = Projection.random(channels, options.channels, options.seed)
@@ -215,6 +226,13 @@ def _projection(extractor, dataset, first, split: str | None, run: ExtractionRun
     elif workers.distributed:
         workers.barrier()
     return Projection.load(path)
+
+
+def _echo_dropped(projection: Projection, echo) -> None:
+    for key, channels in projection.info["dropped"].items():
+        shown = ", ".join(f"{d['channel']} ({d['mean_abs']:.3g}, {d['over_median']:.0f}x the median)"
+                          if d["over_median"] else str(d["channel"]) for d in channels)
+        echo(f"  {key}: dropped channels {shown}")
 
 
 def _save_first(projection: Projection, path: Path) -> None:
@@ -268,7 +286,8 @@ def extract_dataset(extractor: Extractor, dataset, out: str | os.PathLike, *, li
                           and not Path(storage.projection_from).exists())
     if storage.projection_from is not None and not projection_pending:
         source = Projection.from_feature_file(storage.projection_from, list(raw_shapes),
-                                              {k: s[0] for k, s in raw_shapes.items()}, storage.channels)
+                                              {k: s[0] for k, s in raw_shapes.items()},
+                                              {k: storage.stored_channels(s[0]) for k, s in raw_shapes.items()})
     plan = ExtractionPlan(out=out, num_samples=n, shard_size=shard_size or 1, shards_done=0,
                           raw_shapes=raw_shapes, shapes=shapes, feature_dtype=storage.dtype,
                           label_shapes={name: getattr(first, name).shape for name in LABEL_NAMES

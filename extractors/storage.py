@@ -8,6 +8,9 @@ Each reduction runs on the extractor's device before anything is copied to the h
   images of the run (normally the training split) or a seeded random orthogonal matrix. It is stored in the
   feature file, and val/test extractions reuse it by naming the training file (``projection_from``); probes
   refuse files whose projections differ;
+- ``drop_massive K``: drop, per map, the K channels with the largest mean absolute activation over the first
+  images' tokens (DiT "massive activations": a few channels orders of magnitude above the rest; DiTF drops
+  them). A channel selection stored and reused exactly like a projection; the file names the channels dropped;
 - ``dtype``: float16 (default), bfloat16 (float32's range: FLUX activations can exceed float16's 65,504) or
   float32.
 
@@ -17,6 +20,7 @@ Everything is recorded in the file's ``storage`` attribute and in the run finger
 from __future__ import annotations
 
 import hashlib
+import json
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -29,7 +33,7 @@ import torch.nn.functional as F
 from probekit.errors import FeatureFileError, ProbekitError
 from probekit.store import FEATURE_DTYPES, FeatureReader
 
-PROJECTIONS = ("pca", "random")
+PROJECTIONS = ("pca", "random")  # --drop-massive makes the third kind, a channel selection
 TORCH_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
 _SHORT_DTYPE = {"float16": "fp16", "bfloat16": "bf16", "float32": "fp32"}
 
@@ -43,6 +47,7 @@ class StorageOptions:
     fit_samples: int = 64
     dtype: str = "float16"
     seed: int = 0
+    drop_massive: int | None = None
 
     def __post_init__(self):
         if self.pool is not None and self.pool < 1:
@@ -55,12 +60,25 @@ class StorageOptions:
             raise ProbekitError(f"--fit-samples must be positive, got {self.fit_samples}")
         if self.dtype not in FEATURE_DTYPES:
             raise ProbekitError(f"--store-dtype must be one of {', '.join(FEATURE_DTYPES)}, got {self.dtype!r}")
-        if self.projection_from is not None and self.channels is None:
-            raise ProbekitError("--projection-from reuses a channel projection: give --channels too (the same D)")
+        if self.drop_massive is not None and (self.drop_massive < 1 or self.channels is not None):
+            raise ProbekitError("--drop-massive K drops K >= 1 channels and cannot be combined with --channels")
+        if self.projection_from is not None and not self.projects:
+            raise ProbekitError("--projection-from reuses a channel projection: give --channels (the same D) or "
+                                "--drop-massive (the same K) too")
+
+    @property
+    def projects(self) -> bool:
+        """Whether a fixed linear map (projection or channel selection) is applied to every map."""
+        return self.channels is not None or self.drop_massive is not None
 
     @property
     def reduces(self) -> bool:
-        return self.pool is not None or self.channels is not None
+        return self.pool is not None or self.projects
+
+    def stored_channels(self, c: int) -> int:
+        if self.drop_massive is not None:
+            return c - self.drop_massive
+        return self.channels or c
 
     def label(self) -> str:
         """A short tag for names and tables: "" for plain float16 maps, else e.g. "pool8,pca64,bf16"."""
@@ -69,6 +87,8 @@ class StorageOptions:
             parts.append(f"pool{self.pool}")
         if self.channels is not None:
             parts.append(f"{self.projection}{self.channels}")
+        if self.drop_massive is not None:
+            parts.append(f"drop{self.drop_massive}")
         if self.dtype != "float16":
             parts.append(_SHORT_DTYPE[self.dtype])
         return ",".join(parts)
@@ -87,7 +107,9 @@ def stored_shape(shape: tuple[int, int, int], options: StorageOptions) -> tuple[
     c, h, w = shape
     if options.channels is not None and options.channels > c:
         raise ProbekitError(f"--channels {options.channels} is more than the {c} channels of the maps")
-    return (options.channels or c, *pooled_grid(h, w, options.pool))
+    if options.drop_massive is not None and options.drop_massive >= c:
+        raise ProbekitError(f"--drop-massive {options.drop_massive} would drop all {c} channels of the maps")
+    return (options.stored_channels(c), *pooled_grid(h, w, options.pool))
 
 
 class Projection:
@@ -169,6 +191,31 @@ class Projection:
             comps[key], means[key] = (top * signs).contiguous(), mean.cpu()
         return cls(comps, means, "pca", {**info, "tokens": int(next(iter(count.values())))})
 
+    @classmethod
+    def drop_massive(cls, batches: Iterable[dict[str, torch.Tensor]], k: int, info: dict[str, Any]) -> "Projection":
+        """Per key, keep every channel but the ``k`` with the largest mean |activation| over every token of the
+        given batches; ``info`` gains, per key, the dropped channels and their mean |x| over the median's."""
+        sums: dict[str, torch.Tensor] = {}
+        count: dict[str, int] = {}
+        for maps in batches:
+            for key, x in maps.items():
+                a = x.double().abs().sum(dim=(0, 2, 3))
+                sums[key] = sums[key] + a if key in sums else a
+                count[key] = count.get(key, 0) + x.shape[0] * x.shape[2] * x.shape[3]
+        if not sums:
+            raise ProbekitError("no samples to find the massive-activation channels on")
+        comps, means, dropped = {}, {}, {}
+        for key, total in sums.items():
+            mean_abs = (total / count[key]).cpu()
+            top = torch.argsort(mean_abs, descending=True)[:k]
+            keep = torch.tensor(sorted(set(range(len(mean_abs))) - set(top.tolist())))
+            comps[key] = torch.eye(len(mean_abs), dtype=torch.float64)[keep]
+            means[key] = torch.zeros(len(mean_abs), dtype=torch.float64)
+            median = float(mean_abs.median())
+            dropped[key] = [{"channel": int(c), "mean_abs": float(mean_abs[c]),
+                             "over_median": float(mean_abs[c]) / median if median > 0 else None} for c in top]
+        return cls(comps, means, "drop-massive", {**info, "k": k, "dropped": dropped})
+
     # -- files --------------------------------------------------------------------------------
     def save(self, path: str | Path) -> None:
         from safetensors.torch import save_file
@@ -178,7 +225,8 @@ class Projection:
         tensors = {f"{k}::components": v.contiguous() for k, v in self.components.items()}
         tensors.update({f"{k}::mean": v.contiguous() for k, v in self.means.items()})
         with atomic.atomic_path(path, durable=True) as tmp:
-            save_file(tensors, str(tmp), metadata={"method": self.method, **{k: str(v) for k, v in self.info.items()}})
+            save_file(tensors, str(tmp), metadata={"method": self.method,
+                                                   **{k: json.dumps(v) for k, v in self.info.items()}})
 
     @classmethod
     def load(cls, path: str | Path) -> "Projection":
@@ -191,10 +239,11 @@ class Projection:
                 key, _, part = name.rpartition("::")
                 (comps if part == "components" else means)[key] = f.get_tensor(name)
         method = meta.pop("method", "pca")
-        return cls(comps, means, method, meta)
+        return cls(comps, means, method, {k: _json_or_text(v) for k, v in meta.items()})
 
     @classmethod
-    def from_feature_file(cls, path: str | Path, keys: list[str], channels: dict[str, int], dim: int) -> "Projection":
+    def from_feature_file(cls, path: str | Path, keys: list[str], channels: dict[str, int],
+                          dims: dict[str, int]) -> "Projection":
         """The projection stored in another feature file (e.g. the training split's), checked against this run."""
         with FeatureReader(path) as reader:
             storage = reader.storage
@@ -208,10 +257,10 @@ class Projection:
                     raise FeatureFileError(f"{path} has no projection for {key!r} (it has maps "
                                            f"{', '.join(reader.keys)}); extract with the same timesteps and layers")
                 comps[key], means[key] = torch.from_numpy(proj["components"]), torch.from_numpy(proj["mean"])
-                if comps[key].shape != (dim, channels[key]):
+                if comps[key].shape != (dims[key], channels[key]):
                     raise FeatureFileError(f"{path}: the projection of {key!r} maps {comps[key].shape[1]} channels to "
                                            f"{comps[key].shape[0]}, but this run has {channels[key]} channels and "
-                                           f"asks for {dim}")
+                                           f"asks for {dims[key]}")
             info = {k: v for k, v in storage["projection"].items() if k not in ("method", "dim", "sha256")}
             return cls(comps, means, storage["projection"]["method"], {**info, "from": str(Path(path).resolve())})
 
@@ -241,6 +290,14 @@ class Reducer:
         out["projection"] = self.projection.describe() if self.projection is not None else None
         out["label"] = self.options.label()
         return out
+
+
+def _json_or_text(value: str):
+    """Projection metadata values: JSON since this version, plain text in files written before it."""
+    try:
+        return json.loads(value)
+    except (TypeError, ValueError):
+        return value
 
 
 def as_numpy(tensor: torch.Tensor) -> np.ndarray:

@@ -39,7 +39,7 @@ def folder(tmp_path_factory):
     transformer = HiDreamImageTransformer2DModel(
         patch_size=16, in_channels=4, num_layers=2, num_single_layers=2, attention_head_dim=16, num_attention_heads=2,
         caption_channels=[32, 16], text_emb_dim=16, num_routed_experts=4, num_activated_experts=2,
-        axes_dims_rope=(8, 4, 4), max_resolution=(128, 128), llama_layers=[1, 0, 1, 1])
+        axes_dims_rope=(8, 4, 4), max_resolution=(128, 256), llama_layers=[1, 0, 1, 1])  # max_seq 128 tokens
     vae = AutoencoderKL(down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
                         block_out_channels=(16, 32), layers_per_block=1, latent_channels=4, norm_num_groups=8,
                         sample_size=64, shift_factor=SHIFT, scaling_factor=SCALE,
@@ -58,8 +58,8 @@ def folder(tmp_path_factory):
 
 
 def double_image(output, n_img):
-    """Double-stream blocks return (image, text)."""
-    return output[0]
+    """Double-stream blocks return (image, text); a non-square image stream is padded after its n_img tokens."""
+    return output[0][:, :n_img]
 
 
 def single_image(output, n_img):
@@ -85,6 +85,19 @@ def test_maps_equal_the_hidream_pipeline(folder, check, tmp_path, conditioning):
     print(f"worst relative difference ({conditioning}): {worst:.2e}")
 
 
+def test_non_square_maps_equal_the_hidream_pipeline(folder, check, tmp_path):
+    """A non-square grid goes through the transformer's padded patchify: 64 image tokens padded to max_seq = 128,
+    with a token mask. At 128 x 512 pixels the pipeline's area rescaling leaves the size as it is."""
+    from dataclasses import replace
+
+    wide = replace(check, grid=(4, 16), call=lambda prompt: {"prompt": prompt, "guidance_scale": 1.0,
+                                                              "height": 128, "width": 512})
+    ds = ShapeWorld("train", size=1)
+    worst = assert_matches_pipeline(folder, wide, tmp_path, layers=LAYERS, conditioning="caption", dataset=ds,
+                                    resolution=(128, 512))
+    print(f"worst relative difference (non-square): {worst:.2e}")
+
+
 def test_latents_are_the_vae_mode_shifted_and_scaled(folder):
     from probekit.extractors.diffusers_dit import DiffusersDiTExtractor
 
@@ -107,17 +120,18 @@ def test_sigma_is_the_unipc_flow_shift_and_mu_the_max_seq_shift(folder):
     assert float(timestep) == pytest.approx(400.0)  # the scheduler's timestep, sigma * 1000, as the pipeline passes it
 
     family = type(ex.family)(ex.family.config, ex.family.vae_config, {"use_dynamic_shifting": True})
-    max_seq = 128 * 128 // 16 ** 2
+    max_seq = 128 * 256 // 16 ** 2
     for tokens in (16, 64):
         assert family.mu(tokens) == pytest.approx(0.5 + 0.65 * (max_seq - 256) / 3840)
 
 
-def test_every_declared_site_extracts(folder):
+@pytest.mark.parametrize("resolution", [RESOLUTION, (128, 512)], ids=["square", "padded"])
+def test_every_declared_site_extracts(folder, resolution):
     from probekit.extractors.diffusers_dit import DiffusersDiTExtractor
 
     family_sites = ["output", "attn", "mlp"]
     images = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(1))
-    kwargs = dict(timesteps=[200, 700], layers=[0, 1, 2, 3], device="cpu", resolution=RESOLUTION)
+    kwargs = dict(timesteps=[200, 700], layers=[0, 1, 2, 3], device="cpu", resolution=resolution)
     ex = DiffusersDiTExtractor(folder, sites=family_sites, **kwargs)
     assert ex.family.available_sites() == family_sites
     ex.prepare()

@@ -88,8 +88,8 @@ def test_latents_are_the_vae_mode_normalised_per_channel(folder):
                                z)
 
 
-def pipeline_mu(pipe) -> float:
-    """The mu the pipeline hands its scheduler for a 64 px image (8x8 tokens)."""
+def pipeline_mu(pipe, folder) -> float:
+    """The mu the pipeline hands the folder's scheduler for a 64 px image (8x8 tokens)."""
     from diffusers import FlowMatchEulerDiscreteScheduler
 
     seen = {}
@@ -98,11 +98,11 @@ def pipeline_mu(pipe) -> float:
         pass
 
     class Spy(FlowMatchEulerDiscreteScheduler):
-        def set_timesteps(self, *args, mu=None, **kwargs):
+        def set_timesteps(self, num_inference_steps=None, device=None, sigmas=None, mu=None, timesteps=None):
             seen["mu"] = mu
             raise Stop  # before any forward
 
-    pipe.scheduler = Spy.from_config(pipe.scheduler.config)
+    pipe.scheduler = Spy.from_pretrained(folder / "scheduler")
     with pytest.raises(Stop):
         pipe(prompt="", height=64, width=64, num_inference_steps=1, guidance_scale=0.0, output_type="latent")
     return seen["mu"]
@@ -118,7 +118,7 @@ def test_sigma_follows_the_dynamic_shift_of_the_token_count(folder, check):
         mu = 0.5 + 0.65 * (tokens - 256) / 6144
         assert ex.family.mu(tokens) == pytest.approx(mu)
         assert ex.schedule.sigma(300, mu) == pytest.approx(math.exp(mu) / (math.exp(mu) + 1 / 0.3 - 1), rel=1e-5)
-    assert ex.family.mu(64) == pytest.approx(pipeline_mu(check.pipe))
+    assert ex.family.mu(64) == pytest.approx(pipeline_mu(check.pipe, folder))
 
 
 def test_the_distilled_checkpoint_has_a_fixed_mu(folder, tmp_path):
@@ -133,12 +133,13 @@ def test_the_distilled_checkpoint_has_a_fixed_mu(folder, tmp_path):
     ex = DiffusersDiTExtractor(distilled, timesteps=[300], layers=[0], device="cpu")
     ex.transformer  # noqa: B018
     assert ex.family.mu(64) == ex.family.mu(4096) == pytest.approx(1.15)
-    assert pipeline_mu(Krea2Pipeline.from_pretrained(distilled)) == pytest.approx(1.15)
+    assert pipeline_mu(Krea2Pipeline.from_pretrained(distilled), distilled) == pytest.approx(1.15)
 
 
 def test_every_site_extracts_with_the_planned_shape(folder):
     from probekit.errors import ProbekitError
     from probekit.extractors.diffusers_dit import DiffusersDiTExtractor
+    from probekit.keys import feature_key
 
     images = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(2))
     sites = ["output", "attn", "mlp"]
@@ -152,7 +153,7 @@ def test_every_site_extracts_with_the_planned_shape(folder):
     plain = DiffusersDiTExtractor(folder, **kw).extract(images, ["", ""], [0, 1])
     for key, m in plain.items():
         torch.testing.assert_close(maps[key], m)
-    assert not torch.allclose(maps["t=400/layer=0/site=attn"], maps["t=400/layer=0"])
+    assert not torch.allclose(maps[feature_key(400, 0, "attn")], maps[feature_key(400, 0)])
     with pytest.raises(ProbekitError, match="Krea2TransformerBlock.forward"):
         DiffusersDiTExtractor(folder, sites=["norm1"], **kw)
 

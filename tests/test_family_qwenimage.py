@@ -9,6 +9,7 @@ import torch
 
 from pipeline_check import PipelineCheck, assert_matches_pipeline, last_element
 from probekit.datasets.shapeworld import ShapeWorld
+from probekit.keys import feature_key
 from tiny_text_qwen import qwen_tokenizer, tiny_qwen25_vl
 
 LAYERS = [0, 2]
@@ -110,6 +111,6 @@ def test_every_site_extracts_with_the_planned_shape(folder):
     plain = DiffusersDiTExtractor(folder, **kw).extract(images, ["", ""], [0, 1])
     for key, m in plain.items():
         torch.testing.assert_close(maps[key], m)
-    assert not torch.allclose(maps["t=400/layer=0/site=attn"], maps["t=400/layer=0"])
+    assert not torch.allclose(maps[feature_key(400, 0, "attn")], maps[feature_key(400, 0)])
     with pytest.raises(ProbekitError, match="_modulate"):
         DiffusersDiTExtractor(folder, sites=["norm1"], **kw)

@@ -149,3 +149,40 @@ def test_a_run_that_would_not_fit_the_disk_is_refused_before_the_first_forward(t
     assert not out.exists() and not parts_dir(out).exists()
     # What fits goes ahead.
     _run(EXTRACT + ["--limit", "4", "--pool", "4", "-o", str(out)])
+
+
+def test_drop_massive_removes_the_channels_of_largest_mean_activation_and_val_reuses_them(tiny_models, tmp_path):
+    """--drop-massive K: the K channels dropped per map are those of largest mean |x| over the first fit images'
+    tokens (checked against a plain extraction), named in the file, and reused for another split."""
+    import numpy as np
+
+    from probekit.datasets.shapeworld import ShapeWorld
+    from probekit.extractors.diffusers_dit import DiffusersDiTExtractor
+    from probekit.extractors.runner import extract_dataset
+    from probekit.extractors.storage import StorageOptions
+    from probekit.store import FeatureReader
+
+    ds = ShapeWorld("train", image_size=32, size=6)
+    ex = DiffusersDiTExtractor(tiny_models["sd3"], timesteps=[300], layers=[1], device="cpu")
+    plain = extract_dataset(ex, ds, tmp_path / "plain.h5", progress=False,
+                            storage=StorageOptions(dtype="float32"))
+    dropped = extract_dataset(ex, ds, tmp_path / "drop.h5", progress=False,
+                              storage=StorageOptions(dtype="float32", drop_massive=3, fit_samples=4))
+    key = "t=300/layer=1"
+    with FeatureReader(plain) as r:
+        full = r.read(key, range(6))
+    mean_abs = np.abs(full[:4]).mean(axis=(0, 2, 3))
+    expected_drop = sorted(np.argsort(-mean_abs)[:3].tolist())
+    keep = [c for c in range(full.shape[1]) if c not in expected_drop]
+    with FeatureReader(dropped) as r:
+        assert r.shape(key) == (full.shape[1] - 3, 16, 16)
+        info = r.storage["projection"]
+        assert info["method"] == "drop-massive" and info["k"] == 3
+        assert sorted(d["channel"] for d in info["dropped"][key]) == expected_drop
+        np.testing.assert_allclose(r.read(key, range(6)), full[:, keep], rtol=1e-5, atol=1e-5)
+        assert r.storage["label"] == "drop3,fp32"
+    test = ShapeWorld("test", image_size=32, size=2)
+    val = extract_dataset(ex, test, tmp_path / "test.h5", progress=False,
+                          storage=StorageOptions(dtype="float32", drop_massive=3, projection_from=str(dropped)))
+    with FeatureReader(val) as r, FeatureReader(dropped) as t:
+        assert r.storage["projection"]["sha256"] == t.storage["projection"]["sha256"]

@@ -78,7 +78,7 @@ class HiDreamFamily(DiTFamily):
         self.layout = TokenLayout(start=0, count=gh * gw)
         # The transformer only indexes the Llama states by layer (`encoder_hidden_states_llama3[k] for k in
         # llama_layers`), so the kept layers are handed over keyed by layer.
-        llama = {k: cond["llama3"][:, -1 - j] for j, k in enumerate(self.llama_keep())}
+        llama = {k: cond["llama3"][:, j] for j, k in enumerate(self.llama_keep())}
         self.transformer(hidden_states=x_t, timesteps=self.timestep_input(sigma, t_int),
                          encoder_hidden_states_t5=cond["encoder_hidden_states_t5"],
                          encoder_hidden_states_llama3=llama, pooled_embeds=cond["pooled_embeds"], return_dict=False)

@@ -59,7 +59,7 @@ class Lumina2Family(DiTFamily):
         return self.calculate_shift_mu(self.latent_channels())
 
     def timestep_input(self, sigma, t_int):
-        return sigma  # pipeline: current_timestep = 1 - t / num_train_timesteps
+        return 1.0 - sigma  # pipeline: current_timestep = 1 - t / num_train_timesteps
 
     def null_condition(self, device, dtype):
         import torch

@@ -63,8 +63,11 @@ from probekit.extractors.dit_family import SITE_MEANINGS  # imports no torch
               help="pca: fitted on the first --fit-samples images of this run; random: seeded orthogonal.")
 @click.option("--projection-from", type=click.Path(dir_okay=False), default=None,
               help="Reuse the channel projection stored in this feature file (the training split's) for val/test.")
+@click.option("--drop-massive", type=opt.POSITIVE, default=None, metavar="K",
+              help="Drop each map's K channels of largest mean |activation| (DiT massive activations), found on the "
+                   "first --fit-samples images; the file names them; val/test reuse them with --projection-from.")
 @click.option("--fit-samples", type=opt.POSITIVE, default=64, show_default=True,
-              help="Images whose tokens fit the PCA projection.")
+              help="Images whose tokens fit the PCA projection (or find the massive channels).")
 @click.option("--store-dtype", type=click.Choice(["float16", "bfloat16", "float32"]), default="float16",
               show_default=True, help="Stored precision; bfloat16 keeps float32's range (float16 overflows above "
                                       "65,504).")
@@ -74,7 +77,7 @@ from probekit.extractors.dit_family import SITE_MEANINGS  # imports no torch
 @opt.friendly_errors
 def extract(extractor, dataset, split, data_root, image_size, timesteps, layers, out, weights, limit, batch_size,
             device, dtype, seed, ensemble, conditioning, resolution, sites, concept_attention, concepts, concept_layers,
-            shard_size, on_error, part, pool, channels, projection, projection_from, fit_samples, store_dtype, dry_run,
+            shard_size, on_error, part, pool, channels, projection, projection_from, drop_massive, fit_samples, store_dtype, dry_run,
             overwrite, quiet):
     """Extract per-timestep, per-layer features of a dataset split into an HDF5 feature file.
 
@@ -90,7 +93,7 @@ def extract(extractor, dataset, split, data_root, image_size, timesteps, layers,
     from probekit.extractors.workers import device_for, from_environment
 
     storage = StorageOptions(pool=pool, channels=channels, projection=projection, projection_from=projection_from,
-                             fit_samples=fit_samples, dtype=store_dtype, seed=seed)
+                             fit_samples=fit_samples, dtype=store_dtype, seed=seed, drop_massive=drop_massive)
     if not dry_run:
         check_writable_dir(click.format_filename(out), "--out", parent=True)
     # A wrong dataset, split, data root or output folder fails before a large model is loaded.

@@ -31,7 +31,7 @@ TOP_KEYS = {"suite", "version", "description", "out", "seed", "training", "datas
             "probe_sets", "report"}
 EXTRACTOR_KEYS = {"extractor", "weights", "timesteps", "layers", "batch_size", "shard_size", "resolution",
                   "conditioning", "ensemble", "device", "dtype", "pool", "channels", "projection", "fit_samples",
-                  "store_dtype", "probes", "seed"}
+                  "store_dtype", "probes", "seed", "sites", "drop_massive"}
 COMBINE_KEYS = {"name", "of", "probes"}
 DATASET_KEYS = {"train", "eval", "val", "image_size", "data_root"}
 SPLIT_KEYS = {"split", "limit"}
@@ -258,18 +258,18 @@ def _extractor_options(suite: Suite, label: str) -> dict[str, Any]:
             "timesteps": spec.get("timesteps"), "layers": spec.get("layers"), "seed": spec.get("seed", suite.seed),
             "ensemble": spec.get("ensemble"), "conditioning": spec.get("conditioning"),
             "resolution": spec.get("resolution"), "device": spec.get("device", "auto"),
-            "dtype": spec.get("dtype", "auto")}
+            "dtype": spec.get("dtype", "auto"), "sites": spec.get("sites")}
 
 
 def _storage(suite: Suite, label: str, projection_from: Path | None):
     from probekit.extractors.storage import StorageOptions
 
     spec = suite.extractors[label]
-    channels = spec.get("channels")
+    channels, drop = spec.get("channels"), spec.get("drop_massive")
     return StorageOptions(pool=spec.get("pool"), channels=channels, projection=spec.get("projection", "pca"),
-                          projection_from=str(projection_from) if channels and projection_from else None,
+                          projection_from=str(projection_from) if (channels or drop) and projection_from else None,
                           fit_samples=spec.get("fit_samples", 64), dtype=spec.get("store_dtype", "float16"),
-                          seed=spec.get("seed", suite.seed))
+                          seed=spec.get("seed", suite.seed), drop_massive=drop)
 
 
 def run_suite(suite: Suite, *, dry_run: bool = False, overwrite: bool = False, progress: bool = True,
