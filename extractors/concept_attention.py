@@ -1,31 +1,30 @@
-"""ConceptAttention for MM-DiTs (diffusers SD3 and FLUX joint blocks, so also the ShapeWorld MM-DiT).
+"""ConceptAttention for MM-DiTs, as its reference implementation computes it (github helblazer811/ConceptAttention).
 
-Concept words are encoded by the model's own text encoder, embedded by its ``context_embedder``, and carried
-through the *text-stream* weights of every joint block as an extra token stream:
+Concept words are encoded by the model's own text encoder, embedded by its ``context_embedder`` and carried
+through the *text-stream* weights of every joint block as an extra token stream: normalised and modulated by the
+block's ``norm1_context``, projected by the attention's ``add_q/k/v`` projections, attending to [concepts; image]
+(never to the prompt), then updated with the block's gated residual and ``ff_context`` exactly as the text stream
+is. Image and text tokens never attend to the concepts: the model's own processor computes the real attention
+first and the concept stream is computed beside it, so the features are untouched.
 
-- in each block the concept tokens are normalised with the block's ``norm1_context`` (same timestep
-  embedding as the text), projected with the attention's ``add_q/k/v`` projections, and attend to
-  [concepts + image] keys; their output goes through ``to_add_out``, then the block's gated residual and
-  ``ff_context`` update, exactly as the text stream;
-- image and text tokens never attend to the concept tokens, so the image generation is untouched: the
-  original processor computes the real attention, and the concept stream is computed beside it.
+The references differ between model families (which token stands for a concept, which embedding modulates the
+stream, which vectors are multiplied, where the softmax goes); each family states its choices as a
+``ConceptDefinition`` naming the reference file it follows, recorded in the feature file:
 
-Concept maps (per block, then averaged over the chosen blocks and timesteps, then a softmax over concepts):
+- ``output`` maps: concept attention outputs dotted with image attention outputs, per block;
+- ``cross`` maps: concept queries dotted with image keys (before rotary embeddings), summed over heads: the
+  cross-attention baseline as the reference's FLUX.2 code computes it;
+- then a softmax over concepts per (timestep, block) and the mean over blocks and timesteps, or the mean first
+  and the softmax after, with the definition's temperature.
 
-- ``output``: dot products between the concept attention outputs and the image attention outputs (both after
-  their output projections), the ConceptAttention method;
-- ``cross``:  image queries against concept keys (scaled dot products, averaged over heads), the
-  cross-attention baseline.
-
-Implemented with attention processors installed through ``set_attn_processor`` (each wraps the model's own
-processor and calls it first), plus forward hooks on the blocks for the concept stream's norm and residual
-update. State is held by the processors, so no extra ``joint_attention_kwargs`` have to reach them.
+A concept of several sub-tokens is represented by the mean of their hidden states (the references take one
+position; for one-token concepts the two agree); the number of sub-tokens per concept is recorded.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import torch
@@ -33,45 +32,70 @@ import torch.nn.functional as F
 
 from probekit.errors import ProbekitError
 from probekit.extractors.base import Extractor
+from probekit.extractors.dit_family import ConceptDefinition
 
 MODES = ("output", "cross")
+
+
+@dataclass
+class ConceptText:
+    """What enters the concept stream: ``stream`` (S, D) text-encoder states, the positions of the concepts in it
+    (a joined prompt keeps its start token), the pooled embedding of the joined concepts (for "concepts"
+    modulation), and how many sub-tokens each concept's state averages."""
+
+    stream: torch.Tensor
+    index: list[int]
+    pooled: torch.Tensor | None = None
+    token_counts: list[int] = field(default_factory=list)
+
+
+def concept_spans(tokenizer, concepts: Sequence[str], joined_ids: Sequence[int], start: int) -> list[range]:
+    """The token positions of each concept in the tokenised space-joined concepts, whose first concept token is
+    at ``start``: each concept's own tokens, in order (tokens of the separating space itself, where a tokenizer
+    makes them, are skipped). Refused when the joined tokenisation is not the concatenation of the concepts' (a
+    tokenizer that merges across words)."""
+    spans, at = [], start
+    for concept in concepts:
+        ids = tokenizer(concept, add_special_tokens=False)["input_ids"]
+        if not ids:
+            raise ProbekitError(f"concept {concept!r} tokenises to nothing")
+        while spans and at < len(joined_ids) and not tokenizer.decode([joined_ids[at]]).strip():
+            at += 1
+        if list(joined_ids[at:at + len(ids)]) != list(ids):
+            raise ProbekitError(f"the tokenizer does not tokenise the joined concepts word by word (at {concept!r}); "
+                                "give concepts without spaces or punctuation that merge")
+        spans.append(range(at, at + len(ids)))
+        at += len(ids)
+    return spans
+
+
+def mean_over_spans(hidden: torch.Tensor, spans: Sequence[range]) -> torch.Tensor:
+    """(L, D) states -> (C, D): the mean over each span."""
+    return torch.stack([hidden[span.start:span.stop].mean(0) for span in spans])
+
+
+class ConceptRun:
+    """The concept stream of one forward pass and the maps it produced."""
+
+    def __init__(self, tokens: torch.Tensor, pooled: torch.Tensor | None, record_layers: set[int], last_layer: int,
+                 stop_early: bool):
+        self.states = tokens  # (B, S, dim)
+        self.pooled = pooled  # (B, pooled dim) or None
+        self.concept_temb: torch.Tensor | None = None
+        self.record_layers, self.last_layer, self.stop_early = record_layers, last_layer, stop_early
+        self.normed: torch.Tensor | None = None
+        self.gates: tuple[torch.Tensor, ...] | None = None
+        self.attn_out: torch.Tensor | None = None
+        self.image_pre: torch.Tensor | None = None  # the real image attention before its output projection
+        self.maps: dict[str, dict[int, torch.Tensor]] = {m: {} for m in MODES}
 
 
 class _StopAfterLastBlock(Exception):
     pass
 
 
-class ConceptRun:
-    """The concept stream of one forward pass and the maps it produced."""
-
-    def __init__(self, concept_tokens: torch.Tensor, record_layers: set[int], last_layer: int):
-        self.states = concept_tokens  # (B, C, dim)
-        self.record_layers, self.last_layer = record_layers, last_layer
-        self.normed: torch.Tensor | None = None
-        self.gates: tuple[torch.Tensor, ...] | None = None
-        self.attn_out: torch.Tensor | None = None
-        self.maps: dict[str, dict[int, torch.Tensor]] = {m: {} for m in MODES}
-
-
 class _Holder:
     run: ConceptRun | None = None
-
-
-class ConceptAttnProcessor:
-    """Calls the model's own processor, then (during a concept run) the concept tokens' attention."""
-
-    def __init__(self, inner, holder: _Holder, layer: int):
-        self.inner, self.holder, self.layer = inner, holder, layer
-
-    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, image_rotary_emb=None,
-                 **kwargs):
-        extra = {"image_rotary_emb": image_rotary_emb} if image_rotary_emb is not None else {}
-        out = self.inner(attn, hidden_states, encoder_hidden_states, attention_mask, **extra, **kwargs)
-        run = self.holder.run
-        if run is not None and run.normed is not None and self.layer <= run.last_layer:
-            image_out = out[0] if isinstance(out, tuple) else out
-            _concept_attention(run, self.layer, attn, hidden_states, image_out, image_rotary_emb)
-        return out
 
 
 def _heads(attn) -> tuple[int, int]:
@@ -83,6 +107,10 @@ def _split(x: torch.Tensor, heads: int, dim: int) -> torch.Tensor:
     return x.view(x.shape[0], -1, heads, dim).transpose(1, 2)  # (B, H, S, D)
 
 
+def _merge(x: torch.Tensor) -> torch.Tensor:
+    return x.transpose(1, 2).reshape(x.shape[0], x.shape[2], -1)  # (B, S, H*D)
+
+
 def _qkv(attn, x, projections: tuple[str, str, str], norms: tuple[str, str]) -> tuple[torch.Tensor, ...]:
     """Multi-head q, k, v of tokens ``x`` through the named projections, with the named q/k norms (if any)."""
     heads, dim = _heads(attn)
@@ -91,9 +119,27 @@ def _qkv(attn, x, projections: tuple[str, str, str], norms: tuple[str, str]) -> 
     return (norm_q(q) if norm_q is not None else q), (norm_k(k) if norm_k is not None else k), v
 
 
-def _concept_attention(run: ConceptRun, layer: int, attn, image_normed, image_out, rotary) -> None:
-    heads, dim = _heads(attn)
+class ConceptAttnProcessor:
+    """Calls the model's own processor, then (during a concept run) the concept tokens' attention."""
+
+    def __init__(self, inner, holder: _Holder, layer: int, definition: ConceptDefinition):
+        self.inner, self.holder, self.layer, self.definition = inner, holder, layer, definition
+
+    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, image_rotary_emb=None,
+                 **kwargs):
+        extra = {"image_rotary_emb": image_rotary_emb} if image_rotary_emb is not None else {}
+        out = self.inner(attn, hidden_states, encoder_hidden_states, attention_mask, **extra, **kwargs)
+        run = self.holder.run
+        if run is not None and run.normed is not None and self.layer <= run.last_layer:
+            image_out = out[0] if isinstance(out, tuple) else out
+            _concept_attention(run, self.layer, attn, hidden_states, image_out, image_rotary_emb, self.definition)
+        return out
+
+
+def _concept_attention(run: ConceptRun, layer: int, attn, image_normed, image_out, rotary,
+                       definition: ConceptDefinition) -> None:
     q_x, k_x, v_x = _qkv(attn, image_normed, ("to_q", "to_k", "to_v"), ("norm_q", "norm_k"))
+    q_x0, k_x0 = q_x, k_x  # before rotary: what the cross-attention baseline reads
     if rotary is not None:  # FLUX: rotate the image tokens by their positions (the last N rows of the table)
         from diffusers.models.embeddings import apply_rotary_emb
 
@@ -103,53 +149,95 @@ def _concept_attention(run: ConceptRun, layer: int, attn, image_normed, image_ou
     c = run.normed
     q_c, k_c, v_c = _qkv(attn, c, ("add_q_proj", "add_k_proj", "add_v_proj"), ("norm_added_q", "norm_added_k"))
     # Concept tokens sit at position 0 like text tokens: rotary is the identity for them.
-    o_c = F.scaled_dot_product_attention(q_c, torch.cat([k_c, k_x], 2), torch.cat([v_c, v_x], 2))
-    o_c = o_c.transpose(1, 2).reshape(c.shape[0], -1, heads * dim).to(c.dtype)
-    if getattr(attn, "to_add_out", None) is None:
-        raise ProbekitError(f"block {layer} has no text output projection (a context-pre-only last block); "
-                            "choose earlier concept layers")
-    run.attn_out = attn.to_add_out(o_c)
-    if layer in run.record_layers:
-        run.maps["output"][layer] = torch.einsum("bcd,bnd->bcn", run.attn_out.float(), image_out.float())
-        run.maps["cross"][layer] = (torch.einsum("bhnd,bhcd->bcn", q_x.float(), k_c.float()) / math.sqrt(dim)) / heads
+    o_c = _merge(F.scaled_dot_product_attention(q_c, torch.cat([k_c, k_x], 2), torch.cat([v_c, v_x], 2))).to(c.dtype)
+    to_add_out = getattr(attn, "to_add_out", None)
+    run.attn_out = to_add_out(o_c) if to_add_out is not None else None  # None: context-pre-only, no update
+    if layer not in run.record_layers:
+        return
+    if definition.vectors == "projected":
+        if run.attn_out is None:
+            raise ProbekitError(f"block {layer} has no text output projection (context-pre-only); this family's "
+                                "concept maps read projected vectors: choose earlier concept layers")
+        concept_vec, image_vec = run.attn_out, image_out
+    elif definition.image_vectors == "concept-pass":
+        image_vec = _merge(F.scaled_dot_product_attention(q_x, torch.cat([k_x, k_c], 2), torch.cat([v_x, v_c], 2)))
+        concept_vec = o_c
+    else:
+        concept_vec, image_vec = o_c, run.image_pre
+    concept_vec = concept_vec.float()
+    if definition.normalise_concepts:
+        concept_vec = concept_vec / (concept_vec.norm(dim=-1, keepdim=True) + 1e-8)
+    run.maps["output"][layer] = torch.einsum("bcd,bnd->bcn", concept_vec, image_vec.float())
+    run.maps["cross"][layer] = torch.einsum("bhcd,bhnd->bcn", q_c.float(), k_x0.float())
 
 
 class ConceptAttention:
-    """Installs the processors and block hooks on an MM-DiT transformer; use ``with ca.running(tokens):``."""
+    """Installs the processors and hooks on an MM-DiT transformer; ``run`` one forward with a concept stream."""
 
-    def __init__(self, transformer, blocks: Sequence[torch.nn.Module], layers: Sequence[int]):
-        self.transformer, self.blocks, self.layers = transformer, list(blocks), sorted(set(int(x) for x in layers))
+    def __init__(self, transformer, blocks: Sequence[torch.nn.Module], layers: Sequence[int],
+                 definition: ConceptDefinition):
+        self.transformer, self.blocks = transformer, list(blocks)
+        self.layers, self.definition = sorted(set(int(x) for x in layers)), definition
         for layer in self.layers:
             if not 0 <= layer < len(self.blocks):
                 raise ProbekitError(f"concept layer {layer} is out of range (0..{len(self.blocks) - 1})")
-            if getattr(self.blocks[layer], "context_pre_only", False):
-                raise ProbekitError(f"block {layer} is context-pre-only (no text stream after it); "
+            if definition.vectors == "projected" and getattr(self.blocks[layer], "context_pre_only", False):
+                raise ProbekitError(f"block {layer} is context-pre-only (no text output projection); "
                                     "choose earlier concept layers")
         self.holder = _Holder()
         self._original = dict(transformer.attn_processors)
         procs = {}
         for name, proc in self._original.items():
-            layer = _block_index(name, self.blocks, transformer)
-            procs[name] = ConceptAttnProcessor(proc, self.holder, layer) if layer is not None else proc
+            layer = _block_index(name)
+            procs[name] = ConceptAttnProcessor(proc, self.holder, layer, definition) if layer is not None else proc
         transformer.set_attn_processor(procs)
         self._hooks = []
         for i, block in enumerate(self.blocks[: max(self.layers) + 1]):
-            self._hooks.append(block.register_forward_pre_hook(self._pre_hook(i), with_kwargs=True))
+            self._hooks.append(block.register_forward_pre_hook(self._pre_hook(), with_kwargs=True))
             self._hooks.append(block.register_forward_hook(self._post_hook(i), with_kwargs=True))
+            self._hooks.append(block.attn.to_out[0].register_forward_pre_hook(self._image_pre_hook()))
+        if definition.modulation == "concepts":
+            self._hooks.append(transformer.time_text_embed.register_forward_hook(self._temb_hook()))
 
     def remove(self) -> None:
         for h in self._hooks:
             h.remove()
         self.transformer.set_attn_processor(self._original)
 
-    def _pre_hook(self, layer: int):
+    def _temb_hook(self):
+        """The concept stream's own modulation: the same embedding of timestep (and guidance) with the
+        concepts' pooled embedding in place of the prompt's."""
+        def hook(module, args, output):
+            run = self.holder.run
+            if run is None or run.concept_temb is not None:
+                return
+            run.concept_temb = output  # a placeholder, so that the call below does not recurse
+            pooled = run.pooled.to(output.dtype).expand(output.shape[0], -1)
+            run.concept_temb = module(*args[:-1], pooled)
+        return hook
+
+    def _image_pre_hook(self):
+        def hook(module, args):
+            run = self.holder.run
+            if run is not None and run.normed is not None:
+                run.image_pre = args[0]
+        return hook
+
+    def _pre_hook(self):
         def hook(block, args, kwargs):
             run = self.holder.run
             if run is None:
                 return
-            temb = kwargs.get("temb", args[2] if len(args) > 2 else None)
-            normed, gate_msa, shift_mlp, scale_mlp, gate_mlp = block.norm1_context(run.states, emb=temb)
-            run.normed, run.gates = normed, (gate_msa, shift_mlp, scale_mlp, gate_mlp)
+            temb = run.concept_temb if self.definition.modulation == "concepts" else kwargs.get(
+                "temb", args[2] if len(args) > 2 else None)
+            if getattr(block, "context_pre_only", False):  # AdaLayerNormContinuous(x, conditioning)
+                out = block.norm1_context(run.states, temb)
+            else:
+                out = block.norm1_context(run.states, emb=temb)
+            if isinstance(out, tuple):  # AdaLayerNormZero: (normed, gate_msa, shift_mlp, scale_mlp, gate_mlp)
+                run.normed, run.gates = out[0], out[1:]
+            else:  # the context-pre-only last block (AdaLayerNormContinuous): no gates, no update after it
+                run.normed, run.gates = out, None
         return hook
 
     def _post_hook(self, layer: int):
@@ -157,19 +245,22 @@ class ConceptAttention:
             run = self.holder.run
             if run is None:
                 return
-            gate_msa, shift_mlp, scale_mlp, gate_mlp = run.gates
-            states = run.states + gate_msa.unsqueeze(1) * run.attn_out
-            normed = block.norm2_context(states) * (1 + scale_mlp[:, None]) + shift_mlp[:, None]
-            run.states = states + gate_mlp.unsqueeze(1) * block.ff_context(normed)
-            run.normed = None
-            if layer == run.last_layer and getattr(run, "stop_early", False):
+            if run.gates is not None and run.attn_out is not None:
+                gate_msa, shift_mlp, scale_mlp, gate_mlp = run.gates
+                states = run.states + gate_msa.unsqueeze(1) * run.attn_out
+                normed = block.norm2_context(states) * (1 + scale_mlp[:, None]) + shift_mlp[:, None]
+                run.states = states + gate_mlp.unsqueeze(1) * block.ff_context(normed)
+            run.normed = run.image_pre = None
+            if layer == run.last_layer and run.stop_early:
                 raise _StopAfterLastBlock
         return hook
 
-    def run(self, concept_tokens: torch.Tensor, forward, stop_early: bool = True) -> ConceptRun:
+    def run(self, tokens: torch.Tensor, forward, pooled: torch.Tensor | None = None,
+            stop_early: bool = True) -> ConceptRun:
         """Run ``forward()`` with the concept stream; returns the run with its per-layer maps."""
-        run = ConceptRun(concept_tokens, set(self.layers), max(self.layers))
-        run.stop_early = stop_early
+        if self.definition.modulation == "concepts" and pooled is None:
+            raise ProbekitError("this family's concept stream is modulated by the concepts' pooled embedding")
+        run = ConceptRun(tokens, pooled, set(self.layers), max(self.layers), stop_early)
         self.holder.run = run
         try:
             forward()
@@ -180,7 +271,7 @@ class ConceptAttention:
         return run
 
 
-def _block_index(processor_name: str, blocks, transformer) -> int | None:
+def _block_index(processor_name: str) -> int | None:
     """'transformer_blocks.3.attn.processor' -> 3 (only the joint blocks' own attention)."""
     parts = processor_name.split(".")
     if len(parts) >= 3 and parts[0] == "transformer_blocks" and parts[2] == "attn":
@@ -188,9 +279,32 @@ def _block_index(processor_name: str, blocks, transformer) -> int | None:
     return None
 
 
+def _encoder_concepts(encoder, concepts: Sequence[str], definition: ConceptDefinition) -> ConceptText:
+    """Concepts through a plain text encoder folder (TextConditioner), as the definition's tokens say."""
+    tok = encoder.tokenizer
+    pooled = encoder([" ".join(concepts)])["pooled_projections"]  # read only where the definition modulates by it
+    if definition.tokens == "joined":
+        joined = " ".join(concepts)
+        ids = encoder.tokenize([joined])["input_ids"][0].tolist()
+        start = 1 if tok.bos_token_id is not None and ids[0] == tok.bos_token_id else 0
+        spans = concept_spans(tok, concepts, ids, start)
+        hidden = encoder([joined])["encoder_hidden_states"][0]
+        head = hidden[:start]
+        stream = torch.cat([head, mean_over_spans(hidden, spans)])
+        return ConceptText(stream, list(range(start, start + len(concepts))), pooled, [len(s) for s in spans])
+    rows, counts = [], []
+    for concept in concepts:
+        ids = encoder.tokenize([concept])["input_ids"][0].tolist()
+        start = 1 if tok.bos_token_id is not None and ids[0] == tok.bos_token_id else 0
+        span = concept_spans(tok, [concept], ids, start)
+        rows.append(mean_over_spans(encoder([concept])["encoder_hidden_states"][0], span)[0])
+        counts.append(len(span[0]))
+    return ConceptText(torch.stack(rows), list(range(len(concepts))), pooled, counts)
+
+
 class ConceptAttentionExtractor(Extractor):
-    """Concept maps of an MM-DiT as feature maps: keys ``concepts=output`` and ``concepts=cross``,
-    each (num_concepts, h, w), softmax over concepts, averaged over ``concept_layers`` and the timesteps."""
+    """Concept maps of an MM-DiT as feature maps: keys ``concepts=output`` and ``concepts=cross``, each
+    (num_concepts, h, w), probabilities over concepts at every location."""
 
     def __init__(self, base, concepts: Sequence[str], concept_layers: Sequence[int] | None = None):
         from probekit.extractors.diffusers_dit import DiffusersDiTExtractor
@@ -203,34 +317,38 @@ class ConceptAttentionExtractor(Extractor):
         if not concepts:
             raise ProbekitError("no concepts given")
         self.base, self.concepts = base, list(concepts)
+        self.definition: ConceptDefinition = base.family.concept_definition
         self.name = f"{base.name}-concepts"
-        blocks = list(base.transformer.transformer_blocks)  # joint (double-stream) blocks only
-        layers = list(concept_layers) if concept_layers else [
-            i for i, b in enumerate(blocks) if not getattr(b, "context_pre_only", False)]
-        self.concept_layers = sorted(set(int(x) for x in layers))
-        self.attention = ConceptAttention(base.transformer, blocks, self.concept_layers)
-        self._tokens = self._concept_tokens()
+        self._layers_asked = concept_layers
+        self._attention: ConceptAttention | None = None
+        self._text: ConceptText | None = None
 
-    def _concept_tokens(self) -> torch.Tensor:
-        """(num_concepts, inner_dim): each concept word through the text encoder and the context embedder."""
+    def _encode_concepts(self) -> ConceptText:
         base = self.base
-        rows = []
         with torch.inference_mode():
-            for concept in self.concepts:
-                if base.text_source == "encoder":
-                    enc = base._text_encoder()
-                    tok = enc.tokenize([concept])
-                    hidden = enc([concept])["encoder_hidden_states"][0]
-                    mask = tok["attention_mask"][0].bool().clone()
-                    ids = tok["input_ids"][0]
-                    special = torch.tensor([i in (enc.tokenizer.bos_token_id, enc.tokenizer.eos_token_id,
-                                                  enc.tokenizer.pad_token_id) for i in ids.tolist()])
-                    mask &= ~special
-                    rows.append(hidden[mask.to(hidden.device)].mean(0))
-                else:  # pipeline encoders: the first token after the start token
-                    rows.append(base._condition(concept)["encoder_hidden_states"][0, 1])
-            emb = torch.stack(rows).to(base.device, base.dtype)
-            return base.transformer.context_embedder(emb)
+            if base.text_source == "encoder":
+                return _encoder_concepts(base._text_encoder(), self.concepts, self.definition)
+            return base.family.encode_concepts(base._text_pipeline(), self.concepts, base.device)
+
+    @property
+    def text(self) -> ConceptText:
+        if self._text is None:
+            self._text = self._encode_concepts()
+        return self._text
+
+    @property
+    def attention(self) -> ConceptAttention:
+        """The hooks, installed once the transformer is loaded (after the text encoders are freed)."""
+        if self._attention is None:
+            blocks = list(self.base.transformer.transformer_blocks)  # joint (double-stream) blocks only
+            self._attention = ConceptAttention(self.base.transformer, blocks, self.concept_layers, self.definition)
+        return self._attention
+
+    @property
+    def concept_layers(self) -> list[int]:
+        if self._layers_asked:
+            return sorted(set(int(x) for x in self._layers_asked))
+        return list(range(self.base.family.config["num_layers"]))  # every joint block
 
     # -- contract ---------------------------------------------------------------------------
     @property
@@ -244,10 +362,17 @@ class ConceptAttentionExtractor(Extractor):
     def feature_keys(self) -> list[str]:
         return [f"concepts={m}" for m in MODES]
 
+    def feature_shapes(self, image_size: tuple[int, int]) -> dict[str, tuple[int, int, int]]:
+        (_, h, w), = set(self.base.feature_shapes(image_size).values())
+        return {k: (len(self.concepts), h, w) for k in self.feature_keys()}
+
     def config(self) -> dict[str, Any]:
+        text = self.text
         return {**self.base.config(), "extractor": self.name, "concepts": self.concepts,
                 "concept_layers": self.concept_layers, "concept_modes": list(MODES),
-                "concept_maps": "mean over concept layers and timesteps of per-block maps, then softmax over concepts"}
+                "concept_definition": asdict(self.definition), "concept_token_counts": text.token_counts,
+                "concept_maps": f"softmax over concepts ({self.definition.softmax}, temperature "
+                                f"{self.definition.temperature:g}), mean over concept layers and timesteps"}
 
     def weights_identity(self) -> dict[str, Any]:
         return self.base.weights_identity()
@@ -263,24 +388,37 @@ class ConceptAttentionExtractor(Extractor):
         return self.base.memory_plan()
 
     def prepare(self, captions=()) -> None:
+        self.text  # noqa: B018 - the concepts are encoded with the prompts, before the text encoders leave
         self.base.prepare(captions)
 
     @torch.inference_mode()
     def extract(self, images, captions, indices) -> dict[str, torch.Tensor]:
-        base = self.base
+        base, text, d = self.base, self.text, self.definition
         b, n_t = images.shape[0], len(base.timesteps)
+        tokens = base.transformer.context_embedder(text.stream.to(base.device, base.dtype))
+        pooled = text.pooled.to(base.device, base.dtype) if text.pooled is not None else None
+        index = torch.tensor(text.index, device=base.device)
         sums = {m: None for m in MODES}
         for draw in range(base.ensemble):
             inputs = base.model_inputs(images, captions, indices, draw)
             gh, gw = inputs.grid
-            tokens = self._tokens.unsqueeze(0).expand(inputs.x_t.shape[0], -1, -1)
-            run = self.attention.run(tokens, lambda: base.run_forward(inputs))
+            stream = tokens.unsqueeze(0).expand(inputs.x_t.shape[0], -1, -1)
+            run = self.attention.run(stream, lambda: base.run_forward(inputs), pooled=pooled)
             for mode in MODES:
-                per_layer = torch.stack([run.maps[mode][layer] for layer in self.concept_layers])  # (L, B*T, C, N)
+                per_layer = torch.stack([run.maps[mode][layer].index_select(1, index)
+                                         for layer in self.concept_layers])  # (L, B*T, C, N)
+                if d.softmax == "per-block":
+                    per_layer = torch.softmax(per_layer / d.temperature, dim=2)
                 mean = per_layer.mean(0).view(b, n_t, len(self.concepts), -1).mean(1)  # over layers, timesteps
                 sums[mode] = mean if sums[mode] is None else sums[mode] + mean
-        return {f"concepts={m}": torch.softmax(sums[m] / base.ensemble, dim=1).view(b, -1, gh, gw)
-                for m in MODES}
+        out = {}
+        for mode in MODES:
+            maps = sums[mode] / base.ensemble
+            if d.softmax == "after-mean":
+                maps = torch.softmax(maps / d.temperature, dim=1)
+            out[f"concepts={mode}"] = maps.view(b, -1, gh, gw)
+        return out
 
     def close(self) -> None:
-        self.attention.remove()
+        if self._attention is not None:
+            self._attention.remove()

@@ -64,6 +64,21 @@ class Site:
     note: str = ""  # how this family's site departs from SITE_MEANINGS, if it does
 
 
+@dataclass(frozen=True)
+class ConceptDefinition:
+    """How a family computes concept attention, after the reference file ``reference``."""
+
+    reference: str
+    tokens: str  # "each-alone": each concept encoded alone | "joined": one prompt of the space-joined concepts
+    modulation: str  # "prompt": the image's conditioning embedding | "concepts": the joined concepts' pooled one
+    vectors: str  # "projected": after to_out / to_add_out | "attention": the attention outputs before them
+    image_vectors: str  # "real": the model's own image attention | "concept-pass": image attending [image; concepts]
+    normalise_concepts: bool  # L2-normalise the concept vectors before the dot product
+    softmax: str  # "per-block": over concepts per (timestep, block), then the mean | "after-mean"
+    temperature: float = 1.0
+    max_sequence_length: int | None = None  # padding of each concept's encoding, where the reference sets it
+
+
 #: The sites every family describes the same way (a family lists those its blocks have).
 SITE_MEANINGS = {
     "output": "the block's output: the residual stream after the block (the default)",

@@ -53,8 +53,8 @@ def test_the_transformer_output_is_bit_identical_with_concepts(folders, family):
         with torch.no_grad():
             ex.run_forward(inputs)
             ca = ConceptAttentionExtractor(ex, ["circle", "square", "background"])
-            tokens = ca._tokens.unsqueeze(0).expand(inputs.x_t.shape[0], -1, -1)
-            run = ca.attention.run(tokens, lambda: ex.run_forward(inputs), stop_early=False)
+            tokens = ex.transformer.context_embedder(ca.text.stream).unsqueeze(0).expand(inputs.x_t.shape[0], -1, -1)
+            run = ca.attention.run(tokens, lambda: ex.run_forward(inputs), pooled=ca.text.pooled, stop_early=False)
             ca.close()
             ex.run_forward(inputs)
     finally:
@@ -67,26 +67,40 @@ def test_the_transformer_output_is_bit_identical_with_concepts(folders, family):
 
 @pytest.mark.parametrize("family", ["sd3", "flux"])
 def test_concepts_equal_to_the_text_tokens_reproduce_the_text_stream(folders, family):
-    """Fed the prompt's own embedded tokens as concepts, the concept stream must follow the text stream exactly:
-    the same attention outputs in every block, so the 'output' maps equal text-output x image-output products."""
+    """Fed the prompt's own embedded tokens (and, where the family modulates by the concepts' pooled embedding,
+    the prompt's pooled one), the concept stream must follow the text stream exactly, so the 'output' maps equal
+    the family's definition applied to the model's own attention vectors: text x image outputs after their
+    projections (FLUX), or before them with the text vectors L2-normalised (SD3)."""
     ex = DiffusersDiTExtractor(folders[family], timesteps=[500], layers=[0], conditioning="caption", device="cpu")
+    definition = ex.family.concept_definition
     inputs = _inputs(ex)
     tr = ex.transformer
     blocks = list(tr.transformer_blocks)
-    captured = {}
-    hooks = [b.attn.register_forward_hook(lambda m, a, o, i=i: captured.__setitem__(i, (o[0].clone(), o[1].clone())))
-             for i, b in enumerate(blocks)]
+    projected, before = {}, {}
+    hooks = []
+    for i, b in enumerate(blocks[:2]):
+        hooks.append(b.attn.register_forward_hook(
+            lambda m, a, o, i=i: projected.__setitem__(i, (o[1].clone(), o[0].clone()))))
+        hooks.append(b.attn.to_out[0].register_forward_pre_hook(
+            lambda m, a, i=i: before.setdefault(i, {}).__setitem__("image", a[0].clone())))
+        hooks.append(b.attn.to_add_out.register_forward_pre_hook(
+            lambda m, a, i=i: before.setdefault(i, {}).__setitem__("text", a[0].clone())))
     with torch.no_grad():
         ex.run_forward(inputs)
         for h in hooks:
             h.remove()
-        ca = ConceptAttention(tr, blocks, [0, 1])
+        ca = ConceptAttention(tr, blocks, [0, 1], definition)
         text_tokens = tr.context_embedder(inputs.cond["encoder_hidden_states"])
-        run = ca.run(text_tokens, lambda: ex.run_forward(inputs))
+        run = ca.run(text_tokens, lambda: ex.run_forward(inputs), pooled=inputs.cond["pooled_projections"][:1])
         ca.remove()
     for layer in (0, 1):
-        image_out, text_out = captured[layer]
-        expected = torch.einsum("bcd,bnd->bcn", text_out, image_out)
+        if definition.vectors == "projected":
+            text_vec, image_vec = projected[layer]
+        else:
+            text_vec, image_vec = before[layer]["text"], before[layer]["image"]
+        if definition.normalise_concepts:
+            text_vec = text_vec / (text_vec.norm(dim=-1, keepdim=True) + 1e-8)
+        expected = torch.einsum("bcd,bnd->bcn", text_vec, image_vec)
         torch.testing.assert_close(run.maps["output"][layer], expected, rtol=1e-4, atol=1e-4)
 
 
@@ -115,8 +129,14 @@ def test_extractor_stores_normalised_concept_maps_and_zero_shot_scores_them(fold
 
 def test_concept_attention_refuses_what_it_cannot_do(folders, tiny_models):
     ex = DiffusersDiTExtractor(folders["sd3"], timesteps=[500], layers=[0], device="cpu")
+    # SD3's definition reads the attention before the output projections, so its context-pre-only last block is
+    # read as the reference reads it; a definition on projected vectors cannot read that block.
+    assert ConceptAttentionExtractor(ex, ["circle"]).concept_layers == [0, 1, 2]
+    from dataclasses import replace
+
+    projected = replace(ex.family.concept_definition, vectors="projected", image_vectors="real")
     with pytest.raises(ProbekitError, match="context-pre-only"):
-        ConceptAttentionExtractor(ex, ["circle"], [2])  # SD3's last block has no text stream after it
+        ConceptAttention(ex.transformer, list(ex.transformer.transformer_blocks), [2], projected)
     no_text = DiffusersDiTExtractor(tiny_models["sd3"], timesteps=[500], layers=[0], device="cpu")
     with pytest.raises(ProbekitError, match="needs the model's text encoder"):
         ConceptAttentionExtractor(no_text, ["circle"])

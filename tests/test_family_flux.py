@@ -70,3 +70,33 @@ def test_sigma_follows_the_dynamic_shift_of_the_token_count(folder):
         mu = 0.5 + 0.65 * (tokens - 256) / 3840
         assert ex.family.mu(tokens) == pytest.approx(mu)
         assert ex.schedule.sigma(300, mu) == pytest.approx(math.exp(mu) / (math.exp(mu) + 1 / 0.3 - 1), rel=1e-5)
+
+
+def test_concepts_are_their_own_t5_tokens_and_leave_the_image_stream_alone(folder):
+    """T5 adds no start token: a one-token concept is its position 0, a three-token one the mean of positions
+    0-2 (not the end-of-sequence token at 1 or 3); the stream is modulated by the joined concepts' pooled CLIP;
+    and the stored block features are bit-identical with the concept stream running."""
+    from probekit.extractors.concept_attention import ConceptAttentionExtractor
+    from probekit.extractors.diffusers_dit import DiffusersDiTExtractor
+
+    ex = DiffusersDiTExtractor(folder, timesteps=[300], layers=[1], device="cpu")
+    ca = ConceptAttentionExtractor(ex, ["a", "red"])
+    pipe = ex._text_pipeline()
+    with torch.no_grad():
+        t5 = pipe._get_t5_prompt_embeds(prompt=["a", "red"], max_sequence_length=64)
+        pooled = pipe._get_clip_prompt_embeds(prompt="a red")
+    text = ca.text
+    assert text.token_counts == [1, 3] and text.index == [0, 1]
+    torch.testing.assert_close(text.stream[0], t5[0, 0])
+    torch.testing.assert_close(text.stream[1], t5[1, :3].mean(0))
+    torch.testing.assert_close(text.pooled, pooled)
+    assert ca.config()["concept_definition"]["modulation"] == "concepts"
+    images = torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(3))
+    plain = ex.extract(images, [""], [0])["t=300/layer=1"]
+    seen = {}
+    hook = ex.transformer.transformer_blocks[1].register_forward_hook(
+        lambda m, a, o: seen.__setitem__("image", o[1].clone()))
+    maps = ca.extract(images, [""], [0])
+    hook.remove()
+    assert torch.equal(seen["image"].reshape(1, 8, 8, -1).permute(0, 3, 1, 2), plain)
+    torch.testing.assert_close(maps["concepts=output"].sum(1), torch.ones(1, 8, 8))

@@ -75,3 +75,31 @@ def test_every_site_extracts_with_the_planned_shape(folder):
     for key, m in plain.items():
         torch.testing.assert_close(maps[key], m)
     assert not torch.allclose(maps["t=400/site=norm1/layer=0"], maps["t=400/layer=0"])
+
+
+def test_concepts_are_spans_of_the_joined_prompt_with_its_start_token(folder):
+    """The reference encodes the concepts joined as one prompt and keeps CLIP's start token in the stream: a
+    one-token concept is its own position, a three-token one the mean of its span (the space between skipped)."""
+    from probekit.extractors.concept_attention import ConceptAttentionExtractor
+    from probekit.extractors.diffusers_dit import DiffusersDiTExtractor
+
+    ex = DiffusersDiTExtractor(folder, timesteps=[300], layers=[1], device="cpu")
+    ca = ConceptAttentionExtractor(ex, ["a", "red"])
+    with torch.no_grad():
+        emb, _, _, _ = ex._text_pipeline().encode_prompt("a red", "a red", "a red",
+                                                         do_classifier_free_guidance=False)
+    text = ca.text
+    assert text.token_counts == [1, 3] and text.index == [1, 2]
+    torch.testing.assert_close(text.stream[0], emb[0, 0])  # the start token
+    torch.testing.assert_close(text.stream[1], emb[0, 1])  # "a"
+    torch.testing.assert_close(text.stream[2], emb[0, 3:6].mean(0))  # "r", "e", "d" after the space at 2
+    assert ca.concept_layers == [0, 1, 2]  # the context-pre-only last block too, as the reference reads it
+    images = torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(4))
+    plain = ex.extract(images, [""], [0])["t=300/layer=1"]
+    seen = {}
+    hook = ex.transformer.transformer_blocks[1].register_forward_hook(
+        lambda m, a, o: seen.__setitem__("image", o[1].clone()))
+    maps = ca.extract(images, [""], [0])
+    hook.remove()
+    assert torch.equal(seen["image"].reshape(1, 8, 8, -1).permute(0, 3, 1, 2), plain)
+    torch.testing.assert_close(maps["concepts=output"].sum(1), torch.ones(1, 8, 8))

@@ -4,7 +4,7 @@ see the joined [text, image] sequence."""
 
 from __future__ import annotations
 
-from probekit.extractors.dit_family import DiTFamily, Site, TokenLayout, first, itself, last
+from probekit.extractors.dit_family import ConceptDefinition, DiTFamily, Site, TokenLayout, first, itself, last
 
 _JOINT = {"output": Site("", last), "norm1": Site("norm1", first), "attn": Site("attn", first),
           "mlp": Site("ff", itself)}
@@ -15,6 +15,18 @@ _SINGLE = {
     "attn": Site("attn", itself, stream="joint", note=_SINGLE_NOTE),
     "mlp": Site("act_mlp", itself, stream="joint", width_factor=4.0, note=_SINGLE_NOTE + "; the 4x-wide hidden layer"),
 }
+
+
+#: The reference's diffusers FLUX code: each concept alone through T5 (no start token: its own first sub-token,
+#: padded to 64), the stream modulated by the timestep and guidance with the pooled CLIP embedding of the joined
+#: concepts, vectors after the output projections, the image side from the model's own attention. Its heatmap
+#: code takes the softmax over patches (dim=-1, though its comment says concepts); probekit follows the paper and
+#: the reference's original FLUX code: softmax over concepts per block.
+CONCEPTS = ConceptDefinition(
+    reference="helblazer811/ConceptAttention concept_attention/diffusers/flux/pipeline.py (encode_concepts), "
+              "diffusers/flux/dit.py, diffusers/flux/dit_block.py",
+    tokens="each-alone", modulation="concepts", vectors="projected", image_vectors="real",
+    normalise_concepts=False, softmax="per-block", max_sequence_length=64)
 
 
 class FluxFamily(DiTFamily):
@@ -56,6 +68,20 @@ class FluxFamily(DiTFamily):
     def encode_prompts(self, pipe, prompts, device):
         emb, pooled, _ = pipe.encode_prompt(prompt=prompts, prompt_2=prompts, device=device)
         return {"encoder_hidden_states": emb, "pooled_projections": pooled}
+
+    concept_definition = CONCEPTS
+
+    def encode_concepts(self, pipe, concepts, device):
+        """Each concept alone through T5, its own sub-tokens averaged; the joined concepts' pooled CLIP."""
+        from probekit.extractors.concept_attention import ConceptText, mean_over_spans
+
+        hidden = pipe._get_t5_prompt_embeds(prompt=list(concepts), max_sequence_length=CONCEPTS.max_sequence_length,
+                                            device=device)
+        counts = [len(pipe.tokenizer_2(c, add_special_tokens=False)["input_ids"]) for c in concepts]
+        stream = mean_over_spans(hidden.flatten(0, 1), [range(i * hidden.shape[1], i * hidden.shape[1] + n)
+                                                        for i, n in enumerate(counts)])
+        pooled = pipe._get_clip_prompt_embeds(prompt=" ".join(concepts), device=device)
+        return ConceptText(stream, list(range(len(concepts))), pooled, counts)
 
     def forward(self, x_t, sigma, t_int, cond, guidance):
         import torch

@@ -18,7 +18,7 @@ _BLOCK = {"output": Site("", itself, stream="joint"),
                        note="before the block's post-norm (attention_norm2) and tanh gate"),
           "mlp": Site("feed_forward", itself, stream="joint", note="before the block's ffn_norm2 and tanh gate")}
 _SCHEDULE_NOTE = ("Ideogram4Pipeline replaces the sampling grid with a resolution-aware logit-normal schedule "
-                  "(sigma = expit(mu + 0.5 ln(HW / 512^2) + std ndtri(u)), mu 0, std 1.5); probekit's timestep t maps "
+                  "(sigma = expit(mu + 0.5 ln(HW / 512^2) + std ndtri(u)), mu 0, std 1.5, clamped to logSNR [-15, 18]); probekit's timestep t maps "
                   "to sigma through the scheduler config's static shift instead (the shared NoiseSchedule has no "
                   "logit-normal form); every forward is still the pipeline's at that sigma")
 
@@ -92,7 +92,10 @@ class Ideogram4Family(DiTFamily):
         feats, _, _, indicator = pipe.encode_prompt(prompt=prompts, grid_h=0, grid_w=0,
                                                     max_sequence_length=self.max_sequence_length, device=device)
         lengths = (indicator == LLM_TOKEN_INDICATOR).sum(dim=1)
-        return {"llm_features": feats[:, feats.shape[1] - int(lengths.max()):], "text_lengths": lengths}
+        # encode_prompt returns float32; the pipeline casts to the transformer's dtype (the text encoder's, here)
+        # before the forward, so casting now changes no number and halves the host cache of every prompt
+        feats = feats[:, feats.shape[1] - int(lengths.max()):].to(pipe.text_encoder.dtype)
+        return {"llm_features": feats, "text_lengths": lengths}
 
     @property
     def max_sequence_length(self) -> int:

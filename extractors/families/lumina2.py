@@ -59,7 +59,8 @@ class Lumina2Family(DiTFamily):
         return self.calculate_shift_mu(self.latent_channels())
 
     def timestep_input(self, sigma, t_int):
-        return 1.0 - sigma  # pipeline: current_timestep = 1 - t / num_train_timesteps
+        # pipeline: current_timestep = 1 - t / num_train_timesteps, in float32 (the scheduler's timesteps)
+        return 1.0 - sigma.float()
 
     def null_condition(self, device, dtype):
         import torch
@@ -83,4 +84,5 @@ class Lumina2Family(DiTFamily):
 
     def describe(self):
         return {**super().describe(), "blocks": "noise_refiner then layers (the context refiner holds no image tokens)",
-                "timestep_input": "1 - sigma", "mu_from": "the latent channel count, as pipeline_lumina2.py computes it"}
+                "timestep_input": "1 - sigma",
+                "mu_from": "the latent channel count, as pipeline_lumina2.py computes it"}

@@ -154,6 +154,10 @@ class QwenImage21Family(DiTFamily):
                          encoder_hidden_states=text, encoder_hidden_states_mask=None, img_shapes=[[(1, h, w)]] * b,
                          img_mask=img_mask, return_dict=False)
 
+    def describe(self):
+        return {**super().describe(), "true_cfg": "off (one conditional forward)",
+                "text_batching": "one forward per caption length (unpadded, as the pipeline runs one caption)"}
+
 
 def _with_target_slots(image_pad, n):
     """The pipeline's ``append_target_slots``: n image slots for the target after the text."""

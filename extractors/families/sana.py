@@ -47,8 +47,8 @@ class SanaFamily(DiTFamily):
         return self.vae.encode(pixels).latent * self.vae_config["scaling_factor"]
 
     def timestep_input(self, sigma, t_int):
-        # pipeline: timestep = t * transformer.config.timestep_scale, with the scheduler's t = 1000 sigma
-        return sigma * 1000.0 * float(self.config.get("timestep_scale") or 1.0)
+        # pipeline: timestep = t * transformer.config.timestep_scale, with the scheduler's t = 1000 sigma (float32)
+        return sigma.float() * 1000.0 * float(self.config.get("timestep_scale") or 1.0)
 
     def null_condition(self, device, dtype):
         import torch
@@ -64,8 +64,8 @@ class SanaFamily(DiTFamily):
 
     def encode_prompts(self, pipe, prompts, device):
         # Every prompt comes back max_sequence_length long (bos + its last tokens) with its mask.
-        emb, mask, _, _ = pipe.encode_prompt(list(prompts), do_classifier_free_guidance=False, device=device)
-
+        emb, mask, _, _ = pipe.encode_prompt(list(prompts), do_classifier_free_guidance=False, device=device,
+                                             **self.prompt_defaults())
         return {"encoder_hidden_states": emb, "encoder_attention_mask": mask}
 
     def forward(self, x_t, sigma, t_int, cond, guidance):

@@ -55,7 +55,8 @@ class ZImageFamily(DiTFamily):
         return self.calculate_shift_mu(image_seq_len)
 
     def timestep_input(self, sigma, t_int):
-        return 1.0 - sigma  # pipeline: timestep = (1000 - t) / 1000
+        # pipeline: timestep = (1000 - t) / 1000, in float32 (the scheduler's timesteps)
+        return 1.0 - sigma.float()
 
     def null_condition(self, device, dtype):
         import torch
