@@ -45,7 +45,7 @@ class ForwardInputs:
     """Everything one batched forward needs, rows sample-major over (samples x timesteps)."""
 
     x_t: torch.Tensor  # (B*T, C, h, w) noised latents in the family's spatial layout
-    sigma: torch.Tensor  # (B*T,) noise levels (flow) or t / 1000 (DDPM)
+    sigma: torch.Tensor  # (B*T,) float32 noise levels (flow) or t / 1000 (DDPM)
     t_int: torch.Tensor  # (B*T,) integer DDPM timesteps
     cond: Cond
     grid: tuple[int, int]  # token rows, token columns
@@ -316,7 +316,9 @@ class DiffusersDiTExtractor(Extractor):
                 rows.append(self.schedule.add_noise(x0[i:i + 1].float(), eps[None], t, mu))
                 sigmas.append(self.schedule.sigma(t, mu) if self.schedule.kind == "flow" else t / 1000.0)
                 ts.append(NoiseSchedule.ddpm_t(t))
-        return (torch.cat(rows).to(self.dtype), torch.tensor(sigmas, device=self.device, dtype=self.dtype),
+        # sigma stays float32: pipelines hand the transformer float32 timesteps (or cast t = 1000 sigma, not
+        # sigma, to the model's dtype: the families do what their pipeline does)
+        return (torch.cat(rows).to(self.dtype), torch.tensor(sigmas, device=self.device, dtype=torch.float32),
                 torch.tensor(ts, device=self.device, dtype=torch.long))
 
     def model_inputs(self, images: torch.Tensor, captions: Sequence[str], indices: Sequence[int],

@@ -56,7 +56,8 @@ class FluxFamily(DiTFamily):
         return self.calculate_shift_mu(image_seq_len)
 
     def timestep_input(self, sigma, t_int):
-        return sigma  # the pipeline passes t / 1000; the transformer scales it by 1000 inside
+        # FluxPipeline: t.to(latents.dtype) / 1000 (t = 1000 sigma); the transformer scales it by 1000 inside
+        return (sigma * 1000.0).to(self.transformer.dtype) / 1000.0
 
     def null_condition(self, device, dtype):
         import torch
