@@ -46,7 +46,7 @@ class ForwardInputs:
 
     x_t: torch.Tensor  # (B*T, C, h, w) noised latents in the family's spatial layout
     sigma: torch.Tensor  # (B*T,) float32 noise levels (flow) or t / 1000 (DDPM)
-    t_int: torch.Tensor  # (B*T,) integer DDPM timesteps
+    t_int: torch.Tensor  # (B*T,) integer timesteps: t in [0, 1000] (flow), on the scheduler's grid (DDPM)
     cond: Cond
     grid: tuple[int, int]  # token rows, token columns
 
@@ -297,9 +297,10 @@ class DiffusersDiTExtractor(Extractor):
     # -- extraction -------------------------------------------------------------------------
     def encode_images(self, images: torch.Tensor) -> torch.Tensor:
         """[0, 1] images -> the latents the transformer denoises (the family's encoding) or [-1, 1] pixels."""
-        x = images.to(self.device, self.dtype)
+        x = images.to(self.device, torch.float32)  # resized in float32: antialiasing has no bfloat16 CPU kernel
         if self.resolution is not None and tuple(x.shape[-2:]) != self.resolution:
             x = F.interpolate(x, size=self.resolution, mode="bilinear", antialias=True, align_corners=False)
+        x = x.to(self.dtype)
         self.transformer  # noqa: B018 - the VAE loads with it
         return self.family.encode(x * 2.0 - 1.0)
 
@@ -314,8 +315,12 @@ class DiffusersDiTExtractor(Extractor):
             eps = sample_noise((c, h, w), self.seed, int(index), draw).to(self.device, torch.float32)
             for t in self._timesteps:
                 rows.append(self.schedule.add_noise(x0[i:i + 1].float(), eps[None], t, mu))
-                sigmas.append(self.schedule.sigma(t, mu) if self.schedule.kind == "flow" else t / 1000.0)
-                ts.append(NoiseSchedule.ddpm_t(t))
+                if self.schedule.kind == "flow":
+                    sigmas.append(self.schedule.sigma(t, mu))
+                    ts.append(t)  # the integer timestep itself (some pipelines hand it to the model unshifted)
+                else:
+                    sigmas.append(t / 1000.0)
+                    ts.append(NoiseSchedule.ddpm_t(t))  # on the DDPM scheduler's own grid
         # sigma stays float32: pipelines hand the transformer float32 timesteps (or cast t = 1000 sigma, not
         # sigma, to the model's dtype: the families do what their pipeline does)
         return (torch.cat(rows).to(self.dtype), torch.tensor(sigmas, device=self.device, dtype=torch.float32),
