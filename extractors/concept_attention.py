@@ -41,12 +41,13 @@ MODES = ("output", "cross")
 class ConceptText:
     """What enters the concept stream: ``stream`` (S, D) text-encoder states, the positions of the concepts in it
     (a joined prompt keeps its start token), the pooled embedding of the joined concepts (for "concepts"
-    modulation), and how many sub-tokens each concept's state averages."""
+    modulation), how many sub-tokens each concept's state averages, and where rotary embeddings place them."""
 
     stream: torch.Tensor
     index: list[int]
     pooled: torch.Tensor | None = None
     token_counts: list[int] = field(default_factory=list)
+    positions: torch.Tensor | None = None  # (S, axes) rotary position ids of the stream (None: the identity)
 
 
 def concept_spans(tokenizer, concepts: Sequence[str], joined_ids: Sequence[int], start: int) -> list[range]:
@@ -69,6 +70,31 @@ def concept_spans(tokenizer, concepts: Sequence[str], joined_ids: Sequence[int],
     return spans
 
 
+def encoded_concepts(pipe, encode, concepts: Sequence[str]) -> tuple[list[torch.Tensor], list[range]]:
+    """Each concept alone through a pipeline's own prompt encoding ``encode([concept])`` (chat templates and
+    all): its hidden states and the positions of the concept's own tokens in them (the last occurrence of its
+    token ids among the ids the text encoder received)."""
+    tokenizer = getattr(pipe.tokenizer, "tokenizer", pipe.tokenizer)  # a processor wraps its tokenizer
+    seen: dict[str, torch.Tensor] = {}
+    hook = pipe.text_encoder.register_forward_pre_hook(
+        lambda m, args, kwargs: seen.__setitem__("ids", kwargs.get("input_ids", args[0] if args else None)),
+        with_kwargs=True)
+    states, spans = [], []
+    try:
+        for concept in concepts:
+            hidden = encode([concept])
+            ids = seen["ids"][0].tolist()
+            own = tokenizer(concept, add_special_tokens=False)["input_ids"]
+            starts = [i for i in range(len(ids) - len(own) + 1) if ids[i:i + len(own)] == own]
+            if not starts:
+                raise ProbekitError(f"concept {concept!r}: its tokens are not found in its own encoded prompt")
+            states.append(hidden[0])
+            spans.append(range(starts[-1], starts[-1] + len(own)))
+    finally:
+        hook.remove()
+    return states, spans
+
+
 def mean_over_spans(hidden: torch.Tensor, spans: Sequence[range]) -> torch.Tensor:
     """(L, D) states -> (C, D): the mean over each span."""
     return torch.stack([hidden[span.start:span.stop].mean(0) for span in spans])
@@ -78,9 +104,10 @@ class ConceptRun:
     """The concept stream of one forward pass and the maps it produced."""
 
     def __init__(self, tokens: torch.Tensor, pooled: torch.Tensor | None, record_layers: set[int], last_layer: int,
-                 stop_early: bool):
+                 stop_early: bool, rotary=None):
         self.states = tokens  # (B, S, dim)
         self.pooled = pooled  # (B, pooled dim) or None
+        self.rotary = rotary  # the concept tokens' rotary table (cos, sin), or None: the identity
         self.concept_temb: torch.Tensor | None = None
         self.record_layers, self.last_layer, self.stop_early = record_layers, last_layer, stop_early
         self.normed: torch.Tensor | None = None
@@ -88,6 +115,51 @@ class ConceptRun:
         self.attn_out: torch.Tensor | None = None
         self.image_pre: torch.Tensor | None = None  # the real image attention before its output projection
         self.maps: dict[str, dict[int, torch.Tensor]] = {m: {} for m in MODES}
+
+
+class AdaLNZeroStream:
+    """SD3 and FLUX.1 joint blocks: the text stream is modulated by the block's own ``norm1_context``
+    (AdaLayerNormZero over the conditioning embedding ``temb``) and updated through its gates, ``norm2_context``
+    and ``ff_context``."""
+
+    def modulate(self, block, states, temb, kwargs):
+        if getattr(block, "context_pre_only", False):  # AdaLayerNormContinuous(x, conditioning): no update after
+            return block.norm1_context(states, temb), None
+        out = block.norm1_context(states, emb=temb)
+        return out[0], out[1:]  # (normed, (gate_msa, shift_mlp, scale_mlp, gate_mlp))
+
+    def embedding(self, args, kwargs):
+        return kwargs.get("temb", args[2] if len(args) > 2 else None)
+
+    def update(self, block, states, attn_out, gates):
+        gate_msa, shift_mlp, scale_mlp, gate_mlp = gates
+        states = states + gate_msa.unsqueeze(1) * attn_out
+        normed = block.norm2_context(states) * (1 + scale_mlp[:, None]) + shift_mlp[:, None]
+        return states + gate_mlp.unsqueeze(1) * block.ff_context(normed)
+
+
+class SharedModulationStream:
+    """FLUX.2 joint blocks: the text stream's shift, scale and gate come from one modulation shared by every
+    block (``temb_mod_txt``), applied around plain LayerNorms (``norm1_context``, ``norm2_context``)."""
+
+    def embedding(self, args, kwargs):
+        return kwargs.get("temb_mod_txt", args[3] if len(args) > 3 else None)
+
+    def modulate(self, block, states, temb_mod, kwargs):
+        from diffusers.models.transformers.transformer_flux2 import Flux2Modulation
+
+        (shift, scale, gate), mlp = Flux2Modulation.split(temb_mod, 2)
+        return (1 + scale) * block.norm1_context(states) + shift, (gate, *mlp)
+
+    def update(self, block, states, attn_out, gates):
+        gate_msa, shift_mlp, scale_mlp, gate_mlp = gates
+        states = states + gate_msa * attn_out
+        normed = block.norm2_context(states) * (1 + scale_mlp) + shift_mlp
+        return states + gate_mlp * block.ff_context(normed)
+
+
+#: ``DiTFamily.concept_stream`` -> how the family's joint blocks treat their text stream
+STREAMS = {"adaln-zero": AdaLNZeroStream(), "shared-modulation": SharedModulationStream()}
 
 
 class _StopAfterLastBlock(Exception):
@@ -148,7 +220,11 @@ def _concept_attention(run: ConceptRun, layer: int, attn, image_normed, image_ou
         q_x, k_x = apply_rotary_emb(q_x, table, sequence_dim=2), apply_rotary_emb(k_x, table, sequence_dim=2)
     c = run.normed
     q_c, k_c, v_c = _qkv(attn, c, ("add_q_proj", "add_k_proj", "add_v_proj"), ("norm_added_q", "norm_added_k"))
-    # Concept tokens sit at position 0 like text tokens: rotary is the identity for them.
+    q_c0 = q_c  # before rotary, for the cross-attention baseline
+    if run.rotary is not None:  # FLUX.2 places its text tokens by position; FLUX.1's sit at 0 (the identity)
+        from diffusers.models.embeddings import apply_rotary_emb
+
+        q_c, k_c = (apply_rotary_emb(x, run.rotary, sequence_dim=2) for x in (q_c, k_c))
     o_c = _merge(F.scaled_dot_product_attention(q_c, torch.cat([k_c, k_x], 2), torch.cat([v_c, v_x], 2))).to(c.dtype)
     to_add_out = getattr(attn, "to_add_out", None)
     run.attn_out = to_add_out(o_c) if to_add_out is not None else None  # None: context-pre-only, no update
@@ -168,16 +244,17 @@ def _concept_attention(run: ConceptRun, layer: int, attn, image_normed, image_ou
     if definition.normalise_concepts:
         concept_vec = concept_vec / (concept_vec.norm(dim=-1, keepdim=True) + 1e-8)
     run.maps["output"][layer] = torch.einsum("bcd,bnd->bcn", concept_vec, image_vec.float())
-    run.maps["cross"][layer] = torch.einsum("bhcd,bhnd->bcn", q_c.float(), k_x0.float())
+    run.maps["cross"][layer] = torch.einsum("bhcd,bhnd->bcn", q_c0.float(), k_x0.float())
 
 
 class ConceptAttention:
     """Installs the processors and hooks on an MM-DiT transformer; ``run`` one forward with a concept stream."""
 
     def __init__(self, transformer, blocks: Sequence[torch.nn.Module], layers: Sequence[int],
-                 definition: ConceptDefinition):
+                 definition: ConceptDefinition, stream: str = "adaln-zero"):
         self.transformer, self.blocks = transformer, list(blocks)
         self.layers, self.definition = sorted(set(int(x) for x in layers)), definition
+        self.stream = STREAMS[stream]
         for layer in self.layers:
             if not 0 <= layer < len(self.blocks):
                 raise ProbekitError(f"concept layer {layer} is out of range (0..{len(self.blocks) - 1})")
@@ -228,16 +305,9 @@ class ConceptAttention:
             run = self.holder.run
             if run is None:
                 return
-            temb = run.concept_temb if self.definition.modulation == "concepts" else kwargs.get(
-                "temb", args[2] if len(args) > 2 else None)
-            if getattr(block, "context_pre_only", False):  # AdaLayerNormContinuous(x, conditioning)
-                out = block.norm1_context(run.states, temb)
-            else:
-                out = block.norm1_context(run.states, emb=temb)
-            if isinstance(out, tuple):  # AdaLayerNormZero: (normed, gate_msa, shift_mlp, scale_mlp, gate_mlp)
-                run.normed, run.gates = out[0], out[1:]
-            else:  # the context-pre-only last block (AdaLayerNormContinuous): no gates, no update after it
-                run.normed, run.gates = out, None
+            embedding = (run.concept_temb if self.definition.modulation == "concepts"
+                         else self.stream.embedding(args, kwargs))
+            run.normed, run.gates = self.stream.modulate(block, run.states, embedding, kwargs)
         return hook
 
     def _post_hook(self, layer: int):
@@ -246,21 +316,18 @@ class ConceptAttention:
             if run is None:
                 return
             if run.gates is not None and run.attn_out is not None:
-                gate_msa, shift_mlp, scale_mlp, gate_mlp = run.gates
-                states = run.states + gate_msa.unsqueeze(1) * run.attn_out
-                normed = block.norm2_context(states) * (1 + scale_mlp[:, None]) + shift_mlp[:, None]
-                run.states = states + gate_mlp.unsqueeze(1) * block.ff_context(normed)
+                run.states = self.stream.update(block, run.states, run.attn_out, run.gates)
             run.normed = run.image_pre = None
             if layer == run.last_layer and run.stop_early:
                 raise _StopAfterLastBlock
         return hook
 
-    def run(self, tokens: torch.Tensor, forward, pooled: torch.Tensor | None = None,
-            stop_early: bool = True) -> ConceptRun:
+    def run(self, tokens: torch.Tensor, forward, pooled: torch.Tensor | None = None, stop_early: bool = True,
+            rotary=None) -> ConceptRun:
         """Run ``forward()`` with the concept stream; returns the run with its per-layer maps."""
         if self.definition.modulation == "concepts" and pooled is None:
             raise ProbekitError("this family's concept stream is modulated by the concepts' pooled embedding")
-        run = ConceptRun(tokens, pooled, set(self.layers), max(self.layers), stop_early)
+        run = ConceptRun(tokens, pooled, set(self.layers), max(self.layers), stop_early, rotary)
         self.holder.run = run
         try:
             forward()
@@ -341,14 +408,16 @@ class ConceptAttentionExtractor(Extractor):
         """The hooks, installed once the transformer is loaded (after the text encoders are freed)."""
         if self._attention is None:
             blocks = list(self.base.transformer.transformer_blocks)  # joint (double-stream) blocks only
-            self._attention = ConceptAttention(self.base.transformer, blocks, self.concept_layers, self.definition)
+            self._attention = ConceptAttention(self.base.transformer, blocks, self.concept_layers, self.definition,
+                                               self.base.family.concept_stream)
         return self._attention
 
     @property
     def concept_layers(self) -> list[int]:
         if self._layers_asked:
             return sorted(set(int(x) for x in self._layers_asked))
-        return list(range(self.base.family.config["num_layers"]))  # every joint block
+        n = self.base.family.config["num_layers"]  # joint blocks
+        return list(range(max(0, n - (self.definition.last_blocks or n)), n))
 
     # -- contract ---------------------------------------------------------------------------
     @property
@@ -397,13 +466,15 @@ class ConceptAttentionExtractor(Extractor):
         b, n_t = images.shape[0], len(base.timesteps)
         tokens = base.transformer.context_embedder(text.stream.to(base.device, base.dtype))
         pooled = text.pooled.to(base.device, base.dtype) if text.pooled is not None else None
+        rotary = (None if text.positions is None else
+                  tuple(t.to(base.device) for t in base.transformer.pos_embed(text.positions.to(base.device))))
         index = torch.tensor(text.index, device=base.device)
         sums = {m: None for m in MODES}
         for draw in range(base.ensemble):
             inputs = base.model_inputs(images, captions, indices, draw)
             gh, gw = inputs.grid
             stream = tokens.unsqueeze(0).expand(inputs.x_t.shape[0], -1, -1)
-            run = self.attention.run(stream, lambda: base.run_forward(inputs), pooled=pooled)
+            run = self.attention.run(stream, lambda: base.run_forward(inputs), pooled=pooled, rotary=rotary)
             for mode in MODES:
                 per_layer = torch.stack([run.maps[mode][layer].index_select(1, index)
                                          for layer in self.concept_layers])  # (L, B*T, C, N)

@@ -31,7 +31,7 @@ from probekit.errors import ProbekitError
 from probekit.extractors.base import Extractor, normalise_layers, parse_resolution
 from probekit.extractors.dit_family import SITE_MEANINGS, Cond, DiTFamily
 from probekit.extractors.hooks import capture_sites
-from probekit.extractors.loading import load_pretrained, read_json, resolve_weights
+from probekit.extractors.loading import load_pretrained, quiet_loading, read_json, resolve_weights
 from probekit.extractors.noise import NoiseSchedule, sample_noise
 from probekit.keys import DEFAULT_SITE, feature_key
 from probekit.provenance import weights_identity
@@ -83,7 +83,8 @@ class DiffusersDiTExtractor(Extractor):
 
     def __init__(self, weights: str | Path, timesteps: Sequence[int] = (250, 500, 750), layers: Sequence[int] = (0,),
                  ensemble: int = 1, seed: int = 0, conditioning: str = "empty", resolution=None,
-                 device: str = "auto", dtype: str = "auto", guidance: float = 3.5, class_label: int | None = None,
+                 device: str = "auto", dtype: str = "auto", guidance: float | None = None,
+                 class_label: int | None = None,
                  sites: Sequence[str] = (DEFAULT_SITE,), name: str | None = None, notes: Sequence[str] = ()):
         if weights is None:
             raise ProbekitError("this extractor needs --weights (a diffusers folder or a hub id)")
@@ -96,7 +97,7 @@ class DiffusersDiTExtractor(Extractor):
         self.root = resolve_weights(weights)
         refuse_pickled_weights(self.root)  # the whole folder, before any component is read
         self.seed, self.ensemble, self.conditioning = int(seed), int(ensemble), conditioning
-        self.resolution, self.guidance = parse_resolution(resolution), float(guidance)
+        self.resolution, self._guidance = parse_resolution(resolution), guidance
         self._notes = list(notes)
         self.device = resolve_device(device)
         self.dtype = resolve_dtype(dtype, self.device)
@@ -105,6 +106,7 @@ class DiffusersDiTExtractor(Extractor):
             if not 0 <= t <= 1000:
                 raise ProbekitError(f"timesteps are integers in [0, 1000] (0 = clean image); got {t}")
         self._read_folder()
+        self.guidance = self.family.default_guidance if guidance is None else float(guidance)
         if class_label is not None:
             self.family.class_label = int(class_label)
         kinds = self.family.block_kinds()
@@ -130,13 +132,14 @@ class DiffusersDiTExtractor(Extractor):
             self._vae_cls = _diffusers_class(self._vdir, "vae")
             vae_config = _full_config(self._vae_cls, self._vdir)
         scheduler_config = read_json(root / "scheduler" / "scheduler_config.json")
-        self.family: DiTFamily = family_cls(config, vae_config, scheduler_config)
+        index = read_json(root / "model_index.json") or read_json(root / "modular_model_index.json")
+        self.family: DiTFamily = family_cls(config, vae_config, scheduler_config, index)
         self.schedule = NoiseSchedule.from_scheduler_config(scheduler_config, family_cls.noise_default,
                                                             family_cls.default_shift)
         # Text comes from a diffusers pipeline (model_index.json: the pipeline's own encode_prompt) or from a
         # plain text_encoder/ + tokenizer/ pair (TextConditioner: hidden states + pooled output).
-        if (root / "model_index.json").is_file() and any(root.glob("text_encoder*/config.json")):
-            self.text_source = "pipeline"
+        if index is not None and any(root.glob("text_encoder*/config.json")):
+            self.text_source = "pipeline"  # a diffusers pipeline folder, standard or modular
         elif (root / "text_encoder" / "config.json").is_file() and (root / "tokenizer").is_dir():
             self.text_source = "encoder"
         else:
@@ -179,20 +182,31 @@ class DiffusersDiTExtractor(Extractor):
     # -- text -------------------------------------------------------------------------------
     def _text_pipeline(self):
         if self._pipe is None:
-            from diffusers import DiffusionPipeline
-
-            # Only the text side is needed: no transformer, no VAE. Components saved as [null, null] (e.g. SD3
-            # without T5) must be passed as None explicitly, or from_pretrained refuses the folder.
-            index = read_json(self.root / "model_index.json") or {}
-            absent = {name: None for name, entry in index.items()
-                      if isinstance(entry, list) and entry and entry[0] is None}
-            skip = {name: None for name in ("transformer", "vae") if name in index}
-            self._pipe = load_pretrained(DiffusionPipeline, self.root, "pipeline's text encoders",
-                                         **absent, **skip, torch_dtype=self.dtype)
-            self._pipe.to(self.device)
+            self._pipe = self._load_text_pipeline()
             for component, stand_in in self.family.text_stand_ins().items():
                 setattr(self._pipe, component, stand_in)
         return self._pipe
+
+    def _load_text_pipeline(self):
+        """The folder's pipeline with its text components only: no transformer, no VAE."""
+        from diffusers import DiffusionPipeline, ModularPipeline
+
+        index = self.family.pipeline_index
+        if (self.root / "modular_model_index.json").is_file():
+            names = [n for n in index if n.startswith(("text_encoder", "tokenizer", "processor"))]
+            pipe = load_pretrained(ModularPipeline, self.root, "modular pipeline")
+            with quiet_loading():
+                pipe.load_components(names=names, torch_dtype=self.dtype)
+        else:
+            # Components saved as [null, null] (e.g. SD3 without T5) must be passed as None explicitly, or
+            # from_pretrained refuses the folder.
+            absent = {name: None for name, entry in index.items()
+                      if isinstance(entry, list) and entry and entry[0] is None}
+            skip = {name: None for name in ("transformer", "vae", *self.family.non_text_components) if name in index}
+            pipe = load_pretrained(DiffusionPipeline, self.root, "pipeline's text encoders", **absent, **skip,
+                                   torch_dtype=self.dtype)
+        pipe.to(self.device)
+        return pipe
 
     def _text_encoder(self):
         if self._encoder is None:
@@ -308,17 +322,18 @@ class DiffusersDiTExtractor(Extractor):
                      ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(B*T, C, h, w) noised latents, sample-major, with each row's sigma and integer timestep."""
         b, c, h, w = x0.shape
-        gh, gw = self.family.token_grid(h, w)
-        mu = self.family.mu(gh * gw) if self.schedule.kind == "flow" else None
+        grid = self.family.token_grid(h, w)
         rows, sigmas, ts = [], [], []
         for i, index in enumerate(indices):
             eps = sample_noise((c, h, w), self.seed, int(index), draw).to(self.device, torch.float32)
             for t in self._timesteps:
-                rows.append(self.schedule.add_noise(x0[i:i + 1].float(), eps[None], t, mu))
                 if self.schedule.kind == "flow":
-                    sigmas.append(self.schedule.sigma(t, mu))
+                    s = self.family.sigma(self.schedule, t, grid)
+                    rows.append((1.0 - s) * x0[i:i + 1].float() + s * eps[None])
+                    sigmas.append(s)
                     ts.append(t)  # the integer timestep itself (some pipelines hand it to the model unshifted)
                 else:
+                    rows.append(self.schedule.add_noise(x0[i:i + 1].float(), eps[None], t))
                     sigmas.append(t / 1000.0)
                     ts.append(NoiseSchedule.ddpm_t(t))  # on the DDPM scheduler's own grid
         # sigma stays float32: pipelines hand the transformer float32 timesteps (or cast t = 1000 sigma, not

@@ -62,6 +62,7 @@ class Site:
     stream: str = "image"
     width_factor: float = 1.0
     note: str = ""  # how this family's site departs from SITE_MEANINGS, if it does
+    reads: str = "output"  # "input": the module's ``hidden_states`` argument (the normalised input attention reads)
 
 
 @dataclass(frozen=True)
@@ -77,6 +78,7 @@ class ConceptDefinition:
     softmax: str  # "per-block": over concepts per (timestep, block), then the mean | "after-mean"
     temperature: float = 1.0
     max_sequence_length: int | None = None  # padding of each concept's encoding, where the reference sets it
+    last_blocks: int | None = None  # default concept blocks: the last N joint blocks (None: every joint block)
 
 
 #: The sites every family describes the same way (a family lists those its blocks have).
@@ -108,8 +110,13 @@ class DiTFamily:
     noise_default: ClassVar[str] = "flow"  # when the folder has no scheduler config
     default_shift: ClassVar[float] = 3.0
     text: ClassVar[bool] = True  # conditioned on text
-    concept_attention: ClassVar[bool] = False
+    concept_attention: ClassVar[bool] = False  # probekit computes concept attention for it (concept_definition)
+    joint_stream: ClassVar[bool] = False  # text and image tokens share an attention (concept attention could apply)
+    concept_stream: ClassVar[str] = "adaln-zero"  # how its joint blocks modulate the text stream (concept_attention.py)
     guidance_input: ClassVar[bool] = False  # distilled guidance is an input of the transformer
+    guidance_argument: ClassVar[str] = "guidance_scale"  # the pipeline's __call__ argument that sets it
+    #: pipeline components the text-only pipeline must not load (a second transformer, ...)
+    non_text_components: ClassVar[tuple[str, ...]] = ()
     #: block kind -> (attribute of the transformer holding the blocks)
     block_lists: ClassVar[dict[str, str]] = {"joint": "transformer_blocks"}
     #: block kind -> site name -> Site
@@ -117,10 +124,12 @@ class DiTFamily:
     #: site name -> why this family's blocks do not have it
     missing_sites: ClassVar[dict[str, str]] = {}
 
-    def __init__(self, config, vae_config=None, scheduler_config: dict | None = None):
+    def __init__(self, config, vae_config=None, scheduler_config: dict | None = None,
+                 pipeline_index: dict | None = None):
         self.config = config
         self.vae_config = vae_config
         self.scheduler_config = scheduler_config
+        self.pipeline_index = pipeline_index or {}  # the folder's model_index.json (or modular_model_index.json)
         self.transformer = None  # set by the extractor once the weights are loaded
         self.vae = None
         self.layout: TokenLayout | None = None
@@ -136,6 +145,13 @@ class DiTFamily:
     def helpers(self):
         """The module of the pipeline class (its module-level helpers: ``calculate_shift``, ...)."""
         return pipeline_module(self.pipeline_class)
+
+    @property
+    def default_guidance(self) -> float | None:
+        """The distilled guidance the pipeline passes by default (its ``__call__``'s own default)."""
+        if not self.guidance_input:
+            return None
+        return float(pipeline_default(self.pipeline_class, self.guidance_argument))
 
     def calculate_shift_mu(self, image_seq_len: int, max_shift_default: float = 1.15) -> float | None:
         """``mu`` as FLUX-style pipelines compute it (their module's ``calculate_shift`` over the scheduler's
@@ -246,6 +262,12 @@ class DiTFamily:
         """The resolution-dependent shift of the pipeline's schedule (None: the scheduler's static shift)."""
         return None
 
+    def sigma(self, schedule, t: int, grid: tuple[int, int]) -> float:
+        """The noise level of timestep t for a token grid: the scheduler's own (``NoiseSchedule``), shifted by
+        ``mu`` where the pipeline shifts by resolution. A family whose pipeline builds its schedule otherwise
+        overrides this."""
+        return schedule.sigma(t, self.mu(grid[0] * grid[1]))
+
     def timestep_input(self, sigma: torch.Tensor, t_int: torch.Tensor) -> torch.Tensor:
         """What the transformer's ``timestep`` receives (SD3-style: sigma x 1000)."""
         return sigma * 1000.0
@@ -289,14 +311,17 @@ class DiTFamily:
     @classmethod
     def capabilities(cls) -> dict[str, Any]:
         sites = [s for s in SITE_MEANINGS if any(s in kind for kind in cls.sites.values())]
-        return {"captions": cls.text, "concept_attention": cls.concept_attention, "sites": sites,
+        return {"captions": cls.text, "concept_attention": cls.concept_attention,
+                "joint_stream": cls.joint_stream or cls.concept_attention, "sites": sites,
                 "block_kinds": list(cls.block_lists), "noise": cls.noise_default}
 
     @classmethod
     def capability_line(cls) -> str:
         caps = cls.capabilities()
         yes = {True: "yes", False: "no"}
-        return (f"captions: {yes[caps['captions']]}; concept attention: {yes[caps['concept_attention']]}; "
+        concepts = ("yes" if caps["concept_attention"] else
+                    "not yet (joint text/image attention)" if caps["joint_stream"] else "no (no joint text stream)")
+        return (f"captions: {yes[caps['captions']]}; concept attention: {concepts}; "
                 f"sites: {', '.join(caps['sites'])}; blocks: {' then '.join(caps['block_kinds'])}")
 
 

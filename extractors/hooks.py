@@ -92,7 +92,8 @@ class SiteCapture:
 
     def _hook(self, layer: int, site: str, spec):
         def hook(module, args, kwargs, output):
-            self.sink(layer, site, self.family.image_tokens(spec, output))
+            seen = kwargs.get("hidden_states", args[0] if args else None) if spec.reads == "input" else output
+            self.sink(layer, site, self.family.image_tokens(spec, seen))
         return hook
 
     def __exit__(self, *exc) -> None:

@@ -73,7 +73,11 @@ class NoiseSchedule:
 
     def sigma(self, t: int, mu: float | None = None) -> float:
         """Flow-matching noise level in [0, 1] for integer timestep t (``mu``: the dynamic shift)."""
-        u = min(max(t / T_MAX, 0.0), 1.0)
+        return self.shifted(min(max(t / T_MAX, 0.0), 1.0), mu)
+
+    def shifted(self, u: float, mu: float | None = None) -> float:
+        """The scheduler's shift applied to an unshifted noise level u in [0, 1] (what its ``set_timesteps``
+        does to a sigma it is given)."""
         if u == 0.0:
             return 0.0
         if self.dynamic:

@@ -154,4 +154,18 @@ def assert_matches_pipeline(folder, check: PipelineCheck, tmp_path, *, layers: S
                     assert diff < MAX_RELATIVE_DIFFERENCE, (f"{conditioning} sample {i} t={t} block {layer}: "
                                                             f"relative difference {diff:.2e}")
                     worst = max(worst, diff)
+    _log(ex, conditioning, worst, layers, timesteps)
     return worst
+
+
+def _log(ex, conditioning: str, worst: float, layers, timesteps) -> None:
+    """With PROBEKIT_PIPELINE_CHECK_LOG set, one JSON line per check (docs/families.py builds its table from them)."""
+    import json
+    import os
+
+    path = os.environ.get("PROBEKIT_PIPELINE_CHECK_LOG")
+    if path:
+        with open(path, "a") as f:
+            f.write(json.dumps({"transformer_class": ex.transformer_class, "pipeline_class": ex.family.pipeline_class,
+                                "conditioning": conditioning, "worst": worst, "layers": list(layers),
+                                "timesteps": list(timesteps), "test": os.environ.get("PYTEST_CURRENT_TEST")}) + "\n")

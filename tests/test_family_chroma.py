@@ -55,8 +55,10 @@ def pipe(folder):
 
 def _bool_mask_call(pipe):
     def call(prompt):
-        # the pipeline's own encoding; only the mask's dtype changes (guidance_scale 1: CFG off, one forward)
-        emb, _, mask, _, _, _ = pipe.encode_prompt(prompt=prompt, device="cpu", do_classifier_free_guidance=False)
+        # the pipeline's own encoding, under no_grad as in its __call__ (bfloat16 kernels differ with grad on);
+        # only the mask's dtype changes (guidance_scale 1: CFG off, one forward)
+        with torch.no_grad():
+            emb, _, mask, _, _, _ = pipe.encode_prompt(prompt=prompt, device="cpu", do_classifier_free_guidance=False)
         return {"prompt": None, "prompt_embeds": emb, "prompt_attention_mask": mask.bool(), "guidance_scale": 1.0}
     return call
 
@@ -67,6 +69,17 @@ def test_maps_equal_the_chroma_pipeline(folder, pipe, tmp_path, conditioning):
     check = PipelineCheck(pipe=pipe, blocks=_blocks, image_tokens=TOKENS, call=_bool_mask_call(pipe))
     worst = assert_matches_pipeline(folder, check, tmp_path, layers=LAYERS, conditioning=conditioning, dataset=ds)
     print(f"{conditioning}: worst relative difference {worst:.2e}")
+
+
+def test_bfloat16_maps_equal_the_chroma_pipeline_exactly(folder, tmp_path):
+    """In the model's dtype the timestep is cast as the pipeline casts it (t = 1000 sigma, not sigma)."""
+    from diffusers import ChromaPipeline
+
+    pipe = ChromaPipeline.from_pretrained(folder, torch_dtype=torch.bfloat16)
+    check = PipelineCheck(pipe=pipe, blocks=_blocks, image_tokens=TOKENS, call=_bool_mask_call(pipe))
+    worst = assert_matches_pipeline(folder, check, tmp_path, layers=LAYERS, conditioning="caption",
+                                    dataset=ShapeWorld("train", size=1), dtype="bfloat16")
+    assert worst == 0.0
 
 
 def test_the_float_mask_is_the_only_difference_from_the_pipeline_as_is(folder, pipe, tmp_path, monkeypatch):

@@ -109,6 +109,18 @@ def test_maps_equal_the_flux2_pipeline(folders, checks, tmp_path, variant, condi
     print(f"{variant} {conditioning}: worst relative difference {worst:.2e}")
 
 
+def test_bfloat16_maps_equal_the_flux2_pipeline_exactly(folders, tmp_path):
+    """In the model's dtype the timestep is cast as the pipeline casts it (t = 1000 sigma, not sigma)."""
+    from diffusers import Flux2Pipeline
+
+    pipe = Flux2Pipeline.from_pretrained(folders["dev"], torch_dtype=torch.bfloat16)
+    check = PipelineCheck(pipe=pipe, blocks=_blocks, image_tokens={1: last_element, 3: last_tokens},
+                          call=lambda prompt: {"prompt": prompt, "guidance_scale": GUIDANCE})
+    worst = assert_matches_pipeline(folders["dev"], check, tmp_path, layers=LAYERS, conditioning="caption",
+                                    dataset=ShapeWorld("train", size=1), guidance=GUIDANCE, dtype="bfloat16")
+    assert worst == 0.0
+
+
 def test_the_pipeline_is_chosen_from_the_guidance_embedder(folders):
     from probekit.extractors.diffusers_dit import DiffusersDiTExtractor
 
@@ -165,6 +177,7 @@ def test_every_declared_site_extracts(folders, variant):
     kinds = plain.family.block_kinds()
     for layer in LAYERS:
         sites = list(plain.family.sites[kinds[layer]])
+        assert "norm1" in sites  # joint and single blocks alike
         ex = DiffusersDiTExtractor(folders[variant], timesteps=[500], layers=[layer], device="cpu", sites=sites,
                                    conditioning="caption")
         maps = ex.extract(images, captions, [0, 1])
@@ -176,3 +189,120 @@ def test_every_declared_site_extracts(folders, variant):
         key = feature_key(500, layer, "output")
         torch.testing.assert_close(maps[key], reference[key])
     assert shapes[feature_key(500, 3, "mlp")][0] == 3 * 32  # the single blocks' SwiGLU hidden layer
+
+
+def attention_inputs(modules, run):
+    """{layer: [hidden_states]} as a plain forward pre-hook on each module receives them (the `hidden_states`
+    keyword or the first positional argument), while `run()` runs; and run's result."""
+    seen = {layer: [] for layer in modules}
+
+    def recorder(layer):
+        def hook(module, args, kwargs):
+            seen[layer].append((kwargs["hidden_states"] if "hidden_states" in kwargs else args[0]).detach().clone())
+        return hook
+
+    handles = [m.register_forward_pre_hook(recorder(layer), with_kwargs=True) for layer, m in modules.items()]
+    try:
+        out = run()
+    finally:
+        for handle in handles:
+            handle.remove()
+    return seen, out
+
+
+@pytest.mark.parametrize("variant", ["dev", "klein"])
+def test_norm1_is_what_the_blocks_attention_receives(folders, variant):
+    """norm1 is the modulated input the block hands its attention: the joint blocks' image stream alone, the single
+    blocks' joined [text; image] sequence, whose last h*w tokens are the image."""
+    from probekit.extractors.diffusers_dit import DiffusersDiTExtractor
+    from probekit.keys import feature_key
+
+    ds = ShapeWorld("train", size=2)
+    samples = [ds[i] for i in range(2)]
+    images = torch.stack([torch.from_numpy(s.image).permute(2, 0, 1).float() / 255 for s in samples])
+    captions = [s.caption for s in samples]
+    timesteps, (gh, gw) = [200, 700], (8, 8)
+    ex = DiffusersDiTExtractor(folders[variant], timesteps=timesteps, layers=LAYERS, device="cpu",
+                               sites=["output", "norm1"], conditioning="caption")
+    blocks = _blocks(ex.transformer)
+    seen, maps = attention_inputs({layer: blocks[layer].attn for layer in LAYERS},
+                                  lambda: ex.extract(images, captions, [0, 1]))
+    for layer in LAYERS:
+        assert len(seen[layer]) == 1, layer  # one forward
+        tokens = seen[layer][0]
+        tokens = tokens if layer == 1 else tokens[:, -gh * gw:]  # joint: image stream; single: [text; image]
+        for j, t in enumerate(timesteps):
+            reference = tokens[j::len(timesteps)].reshape(2, gh, gw, -1).permute(0, 3, 1, 2)  # sample-major rows
+            norm1 = maps[feature_key(t, layer, "norm1")]
+            torch.testing.assert_close(norm1, reference)
+            assert not torch.allclose(norm1, maps[feature_key(t, layer, "output")])
+
+
+@pytest.mark.parametrize("variant", ["dev", "klein"])
+def test_concepts_are_their_own_tokens_placed_where_they_sit_and_leave_the_image_stream_alone(folders, variant):
+    """A concept is the mean of its own sub-tokens in its own encoded prompt (chat template included), rotated by
+    the text id of its last one; the stream follows the shared text modulation; the stored features are
+    bit-identical with it running; maps are a softmax over concepts at temperature 1000 of the mean scores."""
+    from probekit.extractors.concept_attention import ConceptAttentionExtractor
+    from probekit.extractors.diffusers_dit import DiffusersDiTExtractor
+
+    ex = DiffusersDiTExtractor(folders[variant], timesteps=[300, 700], layers=[1], device="cpu")
+    ca = ConceptAttentionExtractor(ex, ["a", "red"])
+    pipe = ex._text_pipeline()
+    seen = {}
+    hook = pipe.text_encoder.register_forward_pre_hook(
+        lambda m, a, k: seen.__setitem__("ids", k["input_ids"][0].tolist()), with_kwargs=True)
+    with torch.no_grad():
+        emb, text_ids = pipe.encode_prompt(prompt=["red"])
+    hook.remove()
+    tok = pipe.tokenizer
+    red = tok("red", add_special_tokens=False)["input_ids"]
+    start = max(i for i in range(len(seen["ids"]) - 2) if seen["ids"][i:i + 3] == red)
+    text = ca.text
+    assert text.token_counts == [1, 3] and ca.concept_layers == [0, 1]  # the last three joint blocks: both here
+    torch.testing.assert_close(text.stream[1], emb[0, start:start + 3].mean(0))
+    torch.testing.assert_close(text.positions[1], text_ids[0, start + 2])
+    images = torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(5))
+    plain = ex.extract(images, [""], [0])["t=300/layer=1"]
+    got = {}
+    hook = ex.transformer.transformer_blocks[1].register_forward_hook(
+        lambda m, a, o: got.setdefault("image", o[1].clone()))
+    maps = ca.extract(images, [""], [0])
+    hook.remove()
+    h, w = plain.shape[-2:]
+    assert torch.equal(got["image"][:1].reshape(1, h, w, -1).permute(0, 3, 1, 2), plain)  # row 0: t=300
+    torch.testing.assert_close(maps["concepts=output"].sum(1), torch.ones(1, h, w))
+    assert ca.config()["concept_definition"]["temperature"] == 1000.0
+
+
+def test_concepts_equal_to_the_text_tokens_reproduce_the_text_stream(folders):
+    """Fed the prompt's own embedded tokens at their own rotary positions, the concept stream follows the text
+    stream through the shared modulation exactly: its maps are the text x image attention outputs before their
+    projections, in both joint blocks."""
+    from probekit.extractors.concept_attention import ConceptAttention
+    from probekit.extractors.diffusers_dit import DiffusersDiTExtractor
+
+    ex = DiffusersDiTExtractor(folders["dev"], timesteps=[500], layers=[0], conditioning="caption", device="cpu")
+    images = torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(6))
+    inputs = ex.model_inputs(images, ["a red circle"], [0])
+    tr = ex.transformer
+    blocks = list(tr.transformer_blocks)
+    before = {}
+    hooks = []
+    for i, b in enumerate(blocks):
+        hooks.append(b.attn.to_out[0].register_forward_pre_hook(
+            lambda m, a, i=i: before.setdefault(i, {}).__setitem__("image", a[0].clone())))
+        hooks.append(b.attn.to_add_out.register_forward_pre_hook(
+            lambda m, a, i=i: before.setdefault(i, {}).__setitem__("text", a[0].clone())))
+    with torch.no_grad():
+        ex.run_forward(inputs)
+        for h in hooks:
+            h.remove()
+        text = inputs.cond["encoder_hidden_states"]
+        ids = ex.family.pipeline._prepare_text_ids(text)[0]
+        ca = ConceptAttention(tr, blocks, [0, 1], ex.family.concept_definition, ex.family.concept_stream)
+        run = ca.run(tr.context_embedder(text), lambda: ex.run_forward(inputs), rotary=tr.pos_embed(ids))
+        ca.remove()
+    for layer in (0, 1):
+        expected = torch.einsum("bcd,bnd->bcn", before[layer]["text"], before[layer]["image"])
+        torch.testing.assert_close(run.maps["output"][layer], expected, rtol=1e-4, atol=1e-4)

@@ -132,3 +132,17 @@ def test_every_site_extracts_with_the_planned_shape(folder):
         torch.testing.assert_close(maps[key], m)
     for layer in LAYERS:
         assert not torch.allclose(maps[feature_key(400, layer, "norm1")], maps[feature_key(400, layer)])
+
+
+def test_a_folder_without_text_encoders_extracts_on_null_text(folder, tmp_path):
+    import shutil
+
+    from probekit.extractors.diffusers_dit import DiffusersDiTExtractor
+
+    bare = tmp_path / "bare"
+    for part in ("transformer", "vae", "scheduler"):
+        shutil.copytree(folder / part, bare / part)
+    ex = DiffusersDiTExtractor(bare, timesteps=[500], layers=LAYERS, device="cpu")
+    assert not ex.has_text_encoder
+    maps = ex.extract(torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(4)), ["", ""], [0, 1])
+    assert all(torch.isfinite(m).all() for m in maps.values()) and len(maps) == len(LAYERS)

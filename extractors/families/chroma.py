@@ -28,7 +28,7 @@ class ChromaFamily(DiTFamily):
     name = "chroma"
     transformer_class = "ChromaTransformer2DModel"
     pipeline_class = "ChromaPipeline"
-    concept_attention = True  # joint blocks attend over [text; image] in one attention
+    joint_stream = True  # joint blocks attend over [text; image] in one attention
     block_lists = {"joint": "transformer_blocks", "single": "single_transformer_blocks"}
     sites = {"joint": _JOINT, "single": _SINGLE}
 
@@ -50,7 +50,8 @@ class ChromaFamily(DiTFamily):
         return self.calculate_shift_mu(image_seq_len)
 
     def timestep_input(self, sigma, t_int):
-        return sigma  # the pipeline passes t / 1000; the transformer scales it by 1000 inside
+        # ChromaPipeline: t.to(latents.dtype) / 1000 (t = 1000 sigma); the transformer scales it by 1000 inside
+        return (sigma * 1000.0).to(self.transformer.dtype) / 1000.0
 
     def null_condition(self, device, dtype):
         import torch

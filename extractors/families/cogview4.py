@@ -59,7 +59,7 @@ class CogView4Family(DiTFamily):
     name = "cogview4"
     transformer_class = "CogView4Transformer2DModel"
     pipeline_class = "CogView4Pipeline"
-    concept_attention = True  # text and image tokens attend in one joint attention
+    joint_stream = True  # text and image tokens attend in one joint attention
     block_lists = {"joint": "transformer_blocks"}
     sites = {"joint": _BLOCK}
     missing_sites = {"mlp": _NO_MLP}
@@ -118,7 +118,8 @@ class CogView4Family(DiTFamily):
                 block.attn1.set_processor(processor)
             self._masking = True
         # original_size = target_size = (height, width) in pixels, crop (0, 0): the pipeline's defaults
-        size = torch.tensor([[h * self.vae_scale, w * self.vae_scale]], device=x_t.device, dtype=text.dtype).repeat(b, 1)
+        size = torch.tensor([[h * self.vae_scale, w * self.vae_scale]], device=x_t.device, dtype=text.dtype)
+        size = size.repeat(b, 1)
         self.transformer(hidden_states=x_t, encoder_hidden_states=text, timestep=self.timestep_input(sigma, t_int),
                          original_size=size, target_size=size, crop_coords=torch.zeros_like(size),
                          attention_mask=None if bool(mask.all()) else mask, return_dict=False)

@@ -15,14 +15,14 @@ import functools
 from probekit.errors import ProbekitError
 from probekit.extractors.dit_family import DiTFamily, Site, TokenLayout, itself, last
 
-_MODE = {"output": Site("", itself), "attn": Site("attn", itself, note="self-attention over the image tokens alone"),
+_NORM1 = ("the attention's input: the block applies the AdaLN shift and scale (or scale) to the norm "
+          "in its own code, so the modulated input is read where the attention receives it")
+_MODE = {"output": Site("", itself), "norm1": Site("attn", itself, reads="input", note=_NORM1),
+         "attn": Site("attn", itself, note="self-attention over the image tokens alone"),
          "mlp": Site("ff", itself, note="computed in parallel with attention from the same modulated input")}
-_SINGLE = {"output": Site("", last),
+_SINGLE = {"output": Site("", last), "norm1": Site("attn", itself, stream="joint", reads="input", note=_NORM1),
            "attn": Site("attn", itself, stream="joint"),
            "mlp": Site("ff", itself, stream="joint", note="computed in parallel with attention from the same input")}
-_NO_NORM1 = ("FLUX.3's block norms are plain LayerNorms: the AdaLN shift and scale are applied in the block's own "
-             "code (Flux3ModeTransformerBlock.forward, Flux3SingleTransformerBlock.forward), not in a module a hook "
-             "can read")
 
 
 @functools.lru_cache(maxsize=None)
@@ -37,14 +37,13 @@ class Flux3Family(DiTFamily):
     transformer_class = "Flux3Transformer2DModel"
     pipeline_class = "Flux3ModularPipeline"
     default_shift = 6.93  # Flux3SetTimestepsStep's shift (before_denoise.py, line 95), for a folder without scheduler
-    concept_attention = True  # single blocks attend over [text; image] in one attention
+    joint_stream = True  # single blocks attend over [text; image] in one attention
     # txt_mode_blocks see text tokens only: no image map to read
     block_lists = {"mode": "mode_blocks.image", "single": "single_transformer_blocks"}
     sites = {"mode": _MODE, "single": _SINGLE}
-    missing_sites = {"norm1": _NO_NORM1}
 
-    def __init__(self, config, vae_config=None, scheduler_config=None):
-        super().__init__(config, vae_config, scheduler_config)
+    def __init__(self, config, vae_config=None, scheduler_config=None, pipeline_index=None):
+        super().__init__(config, vae_config, scheduler_config, pipeline_index)
         self.pipeline_class = "Flux3DistilledModularPipeline" if self.flow_map else "Flux3ModularPipeline"
 
     @property
@@ -66,18 +65,21 @@ class Flux3Family(DiTFamily):
         return 2 * super().vae_scale
 
     def encode(self, pixels):
-        import torch
+        from types import SimpleNamespace
+
+        from diffusers.modular_pipelines import PipelineState
         from diffusers.modular_pipelines.flux3.encoders import Flux3VaeEncoderStep
 
-        # Flux3VaeEncoderStep.__call__ normalises inline (encoders.py, lines 153-162): mode, patchify, BatchNorm stats
-        vae = self.vae
-        mean = vae.bn.running_mean.view(1, -1, 1, 1).to(pixels.device, vae.dtype)
-        std = torch.sqrt(vae.bn.running_var.view(1, -1, 1, 1) + vae.config.batch_norm_eps).to(pixels.device, vae.dtype)
-        latents = Flux3VaeEncoderStep._patchify_latents(vae.encode(pixels.to(vae.dtype)).latent_dist.mode())
-        return (latents - mean) / std
+        # the pipeline's own VAE encoder block (VAE mode, 2x2 patchify, BatchNorm statistics), which reads only the
+        # VAE and the device of its pipeline; a batch of images goes through it as one reference image would
+        state = PipelineState()
+        state.set("condition_images", [pixels])
+        _, state = Flux3VaeEncoderStep()(SimpleNamespace(vae=self.vae, _execution_device=pixels.device), state)
+        return state.get("image_cond_latents")[0]
 
     def timestep_input(self, sigma, t_int):
-        return sigma  # the denoiser passes t / 1000; the transformer scales it by 1000 inside
+        # Flux3LoopDenoiser: (t / 1000).to(latents.dtype), t = 1000 sigma; the transformer scales it by 1000 inside
+        return (sigma * 1000.0 / 1000.0).to(self.transformer.dtype)
 
     # -- conditioning -------------------------------------------------------------------------------------
     def null_condition(self, device, dtype):
@@ -109,7 +111,7 @@ class Flux3Family(DiTFamily):
             raise ProbekitError(
                 f"FLUX.3 attends to every token of a prompt's text window (no mask), and the prompts of this batch "
                 f"have windows of {sorted(lengths)} tokens, which one forward cannot hold without changing them; "
-                "extract with a batch size of 1, or captions of one window (multiples of 80 tokens)")
+                "extract with --batch-size 1, or with captions that share one window (a multiple of 80 tokens)")
         n = lengths.pop()
         trimmed = [{"encoder_hidden_states": c["encoder_hidden_states"][:, :n], "text_len": c["text_len"]}
                    for c in conds]
@@ -123,10 +125,7 @@ class Flux3Family(DiTFamily):
     def forward(self, x_t, sigma, t_int, cond, guidance):
         import torch
 
-        text = cond.get("encoder_hidden_states")
-        if "pooled_projections" in cond or text is None:
-            raise ProbekitError("FLUX.3's text comes from its modular pipeline's Qwen3-VL text encoder step; this "
-                                "folder's text was encoded some other way (a plain text encoder)")
+        text = cond["encoder_hidden_states"]
         bd = _before_denoise()
         b, _, h, w = x_t.shape
         packed = x_t.flatten(2).transpose(1, 2)  # as Flux3PrepareLatentsStep packs (before_denoise.py, line 266)

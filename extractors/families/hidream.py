@@ -8,32 +8,32 @@ from __future__ import annotations
 
 from probekit.extractors.dit_family import DiTFamily, Site, TokenLayout, first, itself
 
-_BLOCK = "each block is a HiDreamBlock wrapper: its layers sit under `block.`"
 _PADDED = "image tokens are the first h*w of a sequence padded to the max resolution when the grid is not square"
+_NORM1 = ("the attention's input: the block applies the AdaLN shift and scale (or scale) to the norm "
+          "in its own code, so the modulated input is read where the attention receives it")
 _JOINT = {
     "output": Site("", first, stream="joint", note=_PADDED),
+    "norm1": Site("block.attn1", itself, stream="joint", reads="input", note=_NORM1),
     "attn": Site("block.attn1", first, stream="joint", note=_PADDED),
     "mlp": Site("block.ff_i", itself, stream="joint", note="the mixture-of-experts output (routed + shared experts)"),
 }
 _SINGLE_NOTE = "single blocks attend over the joined [image; text] sequence: its image tokens are read"
 _SINGLE = {
     "output": Site("", itself, stream="joint"),
+    "norm1": Site("block.attn1", itself, stream="joint", reads="input", note=_NORM1),
     "attn": Site("block.attn1", itself, stream="joint", note=_SINGLE_NOTE),
     "mlp": Site("block.ff_i", itself, stream="joint",
                 note=_SINGLE_NOTE + "; the mixture-of-experts output (routed + shared experts)"),
 }
-_NO_NORM1 = ("norm1 is absent: HiDream's norm1_i is an affine-free LayerNorm; the AdaLN shift and scale are applied "
-             "in the block's own forward, so no module outputs the modulated input")
 
 
 class HiDreamFamily(DiTFamily):
     name = "hidream"
     transformer_class = "HiDreamImageTransformer2DModel"
     pipeline_class = "HiDreamImagePipeline"
-    concept_attention = True  # double and single blocks attend over image and text tokens in one attention
+    joint_stream = True  # double and single blocks attend over image and text tokens in one attention
     block_lists = {"joint": "double_stream_blocks", "single": "single_stream_blocks"}
     sites = {"joint": _JOINT, "single": _SINGLE}
-    missing_sites = {"norm1": _NO_NORM1}
 
     def max_seq(self) -> int:
         """The transformer's ``max_seq``: the token count every non-square grid is padded to."""
@@ -43,6 +43,21 @@ class HiDreamFamily(DiTFamily):
     def llama_keep(self) -> list[int]:
         """The Llama hidden-state layers the blocks read (``llama_layers``), each kept once."""
         return sorted(set(int(k) for k in self.config["llama_layers"]))
+
+    @property
+    def integer_timesteps(self) -> bool:
+        """UniPC (HiDream-I1-Full's scheduler) hands the transformer int64 timesteps; FlowMatch (Dev, Fast) float."""
+        return "UniPC" in (self.scheduler_config or {}).get("_class_name", "")
+
+    def timestep_input(self, sigma, t_int):
+        # The pipeline passes the scheduler's timestep t itself. FlowMatch: t = 1000 sigma in float32. UniPC with
+        # flow sigmas (scheduling_unipc_multistep.py, set_timesteps): a first sigma of 1 is lowered by 1e-6, then
+        # `timesteps = sigmas * num_train_timesteps` is cast to int64 (truncated).
+        if not self.integer_timesteps:
+            return sigma * 1000.0
+        s = sigma.double()
+        s = s.where((s - 1.0).abs() >= 1e-6, s - 1e-6)
+        return (s * 1000.0).long()
 
     def mu(self, image_seq_len):
         # The pipeline computes mu from the transformer's max_seq, not the image's token count
@@ -88,4 +103,5 @@ class HiDreamFamily(DiTFamily):
         # (pipeline_hidream_image.py: `self.default_sample_size = 128`, then `S_max` in __call__); probekit runs the
         # transformer at the resolution it is given: the pipeline's forward when that area is the one.
         return {**super().describe(), "pipeline_pixel_area": (128 * self.vae_scale) ** 2,
-                "mu_from": "calculate_shift(transformer.max_seq)" if self.mu(0) is not None else None}
+                "mu_from": "calculate_shift(transformer.max_seq)" if self.mu(0) is not None else None,
+                "timestep_input": "int64 (UniPC)" if self.integer_timesteps else "float32 1000 sigma"}

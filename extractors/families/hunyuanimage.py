@@ -24,9 +24,11 @@ class HunyuanImageFamily(DiTFamily):
     name = "hunyuanimage"
     transformer_class = "HunyuanImageTransformer2DModel"
     pipeline_class = "HunyuanImagePipeline"
-    concept_attention = True  # the double-stream blocks attend over [image; text] in one attention
+    joint_stream = True  # the double-stream blocks attend over [image; text] in one attention
     block_lists = {"joint": "transformer_blocks", "single": "single_transformer_blocks"}
     sites = {"joint": _JOINT, "single": _SINGLE}
+
+    guidance_argument = "distilled_guidance_scale"
 
     @property
     def guidance_input(self) -> bool:

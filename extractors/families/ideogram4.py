@@ -11,26 +11,26 @@ from __future__ import annotations
 from probekit.extractors.dit_family import DiTFamily, Site, TokenLayout, itself, pipeline_default
 
 _PATCH = 2  # Ideogram4Pipeline.__init__: `self.patch_size = 2` (not a config entry)
-_NO_NORM1 = ("norm1 is absent: Ideogram 4's blocks scale attention_norm1's output by (1 + scale_msa) in the "
-             "block's own forward (Ideogram4TransformerBlock.forward), not in a module a hook can read")
+_NORM1 = ("the attention's input: the block applies the AdaLN shift and scale (or scale) to the norm "
+          "in its own code, so the modulated input is read where the attention receives it")
 _BLOCK = {"output": Site("", itself, stream="joint"),
+          "norm1": Site("attention", itself, stream="joint", reads="input", note=_NORM1),
           "attn": Site("attention", itself, stream="joint",
                        note="before the block's post-norm (attention_norm2) and tanh gate"),
           "mlp": Site("feed_forward", itself, stream="joint", note="before the block's ffn_norm2 and tanh gate")}
-_SCHEDULE_NOTE = ("Ideogram4Pipeline replaces the sampling grid with a resolution-aware logit-normal schedule "
-                  "(sigma = expit(mu + 0.5 ln(HW / 512^2) + std ndtri(u)), mu 0, std 1.5, clamped to logSNR [-15, 18]); probekit's timestep t maps "
-                  "to sigma through the scheduler config's static shift instead (the shared NoiseSchedule has no "
-                  "logit-normal form); every forward is still the pipeline's at that sigma")
+_SCHEDULE_NOTE = ("Ideogram4Pipeline's resolution-aware logit-normal schedule (_logit_normal_sigmas with "
+                  "_resolution_aware_mu from the call's defaults mu and std), evaluated on 1000 steps so that every "
+                  "integer timestep t is on its grid (u = t / 1000), then the scheduler's own shift")
 
 
 class Ideogram4Family(DiTFamily):
     name = "ideogram4"
     transformer_class = "Ideogram4Transformer2DModel"
     pipeline_class = "Ideogram4Pipeline"
-    concept_attention = True  # text and image tokens share segment 1 of one self-attention in every block
+    joint_stream = True  # text and image tokens share segment 1 of one self-attention in every block
     block_lists = {"block": "layers"}
     sites = {"block": _BLOCK}
-    missing_sites = {"norm1": _NO_NORM1}
+    non_text_components = ("unconditional_transformer",)  # a second transformer: not needed to encode prompts
 
     def count_key(self, kind):
         return "num_layers"
@@ -130,6 +130,24 @@ class Ideogram4Family(DiTFamily):
         self.transformer(hidden_states=hidden, timestep=self.timestep_input(sigma, t_int),
                          encoder_hidden_states=features, position_ids=position_ids, segment_ids=segment_ids,
                          indicator=indicator, return_dict=False)
+
+    def sigma(self, schedule, t, grid):
+        """The pipeline's own logit-normal schedule at u = t / 1000 (its helper on a 1000-step grid)."""
+        if t <= 0:
+            return 0.0
+        steps = self._schedule(grid)
+        return schedule.shifted(float(steps[len(steps) - t]))
+
+    def _schedule(self, grid):
+        if getattr(self, "_schedules", None) is None:
+            self._schedules = {}
+        if grid not in self._schedules:
+            side = self.vae_scale * self.patch
+            mu = self.helpers._resolution_aware_mu(height=grid[0] * side, width=grid[1] * side,
+                                                   base_mu=pipeline_default(self.pipeline_class, "mu"))
+            self._schedules[grid] = self.helpers._logit_normal_sigmas(
+                1000, mu, std=pipeline_default(self.pipeline_class, "std")).tolist()  # descending: u = 1, ..., 1/1000
+        return self._schedules[grid]
 
     def describe(self):
         return {**super().describe(), "cfg": "off: the conditional transformer alone (no unconditional_transformer)",

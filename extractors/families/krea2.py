@@ -8,10 +8,11 @@ from __future__ import annotations
 
 from probekit.extractors.dit_family import DiTFamily, Site, TokenLayout, itself, pipeline_default
 
-_NO_NORM1 = ("norm1 is absent: Krea 2's blocks modulate norm1's output ((1 + prescale) * norm1(x) + preshift) in "
-             "the block's own forward (Krea2TransformerBlock.forward), not in a module a hook can read")
 _ATTN_NOTE = "after the attention's own sigmoid output gate and to_out, before the block's pregate"
+_NORM1 = ("the attention's input: the block applies the AdaLN shift and scale (or scale) to the norm "
+          "in its own code, so the modulated input is read where the attention receives it")
 _BLOCK = {"output": Site("", itself, stream="joint"),
+          "norm1": Site("attn", itself, stream="joint", reads="input", note=_NORM1),
           "attn": Site("attn", itself, stream="joint", note=_ATTN_NOTE),
           "mlp": Site("ff", itself, stream="joint")}
 _DISTILLED_MU = 1.15  # Krea2Pipeline.__call__: `if self.config.is_distilled: mu = 1.15`
@@ -23,10 +24,9 @@ class Krea2Family(DiTFamily):
     name = "krea2"
     transformer_class = "Krea2Transformer2DModel"
     pipeline_class = "Krea2Pipeline"
-    concept_attention = True  # one self-attention over [text; image] in every block (Krea2AttnProcessor)
+    joint_stream = True  # one self-attention over [text; image] in every block (Krea2AttnProcessor)
     block_lists = {"block": "transformer_blocks"}
     sites = {"block": _BLOCK}
-    missing_sites = {"norm1": _NO_NORM1}
 
     def count_key(self, kind):
         return "num_layers"
@@ -74,18 +74,8 @@ class Krea2Family(DiTFamily):
 
     # -- noise ------------------------------------------------------------------------------
     def is_distilled(self) -> bool:
-        """model_index.json's is_distilled, read beside the loaded transformer (a family is given component configs
-        only); the pipeline's default where there is no pipeline folder."""
-        import json
-        from pathlib import Path
-
-        where = getattr(getattr(self.transformer, "config", None), "_name_or_path", None)
-        if where:
-            for folder in (Path(where), Path(where).parent):
-                index = folder / "model_index.json"
-                if index.is_file():
-                    return bool(json.loads(index.read_text()).get("is_distilled", False))
-        return bool(self._init_default("is_distilled"))
+        """model_index.json's is_distilled; the pipeline's default where the folder has no pipeline index."""
+        return bool(self.pipeline_index.get("is_distilled", self._init_default("is_distilled")))
 
     def _init_default(self, argument: str):
         """The default of one Krea2Pipeline.__init__ argument (a pipeline config entry)."""

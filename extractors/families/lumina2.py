@@ -43,7 +43,7 @@ class Lumina2Family(DiTFamily):
     transformer_class = "Lumina2Transformer2DModel"
     pipeline_class = "Lumina2Pipeline"
     default_shift = 6.0  # Lumina-Image 2.0's scheduler
-    concept_attention = True  # the main layers attend over [caption; image] in one attention
+    joint_stream = True  # the main layers attend over [caption; image] in one attention
     block_lists = {"refiner": "noise_refiner", "main": "layers"}
     sites = {"refiner": _sites("image"), "main": _sites("joint")}
 

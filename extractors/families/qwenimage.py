@@ -8,19 +8,18 @@ from __future__ import annotations
 
 from probekit.extractors.dit_family import DiTFamily, Site, TokenLayout, first, itself, last, pipeline_default
 
-_NO_NORM1 = ("norm1 is absent: Qwen-Image's blocks modulate img_norm1's (affine-free) output in the block's own "
-             "_modulate method, not in a module a hook can read")
-_JOINT = {"output": Site("", last), "attn": Site("attn", first), "mlp": Site("img_mlp", itself)}
+_NORM1 = ("the attention's input: the block applies the AdaLN shift and scale (or scale) to the norm "
+          "in its own code, so the modulated input is read where the attention receives it")
+_JOINT = {"output": Site("", last), "norm1": Site("attn", itself, reads="input", note=_NORM1), "attn": Site("attn", first), "mlp": Site("img_mlp", itself)}
 
 
 class QwenImageFamily(DiTFamily):
     name = "qwenimage"
     transformer_class = "QwenImageTransformer2DModel"
     pipeline_class = "QwenImagePipeline"
-    concept_attention = True  # text and image tokens share one attention ([text; image], QwenDoubleStreamAttnProcessor)
+    joint_stream = True  # text and image tokens share one attention ([text; image], QwenDoubleStreamAttnProcessor)
     block_lists = {"joint": "transformer_blocks"}
     sites = {"joint": _JOINT}
-    missing_sites = {"norm1": _NO_NORM1}
 
     @property
     def guidance_input(self) -> bool:

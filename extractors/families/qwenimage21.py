@@ -12,9 +12,10 @@ from __future__ import annotations
 from probekit.errors import ProbekitError
 from probekit.extractors.dit_family import DiTFamily, Site, TokenLayout, itself
 
-_NO_NORM1 = ("norm1 is absent: Qwen-Image 2.1's blocks modulate img_norm1's (affine-free) output in the block's own "
-             "_modulate method, not in a module a hook can read")
-_BLOCK = {"output": Site("", itself, stream="joint"), "attn": Site("attn", itself, stream="joint"),
+_NORM1 = ("the attention's input: the block applies the AdaLN shift and scale (or scale) to the norm "
+          "in its own code, so the modulated input is read where the attention receives it")
+_BLOCK = {"output": Site("", itself, stream="joint"),
+          "norm1": Site("attn", itself, stream="joint", reads="input", note=_NORM1), "attn": Site("attn", itself, stream="joint"),
           "mlp": Site("img_mlp", itself, stream="joint", note="SwiGLU output, before its tanh gate")}
 
 
@@ -38,13 +39,12 @@ class QwenImage21Family(DiTFamily):
     pipeline_class = "QwenImage21Pipeline"
     # Text and image tokens are one sequence in one attention (block-causal: image attends to text, text only to
     # earlier text).
-    concept_attention = True
+    joint_stream = True
     block_lists = {"single": "transformer_blocks"}
     sites = {"single": _BLOCK}
-    missing_sites = {"norm1": _NO_NORM1}
 
-    def __init__(self, config, vae_config=None, scheduler_config=None):
-        super().__init__(config, vae_config, scheduler_config)
+    def __init__(self, config, vae_config=None, scheduler_config=None, pipeline_index=None):
+        super().__init__(config, vae_config, scheduler_config, pipeline_index)
         self._gather: _Gather | None = None
 
     def count_key(self, kind):

@@ -15,11 +15,11 @@ def _spatial_tokens(output):
     return output.flatten(2, 3).transpose(1, 2)
 
 
-_BLOCK = {"output": Site("", itself),
+_NORM1 = ("the attention's input: the block applies the AdaLN shift and scale (or scale) to the norm "
+          "in its own code, so the modulated input is read where the attention receives it")
+_BLOCK = {"output": Site("", itself), "norm1": Site("attn1", itself, reads="input", note=_NORM1),
           "attn": Site("attn1", itself, note="the linear self-attention (after its output projection)"),
           "mlp": Site("ff", _spatial_tokens, note="GLUMBConv (a convolutional MLP) output, before its gate")}
-_NO_NORM1 = ("norm1 is absent: Sana's blocks modulate norm1's LayerNorm output with the scale-shift table in the "
-             "block's own code, not in a module a hook can read")
 
 
 class SanaFamily(DiTFamily):
@@ -28,7 +28,6 @@ class SanaFamily(DiTFamily):
     pipeline_class = "SanaPipeline"
     block_lists = {"block": "transformer_blocks"}
     sites = {"block": _BLOCK}
-    missing_sites = {"norm1": _NO_NORM1}
 
     def count_key(self, kind):
         return "num_layers"

@@ -19,25 +19,25 @@ from __future__ import annotations
 from probekit.extractors.dit_family import DiTFamily, Site, TokenLayout, itself
 
 _SEQ = "the sequence is per-sample padded; the image tokens are its first h*w positions"
+_NORM1 = ("the attention's input: the block applies the AdaLN shift and scale (or scale) to the norm "
+          "in its own code, so the modulated input is read where the attention receives it")
 _BLOCK = {
     "output": Site("", itself, stream="joint", note=_SEQ),
+    "norm1": Site("attention", itself, stream="joint", reads="input", note=_NORM1),
     "attn": Site("attention", itself, stream="joint",
                  note="after the output projection, before Z-Image's post-norm (attention_norm2) and its tanh gate"),
     "mlp": Site("feed_forward", itself, stream="joint",
                 note="the SwiGLU output, before Z-Image's post-norm (ffn_norm2) and its tanh gate"),
 }
-_NO_NORM1 = ("Z-Image's blocks multiply attention_norm1's RMSNorm output by (1 + scale) in the block's own code; "
-             "no module outputs the modulated attention input")
 
 
 class ZImageFamily(DiTFamily):
     name = "zimage"
     transformer_class = "ZImageTransformer2DModel"
     pipeline_class = "ZImagePipeline"
-    concept_attention = True  # the main layers attend over [image; caption] in one attention
+    joint_stream = True  # the main layers attend over [image; caption] in one attention
     block_lists = {"refiner": "noise_refiner", "main": "layers"}
     sites = {"refiner": _BLOCK, "main": _BLOCK}
-    missing_sites = {"norm1": _NO_NORM1}
 
     def count_key(self, kind):
         return {"refiner": "n_refiner_layers", "main": "n_layers"}[kind]
