@@ -107,7 +107,8 @@ class ConceptRun:
                  stop_early: bool, rotary=None):
         self.states = tokens  # (B, S, dim)
         self.pooled = pooled  # (B, pooled dim) or None
-        self.rotary = rotary  # the concept tokens' rotary table (cos, sin), or None: the identity
+        self.rotary = rotary  # the concept tokens' rotary table, or None: the identity
+        self.rotary_style = "table"
         self.concept_temb: torch.Tensor | None = None
         self.record_layers, self.last_layer, self.stop_early = record_layers, last_layer, stop_early
         self.normed: torch.Tensor | None = None
@@ -158,8 +159,58 @@ class SharedModulationStream:
         return states + gate_mlp * block.ff_context(normed)
 
 
+class TextModulationStream:
+    """Qwen-Image joint blocks: the text stream's shift, scale and gate come from the block's ``txt_mod`` of the
+    conditioning embedding, applied by its ``_modulate`` around ``txt_norm1`` / ``txt_norm2``, then ``txt_mlp``."""
+
+    def embedding(self, args, kwargs):
+        temb = kwargs.get("temb", args[3] if len(args) > 3 else None)
+        return temb
+
+    def modulate(self, block, states, temb, kwargs):
+        if getattr(block, "zero_cond_t", False):
+            temb = temb.chunk(2, dim=0)[0]
+        mod1, mod2 = block.txt_mod(temb).chunk(2, dim=-1)
+        normed, gate = block._modulate(block.txt_norm1(states), mod1)
+        return normed, (gate, mod2)
+
+    def update(self, block, states, attn_out, gates):
+        gate, mod2 = gates
+        states = states + gate * attn_out
+        normed, gate2 = block._modulate(block.txt_norm2(states), mod2)
+        return states + gate2 * block.txt_mlp(normed)
+
+
 #: ``DiTFamily.concept_stream`` -> how the family's joint blocks treat their text stream
-STREAMS = {"adaln-zero": AdaLNZeroStream(), "shared-modulation": SharedModulationStream()}
+STREAMS = {"adaln-zero": AdaLNZeroStream(), "shared-modulation": SharedModulationStream(),
+           "text-modulation": TextModulationStream()}
+
+
+class TableRotary:
+    """FLUX.1 / FLUX.2: one real (cos, sin) table over [text; image]; the image tokens are its last rows."""
+
+    def image(self, rotary, n: int):
+        return tuple(t[-n:] for t in rotary)
+
+    def apply(self, x: torch.Tensor, table) -> torch.Tensor:  # x: (B, H, S, D)
+        from diffusers.models.embeddings import apply_rotary_emb
+
+        return apply_rotary_emb(x, table, sequence_dim=2)
+
+
+class ComplexRotary:
+    """Qwen-Image: complex frequencies, (image, text) apart."""
+
+    def image(self, rotary, n: int):
+        return rotary[0]
+
+    def apply(self, x: torch.Tensor, freqs) -> torch.Tensor:
+        from diffusers.models.transformers.transformer_qwenimage import apply_rotary_emb_qwen
+
+        return apply_rotary_emb_qwen(x.transpose(1, 2), freqs, use_real=False).transpose(1, 2)
+
+
+ROTARY = {"table": TableRotary(), "complex": ComplexRotary()}
 
 
 class _StopAfterLastBlock(Exception):
@@ -194,17 +245,22 @@ def _qkv(attn, x, projections: tuple[str, str, str], norms: tuple[str, str]) -> 
 class ConceptAttnProcessor:
     """Calls the model's own processor, then (during a concept run) the concept tokens' attention."""
 
-    def __init__(self, inner, holder: _Holder, layer: int, definition: ConceptDefinition):
+    def __init__(self, inner, holder: _Holder, layer: int, definition: ConceptDefinition, rotary: str):
         self.inner, self.holder, self.layer, self.definition = inner, holder, layer, definition
+        self.rotary = ROTARY[rotary]
 
+    # diffusers hands a processor only the keyword arguments its __call__ names, so every one a wrapped processor
+    # takes is named here (Qwen-Image's text mask among them)
     def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, image_rotary_emb=None,
-                 **kwargs):
-        extra = {"image_rotary_emb": image_rotary_emb} if image_rotary_emb is not None else {}
-        out = self.inner(attn, hidden_states, encoder_hidden_states, attention_mask, **extra, **kwargs)
+                 encoder_hidden_states_mask=None, **kwargs):
+        given = {"encoder_hidden_states": encoder_hidden_states, "attention_mask": attention_mask,
+                 "image_rotary_emb": image_rotary_emb, "encoder_hidden_states_mask": encoder_hidden_states_mask}
+        out = self.inner(attn, hidden_states, **{k: v for k, v in given.items() if v is not None}, **kwargs)
         run = self.holder.run
         if run is not None and run.normed is not None and self.layer <= run.last_layer:
             image_out = out[0] if isinstance(out, tuple) else out
-            _concept_attention(run, self.layer, attn, hidden_states, image_out, image_rotary_emb, self.definition)
+            rotary = None if image_rotary_emb is None else (self.rotary, image_rotary_emb)
+            _concept_attention(run, self.layer, attn, hidden_states, image_out, rotary, self.definition)
         return out
 
 
@@ -212,19 +268,16 @@ def _concept_attention(run: ConceptRun, layer: int, attn, image_normed, image_ou
                        definition: ConceptDefinition) -> None:
     q_x, k_x, v_x = _qkv(attn, image_normed, ("to_q", "to_k", "to_v"), ("norm_q", "norm_k"))
     q_x0, k_x0 = q_x, k_x  # before rotary: what the cross-attention baseline reads
-    if rotary is not None:  # FLUX: rotate the image tokens by their positions (the last N rows of the table)
-        from diffusers.models.embeddings import apply_rotary_emb
-
-        n = q_x.shape[2]
-        table = tuple(t[-n:] for t in rotary)
-        q_x, k_x = apply_rotary_emb(q_x, table, sequence_dim=2), apply_rotary_emb(k_x, table, sequence_dim=2)
+    if rotary is not None:  # rotate the image tokens by their positions, as the model's own attention does
+        style, table = rotary
+        image_table = style.image(table, q_x.shape[2])
+        q_x, k_x = style.apply(q_x, image_table), style.apply(k_x, image_table)
     c = run.normed
     q_c, k_c, v_c = _qkv(attn, c, ("add_q_proj", "add_k_proj", "add_v_proj"), ("norm_added_q", "norm_added_k"))
     q_c0 = q_c  # before rotary, for the cross-attention baseline
-    if run.rotary is not None:  # FLUX.2 places its text tokens by position; FLUX.1's sit at 0 (the identity)
-        from diffusers.models.embeddings import apply_rotary_emb
-
-        q_c, k_c = (apply_rotary_emb(x, run.rotary, sequence_dim=2) for x in (q_c, k_c))
+    if run.rotary is not None:  # FLUX.2 and Qwen-Image place text tokens by position; FLUX.1's sit at 0
+        style = ROTARY[run.rotary_style]
+        q_c, k_c = style.apply(q_c, run.rotary), style.apply(k_c, run.rotary)
     o_c = _merge(F.scaled_dot_product_attention(q_c, torch.cat([k_c, k_x], 2), torch.cat([v_c, v_x], 2))).to(c.dtype)
     to_add_out = getattr(attn, "to_add_out", None)
     run.attn_out = to_add_out(o_c) if to_add_out is not None else None  # None: context-pre-only, no update
@@ -251,10 +304,10 @@ class ConceptAttention:
     """Installs the processors and hooks on an MM-DiT transformer; ``run`` one forward with a concept stream."""
 
     def __init__(self, transformer, blocks: Sequence[torch.nn.Module], layers: Sequence[int],
-                 definition: ConceptDefinition, stream: str = "adaln-zero"):
+                 definition: ConceptDefinition, stream: str = "adaln-zero", rotary: str = "table"):
         self.transformer, self.blocks = transformer, list(blocks)
         self.layers, self.definition = sorted(set(int(x) for x in layers)), definition
-        self.stream = STREAMS[stream]
+        self.stream, self.rotary_style = STREAMS[stream], rotary
         for layer in self.layers:
             if not 0 <= layer < len(self.blocks):
                 raise ProbekitError(f"concept layer {layer} is out of range (0..{len(self.blocks) - 1})")
@@ -266,7 +319,8 @@ class ConceptAttention:
         procs = {}
         for name, proc in self._original.items():
             layer = _block_index(name)
-            procs[name] = ConceptAttnProcessor(proc, self.holder, layer, definition) if layer is not None else proc
+            procs[name] = (ConceptAttnProcessor(proc, self.holder, layer, definition, rotary) if layer is not None
+                           else proc)
         transformer.set_attn_processor(procs)
         self._hooks = []
         for i, block in enumerate(self.blocks[: max(self.layers) + 1]):
@@ -328,6 +382,7 @@ class ConceptAttention:
         if self.definition.modulation == "concepts" and pooled is None:
             raise ProbekitError("this family's concept stream is modulated by the concepts' pooled embedding")
         run = ConceptRun(tokens, pooled, set(self.layers), max(self.layers), stop_early, rotary)
+        run.rotary_style = self.rotary_style
         self.holder.run = run
         try:
             forward()
@@ -408,8 +463,9 @@ class ConceptAttentionExtractor(Extractor):
         """The hooks, installed once the transformer is loaded (after the text encoders are freed)."""
         if self._attention is None:
             blocks = list(self.base.transformer.transformer_blocks)  # joint (double-stream) blocks only
+            family = self.base.family
             self._attention = ConceptAttention(self.base.transformer, blocks, self.concept_layers, self.definition,
-                                               self.base.family.concept_stream)
+                                               family.concept_stream, family.concept_rotary_style)
         return self._attention
 
     @property
@@ -464,15 +520,16 @@ class ConceptAttentionExtractor(Extractor):
     def extract(self, images, captions, indices) -> dict[str, torch.Tensor]:
         base, text, d = self.base, self.text, self.definition
         b, n_t = images.shape[0], len(base.timesteps)
-        tokens = base.transformer.context_embedder(text.stream.to(base.device, base.dtype))
+        base.transformer  # noqa: B018 - loaded here, after the text encoders were freed
+        tokens = base.family.embed_text(text.stream.to(base.device, base.dtype))
         pooled = text.pooled.to(base.device, base.dtype) if text.pooled is not None else None
-        rotary = (None if text.positions is None else
-                  tuple(t.to(base.device) for t in base.transformer.pos_embed(text.positions.to(base.device))))
         index = torch.tensor(text.index, device=base.device)
         sums = {m: None for m in MODES}
         for draw in range(base.ensemble):
             inputs = base.model_inputs(images, captions, indices, draw)
             gh, gw = inputs.grid
+            rotary = (None if text.positions is None
+                      else base.family.concept_rotary(text.positions.to(base.device), inputs.grid))
             stream = tokens.unsqueeze(0).expand(inputs.x_t.shape[0], -1, -1)
             run = self.attention.run(stream, lambda: base.run_forward(inputs), pooled=pooled, rotary=rotary)
             for mode in MODES:

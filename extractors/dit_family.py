@@ -113,6 +113,7 @@ class DiTFamily:
     concept_attention: ClassVar[bool] = False  # probekit computes concept attention for it (concept_definition)
     joint_stream: ClassVar[bool] = False  # text and image tokens share an attention (concept attention could apply)
     concept_stream: ClassVar[str] = "adaln-zero"  # how its joint blocks modulate the text stream (concept_attention.py)
+    concept_rotary_style: ClassVar[str] = "table"  # the form of its rotary embeddings (concept_attention.py)
     guidance_input: ClassVar[bool] = False  # distilled guidance is an input of the transformer
     guidance_argument: ClassVar[str] = "guidance_scale"  # the pipeline's __call__ argument that sets it
     #: pipeline components the text-only pipeline must not load (a second transformer, ...)
@@ -297,6 +298,15 @@ class DiTFamily:
             else:
                 out[key] = first_value
         return out
+
+    # -- concept attention ------------------------------------------------------------------
+    def embed_text(self, states):
+        """Text-encoder states -> the transformer's text tokens (its context embedder)."""
+        return self.transformer.context_embedder(states)
+
+    def concept_rotary(self, positions, grid: tuple[int, int]):
+        """The rotary table of concept tokens at the given position ids (the transformer's own embedder)."""
+        return tuple(t.to(positions.device) for t in self.transformer.pos_embed(positions))
 
     # -- forward ----------------------------------------------------------------------------
     def forward(self, x_t: torch.Tensor, sigma: torch.Tensor, t_int: torch.Tensor, cond: Cond,

@@ -266,7 +266,7 @@ def test_concepts_are_their_own_tokens_placed_where_they_sit_and_leave_the_image
     plain = ex.extract(images, [""], [0])["t=300/layer=1"]
     got = {}
     hook = ex.transformer.transformer_blocks[1].register_forward_hook(
-        lambda m, a, o: got.setdefault("image", o[1].clone()))
+        lambda m, a, o: None if "image" in got else got.__setitem__("image", o[1].clone()))
     maps = ca.extract(images, [""], [0])
     hook.remove()
     h, w = plain.shape[-2:]

@@ -6,18 +6,31 @@ dynamic (exponential) shift from the token count."""
 
 from __future__ import annotations
 
-from probekit.extractors.dit_family import DiTFamily, Site, TokenLayout, first, itself, last, pipeline_default
+from probekit.extractors.dit_family import ConceptDefinition, DiTFamily, Site, TokenLayout, first, itself, last, pipeline_default
 
 _NORM1 = ("the attention's input: the block applies the AdaLN shift and scale (or scale) to the norm "
           "in its own code, so the modulated input is read where the attention receives it")
-_JOINT = {"output": Site("", last), "norm1": Site("attn", itself, reads="input", note=_NORM1), "attn": Site("attn", first), "mlp": Site("img_mlp", itself)}
+_JOINT = {"output": Site("", last), "norm1": Site("attn", itself, reads="input", note=_NORM1),
+          "attn": Site("attn", first), "mlp": Site("img_mlp", itself)}
+#: No reference implementation exists for Qwen-Image: the paper's method as the reference's original FLUX code
+#: computes it (each concept alone, attention vectors before the output projections against the model's own image
+#: attention, softmax over concepts per block), with the concept tokens of Qwen-Image's text stream: modulated by
+#: the block's txt_mod, placed by rotary at their own prompt position.
+CONCEPTS = ConceptDefinition(
+    reference="the ConceptAttention paper, as helblazer811/ConceptAttention concept_attention/flux/dit_block.py and "
+              "flux/pipeline.py compute it (no Qwen-Image reference exists)",
+    tokens="each-alone", modulation="prompt", vectors="attention", image_vectors="real", normalise_concepts=False,
+    softmax="per-block")
 
 
 class QwenImageFamily(DiTFamily):
     name = "qwenimage"
     transformer_class = "QwenImageTransformer2DModel"
     pipeline_class = "QwenImagePipeline"
-    joint_stream = True  # text and image tokens share one attention ([text; image], QwenDoubleStreamAttnProcessor)
+    concept_attention = True  # text and image tokens share one attention ([text; image], QwenDoubleStreamAttnProcessor)
+    concept_definition = CONCEPTS
+    concept_stream = "text-modulation"
+    concept_rotary_style = "complex"
     block_lists = {"joint": "transformer_blocks"}
     sites = {"joint": _JOINT}
 
@@ -81,6 +94,30 @@ class QwenImageFamily(DiTFamily):
         if mask is None:  # encode_prompt drops a mask that masks nothing
             mask = torch.ones(emb.shape[:2], device=emb.device, dtype=torch.long)
         return {"encoder_hidden_states": emb, "encoder_hidden_states_mask": mask}
+
+    # -- concept attention ------------------------------------------------------------------
+    def encode_concepts(self, pipe, concepts, device):
+        """Each concept alone through the pipeline's encode_prompt (its template's first tokens dropped); the
+        concept's own sub-tokens averaged, placed at the position of its last one."""
+        import torch
+
+        from probekit.extractors.concept_attention import ConceptText, encoded_concepts
+
+        drop = pipe.prompt_template_encode_start_idx
+        hidden, spans = encoded_concepts(pipe, lambda p: pipe.encode_prompt(prompt=p, device=device)[0], concepts)
+        rows = [h[span.start - drop:span.stop - drop].mean(0) for h, span in zip(hidden, spans)]
+        positions = torch.tensor([span.stop - 1 - drop for span in spans])
+        return ConceptText(torch.stack(rows), list(range(len(concepts))), None, [len(s) for s in spans], positions)
+
+    def embed_text(self, states):
+        return self.transformer.txt_in(self.transformer.txt_norm(states))
+
+    def concept_rotary(self, positions, grid):
+        """Text rotary frequencies at the concepts' positions (text positions follow the image's, as in the
+        model's own forward for this grid)."""
+        _, text = self.transformer.pos_embed([(1, *grid)], max_txt_seq_len=int(positions.max()) + 1,
+                                             device=positions.device)
+        return text[positions]
 
     def collate(self, conds, repeats):
         emb, mask = pad_text([c["encoder_hidden_states"] for c in conds],
