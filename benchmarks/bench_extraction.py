@@ -1,7 +1,8 @@
 """Extraction throughput, three cases (each a ratio against a baseline measured in the same run):
 
     python benchmarks/bench_extraction.py toy [--n 128] [--batch-size 16] [--repeats 3]
-    python benchmarks/bench_extraction.py real-width --device cuda [--n 96] [--batch-size 8] [--models flux,sd3]
+    python benchmarks/bench_extraction.py real-width --device cuda [--n 96] [--batch-size 8] \
+        [--models flux,sd3,flux2,qwenimage]
     python benchmarks/bench_extraction.py storage [--n 64] [--maps 3] [--repeats 3]
 
 ``toy``: `probekit extract` of the shipped ShapeWorld MM-DiT (64 px) against a bare forward loop over the
@@ -149,31 +150,58 @@ def _vae(tiny: bool):
                          scaling_factor=0.3611, shift_factor=0.1159, use_quant_conv=False, use_post_quant_conv=False)
 
 
-def build_folder(kind: str, folder: Path, device: str, tiny: bool) -> Path:
-    """A random-weight model folder of FLUX or SD3-medium width (transformer/, vae/, scheduler/)."""
-    from diffusers import FluxTransformer2DModel, SD3Transformer2DModel
+FLOW = {"_class_name": "FlowMatchEulerDiscreteScheduler", "num_train_timesteps": 1000, "shift": 3.0}
+DYNAMIC = {**FLOW, "use_dynamic_shifting": True, "base_shift": 0.5, "max_shift": 1.15, "base_image_seq_len": 256,
+           "max_image_seq_len": 4096}
+#: the block each model's maps are stored from (a single-stream block where the model has them)
+STORED_BLOCK = {"flux": 4, "sd3": 3, "flux2": 3, "qwenimage": 3}
 
-    heads, head_dim = (2, 16) if tiny else (24, 128 if kind == "flux" else 64)
+
+def _transformer(kind: str, tiny: bool):
+    """Real width, few blocks: FLUX.1 (1.31 B), SD3-medium, FLUX.2-dev (6144 wide, 15,360-wide text), Qwen-Image."""
+    from diffusers import (Flux2Transformer2DModel, FluxTransformer2DModel, QwenImageTransformer2DModel,
+                           SD3Transformer2DModel)
+
+    heads = 2 if tiny else {"flux": 24, "sd3": 24, "flux2": 48, "qwenimage": 24}[kind]
+    head_dim = 16 if tiny else {"flux": 128, "sd3": 64, "flux2": 128, "qwenimage": 128}[kind]
+    text = 64 if tiny else {"flux": 4096, "sd3": 4096, "flux2": 15360, "qwenimage": 3584}[kind]
+    if kind == "flux":
+        return FluxTransformer2DModel(patch_size=1, in_channels=64, num_layers=2, num_single_layers=4,
+                                      attention_head_dim=head_dim, num_attention_heads=heads, joint_attention_dim=text,
+                                      pooled_projection_dim=32 if tiny else 768, guidance_embeds=True,
+                                      axes_dims_rope=(4, 6, 6) if tiny else (16, 56, 56)), DYNAMIC
+    if kind == "sd3":
+        return SD3Transformer2DModel(sample_size=64, patch_size=2, in_channels=16, out_channels=16, num_layers=6,
+                                     attention_head_dim=head_dim, num_attention_heads=heads, joint_attention_dim=text,
+                                     caption_projection_dim=heads * head_dim, pooled_projection_dim=32 if tiny else 2048,
+                                     pos_embed_max_size=96, qk_norm="rms_norm"), FLOW
+    if kind == "flux2":
+        return Flux2Transformer2DModel(in_channels=128, num_layers=2, num_single_layers=4, attention_head_dim=head_dim,
+                                       num_attention_heads=heads, joint_attention_dim=text,
+                                       axes_dims_rope=(4, 4, 4, 4) if tiny else (32, 32, 32, 32)), DYNAMIC
+    return QwenImageTransformer2DModel(patch_size=2, in_channels=64, out_channels=16, num_layers=4,
+                                       attention_head_dim=head_dim, num_attention_heads=heads, joint_attention_dim=text,
+                                       axes_dims_rope=(4, 6, 6) if tiny else (16, 56, 56)), DYNAMIC
+
+
+def _family_vae(kind: str, tiny: bool):
+    from diffusers import AutoencoderKLFlux2, AutoencoderKLQwenImage
+
+    if kind == "flux2":
+        return AutoencoderKLFlux2(block_out_channels=(8, 8, 8, 8) if tiny else (128, 256, 512, 512),
+                                  layers_per_block=1 if tiny else 2, norm_num_groups=4 if tiny else 32,
+                                  use_quant_conv=False, use_post_quant_conv=False)
+    if kind == "qwenimage":
+        return AutoencoderKLQwenImage(base_dim=8 if tiny else 96, num_res_blocks=1 if tiny else 2)
+    return _vae(tiny)
+
+
+def build_folder(kind: str, folder: Path, device: str, tiny: bool) -> Path:
+    """A random-weight model folder of a real model's width (transformer/, vae/, scheduler/)."""
     with torch.device(device):
         torch.manual_seed(0)
-        if kind == "flux":
-            model = FluxTransformer2DModel(patch_size=1, in_channels=64, num_layers=2, num_single_layers=4,
-                                           attention_head_dim=head_dim, num_attention_heads=heads,
-                                           joint_attention_dim=64 if tiny else 4096,
-                                           pooled_projection_dim=32 if tiny else 768, guidance_embeds=True,
-                                           axes_dims_rope=(4, 6, 6) if tiny else (16, 56, 56))
-            scheduler = {"_class_name": "FlowMatchEulerDiscreteScheduler", "num_train_timesteps": 1000,
-                         "shift": 3.0, "use_dynamic_shifting": True, "base_shift": 0.5, "max_shift": 1.15,
-                         "base_image_seq_len": 256, "max_image_seq_len": 4096}
-        else:
-            model = SD3Transformer2DModel(sample_size=64, patch_size=2, in_channels=16, out_channels=16,
-                                          num_layers=6, attention_head_dim=head_dim, num_attention_heads=heads,
-                                          joint_attention_dim=64 if tiny else 4096,
-                                          caption_projection_dim=heads * head_dim,
-                                          pooled_projection_dim=32 if tiny else 2048, pos_embed_max_size=96,
-                                          qk_norm="rms_norm")
-            scheduler = {"_class_name": "FlowMatchEulerDiscreteScheduler", "num_train_timesteps": 1000, "shift": 3.0}
-        vae = _vae(tiny)
+        model, scheduler = _transformer(kind, tiny)
+        vae = _family_vae(kind, tiny)
     dtype = torch.float32 if tiny else torch.bfloat16
     model.to(dtype).save_pretrained(folder / "transformer")
     vae.to(dtype).save_pretrained(folder / "vae")
@@ -197,7 +225,7 @@ def run_real_width(args) -> None:
     try:
         for kind in args.models.split(","):
             folder, params = build_folder(kind, work / kind, args.device, args.tiny)
-            layer = 4 if kind == "flux" else 3
+            layer = STORED_BLOCK[kind]
             ex = build_extractor("dit", weights=str(folder), timesteps=timesteps, layers=[layer], device=args.device)
             shapes = ex.feature_shapes((size, size))
             per_image_mb = sum(c * h * w * 2 for c, h, w in shapes.values()) / 2**20
@@ -315,12 +343,12 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("case", nargs="?", default="toy", choices=["toy", "real-width", "storage"],
                     help="toy (default): the shipped backbone on CPU; storage: the write path at FLUX size; "
-                         "real-width: FLUX and SD3-medium widths on a GPU")
+                         "real-width: FLUX.1, SD3-medium, FLUX.2 and Qwen-Image widths on a GPU")
     ap.add_argument("--n", type=int, default=None)
     ap.add_argument("--batch-size", type=int, default=None)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--device", default="cpu")
-    ap.add_argument("--models", default="flux,sd3")
+    ap.add_argument("--models", default="flux,sd3,flux2,qwenimage")
     ap.add_argument("--maps", type=int, default=3)
     ap.add_argument("--tiny", action="store_true")
     ap.add_argument("--workdir", default=None, help="Folder for the temporary files (default: a new temp folder).")
