@@ -1,11 +1,8 @@
 """FLUX.3 (Flux3Transformer2DModel) against its modular pipelines: tiny Flux3ModularPipeline and
 Flux3DistilledModularPipeline folders (Qwen3-VL text encoder and processor, FLUX.2 VAE), written and loaded back
 offline, run through their own blocks without the prompt upsampler (a generative step probekit does not run).
-
-The shared extractor loads a folder's text side as a DiffusionPipeline (model_index.json) or as a plain text
-encoder; a modular folder (modular_model_index.json) is neither. `modular_text` stands in for the change that would
-teach it modular folders: load the folder's modular pipeline with its text encoder and processor, and hand it to
-the family's encode_prompts."""
+The extractor reads a modular folder's text through the folder's own modular pipeline (modular_model_index.json),
+loading its text encoder and processor only."""
 
 from pathlib import Path
 
@@ -14,12 +11,30 @@ import torch
 
 from pipeline_check import PipelineCheck, assert_matches_pipeline, last_element
 from probekit.datasets.shapeworld import ShapeWorld
-from tiny_text import char_tokenizer
 
 LAYERS = [1, 3]  # an image per-mode block and a joint single block
 SPECIALS = ("<|im_start|>", "<|im_end|>", "<|image_pad|>", "<|video_pad|>", "<|vision_start|>", "<|vision_end|>")
-TEMPLATE = ("{%- for m in messages -%}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{%- endfor -%}"
-            "{%- if add_generation_prompt -%}<|im_start|>assistant\n{%- endif -%}")
+TEMPLATE = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+            "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+WORDS = ("user assistant a an in front of and dotted striped circle square triangle cross star red orange yellow green "
+         "cyan blue purple white").split()
+
+
+def word_tokenizer():
+    """Whole words where it knows them, characters otherwise (WordPiece): the text windows of ShapeWorld captions
+    are then one 80-token window, as with Qwen's own tokenizer, where character tokens would need two."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    from tiny_text import CHARS
+
+    names = ["<pad>", "<unk>", *SPECIALS, *WORDS, *CHARS, *("##" + c for c in CHARS)]
+    tok = Tokenizer(models.WordPiece({t: i for i, t in enumerate(dict.fromkeys(names))}, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    out = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", unk_token="<unk>", model_max_length=8192,
+                                  additional_special_tokens=list(SPECIALS))
+    out.chat_template = TEMPLATE
+    return out
 
 
 def tiny_qwen3_vl(tok, hidden=16, layers=32):
@@ -29,8 +44,8 @@ def tiny_qwen3_vl(tok, hidden=16, layers=32):
 
     torch.manual_seed(1)
     cfg = Qwen3VLConfig(
-        text_config=dict(vocab_size=len(tok), hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=layers,
-                         num_attention_heads=2, num_key_value_heads=1, head_dim=8, max_position_embeddings=1024,
+        text_config=dict(vocab_size=len(tok), hidden_size=hidden, intermediate_size=2 * hidden,
+                         num_hidden_layers=layers, num_attention_heads=2, num_key_value_heads=1, head_dim=8, max_position_embeddings=1024,
                          pad_token_id=tok.pad_token_id,
                          rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 1, 1]}),
         vision_config=dict(depth=1, hidden_size=16, intermediate_size=32, num_heads=2, out_hidden_size=hidden,
@@ -44,8 +59,7 @@ def tiny_processor():
     from transformers import Qwen2VLImageProcessor, Qwen3VLProcessor
     from transformers.models.qwen3_vl.video_processing_qwen3_vl import Qwen3VLVideoProcessor
 
-    tok = char_tokenizer(bos=None, eos=None, model_max_length=8192, chat_template=TEMPLATE, specials=SPECIALS)
-    return Qwen3VLProcessor(image_processor=Qwen2VLImageProcessor(), tokenizer=tok,
+    return Qwen3VLProcessor(image_processor=Qwen2VLImageProcessor(), tokenizer=word_tokenizer(),
                             video_processor=Qwen3VLVideoProcessor(), chat_template=TEMPLATE)
 
 
@@ -82,42 +96,14 @@ def write_folder(path: Path, variant: str) -> Path:
     return path
 
 
-def load(folder: Path, variant: str):
+def load(folder: Path, variant: str, dtype=torch.float32):
     from diffusers.guiders import ClassifierFreeGuidance
 
     pipe = blocks_of(variant).init_pipeline(str(folder))
-    pipe.load_components(torch_dtype=torch.float32)
+    pipe.load_components(torch_dtype=dtype)
     if variant == "base":
         pipe.update_components(guider=ClassifierFreeGuidance(guidance_scale=1.0))  # CFG off: one forward
     return pipe
-
-
-@pytest.fixture(scope="module")
-def modular_text():
-    """The extractor reads a modular folder's text through its modular pipeline (see the module's doc)."""
-    from probekit.extractors.diffusers_dit import DiffusersDiTExtractor
-
-    read_folder, text_pipeline = DiffusersDiTExtractor._read_folder, DiffusersDiTExtractor._text_pipeline
-
-    def _read_folder(self):
-        read_folder(self)
-        if (self.root / "modular_model_index.json").is_file() and (self.root / "text_encoder").is_dir():
-            self.text_source, self.has_text_encoder = "pipeline", True
-
-    def _text_pipeline(self):
-        if not (self.root / "modular_model_index.json").is_file():
-            return text_pipeline(self)
-        if self._pipe is None:
-            from diffusers import ModularPipeline
-
-            self._pipe = ModularPipeline.from_pretrained(str(self.root))
-            self._pipe.load_components(names=["text_encoder", "tokenizer"], torch_dtype=self.dtype)
-        return self._pipe
-
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(DiffusersDiTExtractor, "_read_folder", _read_folder)
-        mp.setattr(DiffusersDiTExtractor, "_text_pipeline", _text_pipeline)
-        yield
 
 
 @pytest.fixture(scope="module")
@@ -163,14 +149,24 @@ def checks(folders):
 
 @pytest.mark.parametrize("variant", ["base", "distilled"])
 @pytest.mark.parametrize("conditioning", ["empty", "caption"])
-def test_maps_equal_the_flux3_modular_pipeline(modular_text, folders, checks, tmp_path, variant, conditioning):
+def test_maps_equal_the_flux3_modular_pipeline(folders, checks, tmp_path, variant, conditioning):
     ds = ShapeWorld("train", size=2)  # 64 px -> 16x16 VAE latents -> patchified 2x2 -> 8x8 tokens
     worst = assert_matches_pipeline(folders[variant], checks[variant], tmp_path, layers=LAYERS,
                                     conditioning=conditioning, dataset=ds)
     print(f"{variant} {conditioning}: worst relative difference {worst:.2e}")
 
 
-def test_the_pipeline_is_chosen_from_the_flow_map(modular_text, folders):
+@pytest.mark.parametrize("variant", ["base", "distilled"])
+def test_bfloat16_maps_equal_the_flux3_modular_pipeline_exactly(folders, tmp_path, variant):
+    """In the model's dtype the timestep is cast as the denoiser casts it ((t / 1000) in the model's dtype)."""
+    check = PipelineCheck(pipe=ModularFirstStep(load(folders[variant], variant, torch.bfloat16)), blocks=_blocks,
+                          image_tokens=last_element)
+    worst = assert_matches_pipeline(folders[variant], check, tmp_path, layers=LAYERS, conditioning="caption",
+                                    dataset=ShapeWorld("train", size=1), dtype="bfloat16")
+    assert worst == 0.0
+
+
+def test_the_pipeline_is_chosen_from_the_flow_map(folders):
     from probekit.extractors.diffusers_dit import DiffusersDiTExtractor
 
     base = DiffusersDiTExtractor(folders["base"], timesteps=[0], layers=[0], device="cpu")
@@ -205,19 +201,20 @@ def test_sigma_is_the_static_shift_of_the_scheduler(folders, tmp_path):
     from probekit.extractors.diffusers_dit import DiffusersDiTExtractor
 
     bare = tmp_path / "bare"
-    shutil.copytree(folders["base"] / "transformer", bare / "transformer")
+    for part in ("transformer", "vae"):
+        shutil.copytree(folders["base"] / part, bare / part)
     for folder in (folders["base"], bare):
         ex = DiffusersDiTExtractor(folder, timesteps=[300], layers=[0], device="cpu")
         assert ex.family.mu(64) is None and not ex.schedule.dynamic
         assert ex.schedule.sigma(300) == pytest.approx(6.93 * 0.3 / (1 + 5.93 * 0.3))
 
 
-def test_prompts_of_different_windows_cannot_share_a_forward(modular_text, folders):
+def test_prompts_of_different_windows_cannot_share_a_forward(folders):
     from probekit.errors import ProbekitError
     from probekit.extractors.diffusers_dit import DiffusersDiTExtractor
 
     ex = DiffusersDiTExtractor(folders["base"], timesteps=[500], layers=[0], device="cpu", conditioning="caption")
-    short, long = "a red circle", "a red circle " * 8
+    short, long = "a red circle", "a red circle " * 30
     ex.prepare([short, long])
     assert [int(ex._condition(p)["text_len"]) for p in (short, long)] == [80, 160]
     images = torch.rand(2, 3, 64, 64)
@@ -227,7 +224,7 @@ def test_prompts_of_different_windows_cannot_share_a_forward(modular_text, folde
 
 
 @pytest.mark.parametrize("variant", ["base", "distilled"])
-def test_every_declared_site_extracts(modular_text, folders, variant):
+def test_every_declared_site_extracts(folders, variant):
     from probekit.extractors.diffusers_dit import DiffusersDiTExtractor
     from probekit.keys import feature_key
 
@@ -235,7 +232,7 @@ def test_every_declared_site_extracts(modular_text, folders, variant):
     samples = [ds[i] for i in range(2)]
     images = torch.stack([torch.from_numpy(s.image).permute(2, 0, 1).float() / 255 for s in samples])
     captions = [s.caption for s in samples]
-    sites = ["output", "attn", "mlp"]
+    sites = ["output", "norm1", "attn", "mlp"]
     kwargs = dict(timesteps=[500], layers=LAYERS, device="cpu", conditioning="caption")
     reference = DiffusersDiTExtractor(folders[variant], **kwargs).extract(images, captions, [0, 1])
     ex = DiffusersDiTExtractor(folders[variant], sites=sites, **kwargs)
@@ -249,3 +246,50 @@ def test_every_declared_site_extracts(modular_text, folders, variant):
     for layer in LAYERS:
         key = feature_key(500, layer, "output")
         torch.testing.assert_close(maps[key], reference[key])
+
+
+def attention_inputs(modules, run):
+    """{layer: [hidden_states]} as a plain forward pre-hook on each module receives them (the `hidden_states`
+    keyword or the first positional argument), while `run()` runs; and run's result."""
+    seen = {layer: [] for layer in modules}
+
+    def recorder(layer):
+        def hook(module, args, kwargs):
+            seen[layer].append((kwargs["hidden_states"] if "hidden_states" in kwargs else args[0]).detach().clone())
+        return hook
+
+    handles = [m.register_forward_pre_hook(recorder(layer), with_kwargs=True) for layer, m in modules.items()]
+    try:
+        out = run()
+    finally:
+        for handle in handles:
+            handle.remove()
+    return seen, out
+
+
+@pytest.mark.parametrize("variant", ["base", "distilled"])
+def test_norm1_is_what_the_blocks_attention_receives(folders, variant):
+    """norm1 is the modulated input the block hands its attention: the image per-mode blocks' image tokens alone,
+    the single blocks' joined [text; image] sequence, whose last h*w tokens are the image."""
+    from probekit.extractors.diffusers_dit import DiffusersDiTExtractor
+    from probekit.keys import feature_key
+
+    ds = ShapeWorld("train", size=2)
+    samples = [ds[i] for i in range(2)]
+    images = torch.stack([torch.from_numpy(s.image).permute(2, 0, 1).float() / 255 for s in samples])
+    captions = [s.caption for s in samples]
+    timesteps, (gh, gw) = [200, 700], (8, 8)
+    ex = DiffusersDiTExtractor(folders[variant], timesteps=timesteps, layers=LAYERS, device="cpu",
+                               sites=["output", "norm1"], conditioning="caption")
+    blocks = _blocks(ex.transformer)
+    seen, maps = attention_inputs({layer: blocks[layer].attn for layer in LAYERS},
+                                  lambda: ex.extract(images, captions, [0, 1]))
+    for layer in LAYERS:
+        assert len(seen[layer]) == 1, layer  # one forward
+        tokens = seen[layer][0]
+        tokens = tokens if layer == 1 else tokens[:, -gh * gw:]  # per-mode: image alone; single: [text; image]
+        for j, t in enumerate(timesteps):
+            reference = tokens[j::len(timesteps)].reshape(2, gh, gw, -1).permute(0, 3, 1, 2)  # sample-major rows
+            norm1 = maps[feature_key(t, layer, "norm1")]
+            torch.testing.assert_close(norm1, reference)
+            assert not torch.allclose(norm1, maps[feature_key(t, layer, "output")])

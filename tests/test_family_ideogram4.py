@@ -75,7 +75,8 @@ def test_latents_decode_back_through_the_pipelines_own_unpacking(folder):
     assert latents.shape == (2, 16, 8, 8)
     z = ex.family.pipeline_latents(latents)  # (B, 64, 16) as the pipeline's latents
     vae = ex.vae
-    z = z * torch.sqrt(vae.bn.running_var + vae.config.batch_norm_eps).view(1, 1, -1) + vae.bn.running_mean.view(1, 1, -1)
+    bn_std = torch.sqrt(vae.bn.running_var + vae.config.batch_norm_eps)
+    z = z * bn_std.view(1, 1, -1) + vae.bn.running_mean.view(1, 1, -1)
     z = z.view(2, 8, 8, 2, 2, 4).permute(0, 5, 1, 3, 2, 4).contiguous().view(2, 4, 16, 16)
     torch.testing.assert_close(z, vae.encode(images * 2 - 1).latent_dist.mode(), rtol=1e-5, atol=1e-5)
 
@@ -104,25 +105,22 @@ def test_captions_keep_their_own_tokens_left_padded(folder):
 
 
 def test_every_site_extracts_with_the_planned_shape(folder):
-    from probekit.errors import ProbekitError
     from probekit.extractors.diffusers_dit import DiffusersDiTExtractor
     from probekit.keys import feature_key
 
     images = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(2))
-    sites = ["output", "attn", "mlp"]
+    sites = ["output", "norm1", "attn", "mlp"]
     kw = dict(timesteps=[400], layers=LAYERS, device="cpu")
     ex = DiffusersDiTExtractor(folder, sites=sites, **kw)
     maps = ex.extract(images, ["", ""], [0, 1])
     shapes = ex.feature_shapes((64, 64))
-    assert sorted(maps) == sorted(shapes) and len(maps) == 6
+    assert sorted(maps) == sorted(shapes) and len(maps) == 8
     for key, m in maps.items():
         assert tuple(m.shape[1:]) == shapes[key] == (32, 8, 8)
     plain = DiffusersDiTExtractor(folder, **kw).extract(images, ["", ""], [0, 1])
     for key, m in plain.items():
         torch.testing.assert_close(maps[key], m)
     assert not torch.allclose(maps[feature_key(400, 0, "attn")], maps[feature_key(400, 0)])
-    with pytest.raises(ProbekitError, match="Ideogram4TransformerBlock.forward"):
-        DiffusersDiTExtractor(folder, sites=["norm1"], **kw)
 
 
 def test_null_condition_without_text_encoders(folder, tmp_path):
@@ -135,3 +133,44 @@ def test_null_condition_without_text_encoders(folder, tmp_path):
     ex = DiffusersDiTExtractor(bare, timesteps=[500], layers=[1], device="cpu")
     maps = ex.extract(torch.rand(1, 3, 64, 64), [""], [0])
     assert maps["t=500/layer=1"].shape == (1, 32, 8, 8) and torch.isfinite(maps["t=500/layer=1"]).all()
+
+
+def attention_inputs(modules, run):
+    """{layer: [hidden_states]} as a plain forward pre-hook on each module receives them (the `hidden_states`
+    keyword or the first positional argument), while `run()` runs; and run's result."""
+    seen = {layer: [] for layer in modules}
+
+    def recorder(layer):
+        def hook(module, args, kwargs):
+            seen[layer].append((kwargs["hidden_states"] if "hidden_states" in kwargs else args[0]).detach().clone())
+        return hook
+
+    handles = [m.register_forward_pre_hook(recorder(layer), with_kwargs=True) for layer, m in modules.items()]
+    try:
+        out = run()
+    finally:
+        for handle in handles:
+            handle.remove()
+    return seen, out
+
+
+def test_norm1_is_what_the_blocks_attention_receives(folder):
+    """norm1 is the modulated input the block hands its attention: one self-attention over the joined
+    [text; image] sequence, whose last h*w tokens are the image."""
+    from probekit.extractors.diffusers_dit import DiffusersDiTExtractor
+    from probekit.keys import feature_key
+
+    images = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(2))
+    timesteps, (gh, gw) = [200, 700], (8, 8)
+    ex = DiffusersDiTExtractor(folder, timesteps=timesteps, layers=LAYERS, device="cpu", sites=["output", "norm1"])
+    blocks = list(ex.transformer.layers)
+    seen, maps = attention_inputs({layer: blocks[layer].attention for layer in LAYERS},
+                                  lambda: ex.extract(images, ["", ""], [0, 1]))
+    for layer in LAYERS:
+        assert len(seen[layer]) == 1, layer  # one forward
+        tokens = seen[layer][0][:, -gh * gw:]
+        for j, t in enumerate(timesteps):
+            reference = tokens[j::len(timesteps)].reshape(2, gh, gw, -1).permute(0, 3, 1, 2)  # sample-major rows
+            norm1 = maps[feature_key(t, layer, "norm1")]
+            torch.testing.assert_close(norm1, reference)
+            assert not torch.allclose(norm1, maps[feature_key(t, layer, "output")])

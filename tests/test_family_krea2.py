@@ -20,23 +20,10 @@ SCHEDULER = dict(shift=1.0, use_dynamic_shifting=True, base_shift=0.5, max_shift
                  max_image_seq_len=6400, time_shift_type="exponential")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _loadable_without_accelerate():
-    """Krea2Transformer2DModel keeps its norms in float32 (_keep_in_fp32_modules), which diffusers' from_pretrained
-    refuses without `accelerate` (low_cpu_mem_usage is forced off). Everything here runs in float32, where that
-    setting changes no number, so it is lifted for the test when accelerate is absent."""
-    from diffusers import Krea2Transformer2DModel
-    from diffusers.utils import is_accelerate_available
-
-    with pytest.MonkeyPatch.context() as mp:
-        if not is_accelerate_available():
-            mp.setattr(Krea2Transformer2DModel, "_keep_in_fp32_modules", None)
-        yield
-
-
 @pytest.fixture(scope="module")
 def folder(tmp_path_factory):
-    from diffusers import AutoencoderKLQwenImage, FlowMatchEulerDiscreteScheduler, Krea2Pipeline, Krea2Transformer2DModel
+    from diffusers import (AutoencoderKLQwenImage, FlowMatchEulerDiscreteScheduler, Krea2Pipeline,
+                           Krea2Transformer2DModel)
 
     tok = qwen_tokenizer()
     torch.manual_seed(0)
@@ -137,25 +124,22 @@ def test_the_distilled_checkpoint_has_a_fixed_mu(folder, tmp_path):
 
 
 def test_every_site_extracts_with_the_planned_shape(folder):
-    from probekit.errors import ProbekitError
     from probekit.extractors.diffusers_dit import DiffusersDiTExtractor
     from probekit.keys import feature_key
 
     images = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(2))
-    sites = ["output", "attn", "mlp"]
+    sites = ["output", "norm1", "attn", "mlp"]
     kw = dict(timesteps=[400], layers=LAYERS, device="cpu")
     ex = DiffusersDiTExtractor(folder, sites=sites, **kw)
     maps = ex.extract(images, ["", ""], [0, 1])
     shapes = ex.feature_shapes((64, 64))
-    assert sorted(maps) == sorted(shapes) and len(maps) == 6
+    assert sorted(maps) == sorted(shapes) and len(maps) == 8
     for key, m in maps.items():
         assert tuple(m.shape[1:]) == shapes[key] == (32, 8, 8)
     plain = DiffusersDiTExtractor(folder, **kw).extract(images, ["", ""], [0, 1])
     for key, m in plain.items():
         torch.testing.assert_close(maps[key], m)
     assert not torch.allclose(maps[feature_key(400, 0, "attn")], maps[feature_key(400, 0)])
-    with pytest.raises(ProbekitError, match="Krea2TransformerBlock.forward"):
-        DiffusersDiTExtractor(folder, sites=["norm1"], **kw)
 
 
 def test_null_condition_without_text_encoders(folder, tmp_path):
@@ -168,3 +152,44 @@ def test_null_condition_without_text_encoders(folder, tmp_path):
     ex = DiffusersDiTExtractor(bare, timesteps=[500], layers=[1], device="cpu")
     maps = ex.extract(torch.rand(1, 3, 64, 64), [""], [0])
     assert maps["t=500/layer=1"].shape == (1, 32, 8, 8) and torch.isfinite(maps["t=500/layer=1"]).all()
+
+
+def attention_inputs(modules, run):
+    """{layer: [hidden_states]} as a plain forward pre-hook on each module receives them (the `hidden_states`
+    keyword or the first positional argument), while `run()` runs; and run's result."""
+    seen = {layer: [] for layer in modules}
+
+    def recorder(layer):
+        def hook(module, args, kwargs):
+            seen[layer].append((kwargs["hidden_states"] if "hidden_states" in kwargs else args[0]).detach().clone())
+        return hook
+
+    handles = [m.register_forward_pre_hook(recorder(layer), with_kwargs=True) for layer, m in modules.items()]
+    try:
+        out = run()
+    finally:
+        for handle in handles:
+            handle.remove()
+    return seen, out
+
+
+def test_norm1_is_what_the_blocks_attention_receives(folder):
+    """norm1 is the modulated input the block hands its attention: one self-attention over the joined
+    [text; image] sequence, whose last h*w tokens are the image."""
+    from probekit.extractors.diffusers_dit import DiffusersDiTExtractor
+    from probekit.keys import feature_key
+
+    images = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(2))
+    timesteps, (gh, gw) = [200, 700], (8, 8)
+    ex = DiffusersDiTExtractor(folder, timesteps=timesteps, layers=LAYERS, device="cpu", sites=["output", "norm1"])
+    blocks = list(ex.transformer.transformer_blocks)
+    seen, maps = attention_inputs({layer: blocks[layer].attn for layer in LAYERS},
+                                  lambda: ex.extract(images, ["", ""], [0, 1]))
+    for layer in LAYERS:
+        assert len(seen[layer]) == 1, layer  # one forward
+        tokens = seen[layer][0][:, -gh * gw:]
+        for j, t in enumerate(timesteps):
+            reference = tokens[j::len(timesteps)].reshape(2, gh, gw, -1).permute(0, 3, 1, 2)  # sample-major rows
+            norm1 = maps[feature_key(t, layer, "norm1")]
+            torch.testing.assert_close(norm1, reference)
+            assert not torch.allclose(norm1, maps[feature_key(t, layer, "output")])

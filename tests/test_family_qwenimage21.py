@@ -109,20 +109,71 @@ def test_a_batch_of_captions_equals_each_caption_alone(folder):
 
 
 def test_every_site_extracts_with_the_planned_shape(folder):
-    from probekit.errors import ProbekitError
     from probekit.extractors.diffusers_dit import DiffusersDiTExtractor
 
     images = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(2))
     kw = dict(timesteps=[400], layers=LAYERS, device="cpu")
-    ex = DiffusersDiTExtractor(folder, sites=["output", "attn", "mlp"], **kw)
+    ex = DiffusersDiTExtractor(folder, sites=["output", "norm1", "attn", "mlp"], **kw)
     maps = ex.extract(images, ["", ""], [0, 1])
     shapes = ex.feature_shapes((64, 64))
-    assert sorted(maps) == sorted(shapes) and len(maps) == 6
+    assert sorted(maps) == sorted(shapes) and len(maps) == 8
     for key, m in maps.items():
         assert tuple(m.shape[1:]) == shapes[key] == (16, *GRID)
     plain = DiffusersDiTExtractor(folder, **kw).extract(images, ["", ""], [0, 1])
     for key, m in plain.items():
         torch.testing.assert_close(maps[key], m)
     assert not torch.allclose(maps[feature_key(400, 0, "attn")], maps[feature_key(400, 0)])
-    with pytest.raises(ProbekitError, match="_modulate"):
-        DiffusersDiTExtractor(folder, sites=["norm1"], **kw)
+
+
+def test_a_folder_without_text_encoders_extracts_on_null_text(folder, tmp_path):
+    import shutil
+
+    from probekit.extractors.diffusers_dit import DiffusersDiTExtractor
+
+    bare = tmp_path / "bare"
+    for part in ("transformer", "vae", "scheduler"):
+        shutil.copytree(folder / part, bare / part)
+    ex = DiffusersDiTExtractor(bare, timesteps=[500], layers=LAYERS, device="cpu")
+    assert not ex.has_text_encoder
+    maps = ex.extract(torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(4)), ["", ""], [0, 1])
+    assert all(torch.isfinite(m).all() for m in maps.values()) and len(maps) == len(LAYERS)
+
+
+def attention_inputs(modules, run):
+    """{layer: [hidden_states]} as a plain forward pre-hook on each module receives them (the `hidden_states`
+    keyword or the first positional argument), while `run()` runs; and run's result."""
+    seen = {layer: [] for layer in modules}
+
+    def recorder(layer):
+        def hook(module, args, kwargs):
+            seen[layer].append((kwargs["hidden_states"] if "hidden_states" in kwargs else args[0]).detach().clone())
+        return hook
+
+    handles = [m.register_forward_pre_hook(recorder(layer), with_kwargs=True) for layer, m in modules.items()]
+    try:
+        out = run()
+    finally:
+        for handle in handles:
+            handle.remove()
+    return seen, out
+
+
+def test_norm1_is_what_the_blocks_attention_receives(folder):
+    """norm1 is the modulated input the block hands its attention: one block-causal attention over
+    the joined [text; image] sequence, whose last h*w tokens are the image."""
+    from probekit.extractors.diffusers_dit import DiffusersDiTExtractor
+
+    images = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(2))
+    timesteps, (gh, gw) = [200, 700], GRID
+    ex = DiffusersDiTExtractor(folder, timesteps=timesteps, layers=LAYERS, device="cpu", sites=["output", "norm1"])
+    blocks = list(ex.transformer.transformer_blocks)
+    seen, maps = attention_inputs({layer: blocks[layer].attn for layer in LAYERS},
+                                  lambda: ex.extract(images, ["", ""], [0, 1]))
+    for layer in LAYERS:
+        assert len(seen[layer]) == 1, layer  # one forward
+        tokens = seen[layer][0][:, -gh * gw:]
+        for j, t in enumerate(timesteps):
+            reference = tokens[j::len(timesteps)].reshape(2, gh, gw, -1).permute(0, 3, 1, 2)  # sample-major rows
+            norm1 = maps[feature_key(t, layer, "norm1")]
+            torch.testing.assert_close(norm1, reference)
+            assert not torch.allclose(norm1, maps[feature_key(t, layer, "output")])

@@ -97,14 +97,52 @@ def test_every_declared_site_extracts(folder):
 
     images = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(1))
     kw = dict(timesteps=[200, 700], layers=[0, 2], device="cpu")
-    ex = DiffusersDiTExtractor(folder, sites=["output", "attn", "mlp"], **kw)
-    assert ex.family.available_sites() == ["output", "attn", "mlp"]
+    ex = DiffusersDiTExtractor(folder, sites=["output", "norm1", "attn", "mlp"], **kw)
+    assert ex.family.available_sites() == ["output", "norm1", "attn", "mlp"]
     maps = ex.extract(images, ["", ""], [0, 1])
     assert {k: tuple(v.shape[1:]) for k, v in maps.items()} == ex.feature_shapes((64, 64))
     for key, value in DiffusersDiTExtractor(folder, **kw).extract(images, ["", ""], [0, 1]).items():
         torch.testing.assert_close(maps[key], value)
-    with pytest.raises(Exception, match="norm1"):
-        DiffusersDiTExtractor(folder, sites=["norm1"], **kw)
+
+def attention_inputs(modules, run):
+    """{layer: [hidden_states]} as a plain forward pre-hook on each module receives them (the `hidden_states`
+    keyword or the first positional argument), while `run()` runs; and run's result."""
+    seen = {layer: [] for layer in modules}
+
+    def recorder(layer):
+        def hook(module, args, kwargs):
+            seen[layer].append((kwargs["hidden_states"] if "hidden_states" in kwargs else args[0]).detach().clone())
+        return hook
+
+    handles = [m.register_forward_pre_hook(recorder(layer), with_kwargs=True) for layer, m in modules.items()]
+    try:
+        out = run()
+    finally:
+        for handle in handles:
+            handle.remove()
+    return seen, out
+
+
+def test_norm1_is_what_the_blocks_attention_receives(folder):
+    """norm1 is the modulated input the block hands its self-attention (attn1's first argument): the image
+    tokens alone (the caption enters through the cross-attention)."""
+    from probekit.extractors.diffusers_dit import DiffusersDiTExtractor
+    from probekit.keys import feature_key
+
+    images = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(1))
+    timesteps, (gh, gw) = [200, 700], (8, 8)  # 64 px, DC-AE /8, patch 1
+    ex = DiffusersDiTExtractor(folder, timesteps=timesteps, layers=LAYERS, device="cpu", sites=["output", "norm1"])
+    blocks = list(ex.transformer.transformer_blocks)
+    seen, maps = attention_inputs({layer: blocks[layer].attn1 for layer in LAYERS},
+                                  lambda: ex.extract(images, ["", ""], [0, 1]))
+    for layer in LAYERS:
+        assert len(seen[layer]) == 1, layer  # one forward
+        tokens = seen[layer][0]
+        for j, t in enumerate(timesteps):
+            reference = tokens[j::len(timesteps)].reshape(2, gh, gw, -1).permute(0, 3, 1, 2)  # sample-major rows
+            norm1 = maps[feature_key(t, layer, "norm1")]
+            torch.testing.assert_close(norm1, reference)
+            assert not torch.allclose(norm1, maps[feature_key(t, layer, "output")])
 
 
 def test_the_mlp_site_is_the_glumbconv_map_itself(folder):

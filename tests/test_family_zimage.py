@@ -102,13 +102,53 @@ def test_every_declared_site_extracts(folder):
 
     images = torch.rand(2, 3, 48, 48, generator=torch.Generator().manual_seed(1))
     kw = dict(timesteps=[200, 700], layers=[0, 1, 2], device="cpu")
-    ex = DiffusersDiTExtractor(folder, sites=["output", "attn", "mlp"], **kw)
-    assert ex.family.available_sites() == ["output", "attn", "mlp"]
+    ex = DiffusersDiTExtractor(folder, sites=["output", "norm1", "attn", "mlp"], **kw)
+    assert ex.family.available_sites() == ["output", "norm1", "attn", "mlp"]
     maps = ex.extract(images, ["", ""], [0, 1])
     shapes = ex.feature_shapes((48, 48))
     assert {k: tuple(v.shape[1:]) for k, v in maps.items()} == shapes
     plain = DiffusersDiTExtractor(folder, **kw).extract(images, ["", ""], [0, 1])
     for key, value in plain.items():
         torch.testing.assert_close(maps[key], value)
-    with pytest.raises(Exception, match="norm1"):
-        DiffusersDiTExtractor(folder, sites=["norm1"], **kw)
+
+
+def attention_inputs(modules, run):
+    """{layer: [hidden_states]} as a plain forward pre-hook on each module receives them (the `hidden_states`
+    keyword or the first positional argument), while `run()` runs; and run's result."""
+    seen = {layer: [] for layer in modules}
+
+    def recorder(layer):
+        def hook(module, args, kwargs):
+            seen[layer].append((kwargs["hidden_states"] if "hidden_states" in kwargs else args[0]).detach().clone())
+        return hook
+
+    handles = [m.register_forward_pre_hook(recorder(layer), with_kwargs=True) for layer, m in modules.items()]
+    try:
+        out = run()
+    finally:
+        for handle in handles:
+            handle.remove()
+    return seen, out
+
+
+def test_norm1_is_what_the_blocks_attention_receives(folder):
+    """norm1 is the modulated input the block hands its attention (its first argument): the noise refiner's image
+    sequence, the main layers' unified [image; caption] sequence, each sample's image tokens first. At 48 px the
+    6x6 = 36 image tokens are padded to 64 after them."""
+    from probekit.extractors.diffusers_dit import DiffusersDiTExtractor
+    from probekit.keys import feature_key
+
+    images = torch.rand(2, 3, 48, 48, generator=torch.Generator().manual_seed(1))
+    layers, timesteps, (gh, gw) = [0, 1, 2], [200, 700], (6, 6)  # 48 px, VAE /4, patch 2
+    ex = DiffusersDiTExtractor(folder, timesteps=timesteps, layers=layers, device="cpu", sites=["output", "norm1"])
+    blocks = list(ex.transformer.noise_refiner) + list(ex.transformer.layers)
+    seen, maps = attention_inputs({layer: blocks[layer].attention for layer in layers},
+                                  lambda: ex.extract(images, ["", ""], [0, 1]))
+    for layer in layers:
+        assert len(seen[layer]) == 1, layer  # one forward
+        tokens = seen[layer][0][:, :gh * gw]
+        for j, t in enumerate(timesteps):
+            reference = tokens[j::len(timesteps)].reshape(2, gh, gw, -1).permute(0, 3, 1, 2)  # sample-major rows
+            norm1 = maps[feature_key(t, layer, "norm1")]
+            torch.testing.assert_close(norm1, reference)
+            assert not torch.allclose(norm1, maps[feature_key(t, layer, "output")])
