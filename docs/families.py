@@ -75,11 +75,12 @@ def site_notes() -> list[str]:
     lines += ["", "Per family, where a site differs from that meaning or is missing:", ""]
     for entry in DIT_FAMILIES.entries():
         cls = entry.load()
-        notes = []
+        kinds: dict[tuple[str, str], list[str]] = {}  # (site, note) -> the block kinds it holds for
         for kind, sites in cls.sites.items():
             for site, spec in sites.items():
                 if spec.note:
-                    notes.append(f"{site} ({kind} blocks): {spec.note}")
+                    kinds.setdefault((site, spec.note), []).append(kind)
+        notes = [f"{site} ({', '.join(k)} blocks): {note}" for (site, note), k in kinds.items()]
         notes += [f"no {site}: {why}" for site, why in cls.missing_sites.items()]
         if notes:
             lines.append(f"- **{cls.name}**: " + "; ".join(dict.fromkeys(notes)) + ".")
