@@ -62,25 +62,29 @@ def test_a_suite_of_two_backbones_runs_end_to_end_and_a_rerun_does_no_work(tmp_p
                 and r["task"] == "seg")
     assert glob["seeds"] == [0, 1] and glob["config"]["epochs"] == 2 and glob["config"]["lrs"] == [0.01, 0.03]
     # pixels has one map: its two global fusions are refused with a sentence; the other steps went on
-    assert "global fusion learns weights over several maps" in res.output and "suite tiny: 2 failed, 11 ran" in res.output
+    assert "global fusion learns weights over several maps" in res.output and "suite tiny: 2 failed, 15 ran" in res.output
     assert (out / "report" / "report.html").is_file() and "| tiny-mmdit-random |" in res.output
     mtimes = {p: p.stat().st_mtime_ns for p in (out / "results").rglob("result.json")}
     again = _run(suite, "--out", out)
-    assert "suite tiny: 11 done, 2 failed" in again.output, again.output  # nothing extracted or trained again
+    # nothing extracted or trained again: the two refused fusions are tried again, and the report after them
+    assert "suite tiny: 14 done, 2 failed, 1 ran" in again.output, again.output
     assert {p: p.stat().st_mtime_ns for p in (out / "results").rglob("result.json")} == mtimes
     dry = _run(suite, "--out", out, "--dry-run")
-    # only the two refused fusions are still to do; nothing else (another label's global run is not pixels')
-    pending = [line.strip() for line in dry.output.splitlines() if "[pending]" in line]
-    assert dry.exit_code == 0 and pending == [f"[pending] probe pixels shapeworld {task} linear-global x2 seeds"
-                                              for task in ("seg", "saliency")], dry.output
-    assert "to write: 0 B of features" in dry.output
+    # only the two refused fusions are not done, and the plan says they would fail (another label's global run
+    # is not pixels'): the dry run exits 1
+    failed = [line.strip() for line in dry.output.splitlines() if "[ failed]" in line or "[pending]" in line]
+    assert dry.exit_code == 1 and failed == [
+        f"[ failed] probe pixels shapeworld {task} linear-global x2 seeds  (global fusion learns weights over several "
+        "maps, and pixels offers one (layer=0); probe it with fusion: single)" for task in ("seg", "saliency")], dry.output
+    assert "to write: 0 B of features" in dry.output and "2 cell(s) would fail" in dry.output
     # Results made with other settings are not "done": the run would replace them, and the plan says so.
     other = _write(tmp_path / "other.yaml", {**SUITE, "training": {**SUITE["training"], "own_loss_weights": [1.0]}})
     dry = _run(other, "--out", out, "--dry-run")
     stale = [line.strip() for line in dry.output.splitlines() if "[  stale]" in line]
     assert stale == [f"[  stale] probe tiny-mmdit-random shapeworld {task} linear-global x2 seeds  (results of other "
                      "settings (own_loss_weights): the run replaces them)" for task in ("seg", "saliency")], dry.output
-    assert "[pending]" in dry.output and dry.output.count("[   done]") == 11 - 2  # single maps have no read-outs
+    # single maps have no read-outs: their runs are done, and so are the map choices made from them
+    assert "[pending]" not in dry.output and dry.output.count("[   done]") == 17 - 2 - 2, dry.output
 
 
 @pytest.mark.slow
@@ -122,7 +126,7 @@ def test_the_shipped_suites_parse_and_the_demo_is_one_of_them():
     (lambda s: s["extractors"]["pixels"].update(probes="defualt"), "probe set 'defualt', which is not defined; did "
                                                                    "you mean 'default'?"),
     (lambda s: s["combine"].append({"name": "x", "of": ["pixels", "dino"]}), "names extractor 'dino'"),
-    (lambda s: s["datasets"]["shapeworld"].pop("eval"), "needs a 'eval' split"),
+    (lambda s: s["datasets"]["shapeworld"].pop("eval"), "datasets.shapeworld needs 'eval'"),
 ])
 def test_a_bad_suite_gets_a_named_error(tmp_path, change, words):
     suite = json.loads(json.dumps(SUITE))
@@ -171,7 +175,7 @@ def test_a_null_validation_split_means_none():
 
 
 def test_the_best_map_is_chosen_on_the_seeds_every_map_was_probed_with():
-    from probekit.pipelines.suite import _best_keys
+    from probekit.pipelines.cells import best_keys as _best_keys
 
     def rec(key, vals):
         return {"higher_is_better": True, "probe": {"feature_keys": [key]}, "seeds": list(range(len(vals))),
@@ -183,3 +187,32 @@ def test_the_best_map_is_chosen_on_the_seeds_every_map_was_probed_with():
     recs = [rec("a", [0.50]), rec("b", [0.52, 0.41, 0.42])]
     assert _best_keys(recs, [0]) == ["b"]
     assert _best_keys([rec("a", [0.50])], [3]) is None
+
+
+def test_the_documented_schema_example_is_a_valid_suite():
+    import re
+    from pathlib import Path
+
+    from probekit.pipelines.suite_schema import Launcher
+
+    text = (Path(__file__).resolve().parents[1] / "docs" / "suites.md").read_text()
+    blocks = [yaml.safe_load(b) for b in re.findall(r"```yaml\n(.*?)```", text, re.S)]
+    full = [b for b in blocks if "datasets" in b]
+    assert len(full) == 1 and parse_suite(full[0], "docs/suites.md").launcher == {"name": "local", "jobs": 2}
+    assert all(Launcher.model_validate(b["launcher"]) for b in blocks if "datasets" not in b)
+
+
+def test_a_suite_file_with_a_key_given_twice_is_refused_with_both_lines(tmp_path):
+    path = tmp_path / "twice.yaml"
+    path.write_text("suite: twice\ntraining:\n  epochs: 2\n  epochs: 3\n")
+    with pytest.raises(ProbekitError, match=r"twice.yaml: training gives key 'epochs' twice \(lines 3 and 4\)"):
+        load_suite(path)
+    # YAML 1.1 reads 1e-3 as a string: a rate written so is the number it plainly is
+    path.write_text(yaml.safe_dump({**SUITE, "training": {}}, sort_keys=False).replace("training: {}",
+                                                                                      "training: {lrs: [1e-3, 3e-2]}"))
+    assert load_suite(path).training == {"lrs": [0.001, 0.03]}
+    path.write_text(yaml.safe_dump({**SUITE, "training": {"epochs": "two", "lrs": [0.01, -1]}}, sort_keys=False))
+    with pytest.raises(ProbekitError) as exc:  # every problem at once, each with its line
+        load_suite(path)
+    assert "2 problems" in str(exc.value) and "line 5: training.epochs: must be a valid integer, got 'two'" in str(
+        exc.value) and "training.lrs[1]: must be greater than 0, got -1" in str(exc.value)

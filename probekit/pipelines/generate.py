@@ -41,10 +41,11 @@ PALETTE = [(34, 34, 34), (0, 114, 178), (230, 159, 0), (0, 158, 115), (213, 94, 
 
 
 def _shift_sigma(t: int, schedule: dict[str, Any]) -> float:
+    """The noise level a head's feature file used for timestep t (its recorded schedule; the sampler's model
+    shifts statically)."""
     from probekit.extractors.noise import NoiseSchedule
 
-    return NoiseSchedule(kind="flow", shift=float(schedule.get("shift", 1.0)),
-                         dynamic_shift=schedule.get("dynamic_shift")).sigma(t)
+    return NoiseSchedule.from_description({"kind": "flow", "shift": 1.0, **schedule}).sigma(t)
 
 
 def default_prompts(n: int, seed: int) -> list[str]:
