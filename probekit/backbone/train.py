@@ -20,6 +20,7 @@ import math
 import os
 import platform
 import time
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -110,6 +111,53 @@ def _batches(batches: _StepBatches, workers: int, pin: bool):
                                             pin_memory=pin, prefetch_factor=4, persistent_workers=False))
 
 
+@dataclass(frozen=True)
+class Recipe:
+    """Everything that changes the weights (not where, how fast or how often they are saved): recorded with the
+    model, and a checkpoint resumes only under the same recipe."""
+
+    steps: int = 3000
+    batch_size: int = 32
+    lr: float = 1e-3
+    warmup: int = 100
+    weight_decay: float = 0.0
+    caption_dropout: float = 0.1
+    shift: float = 1.0
+    ema_decay: float = 0.999
+    seed: int = 0
+    prediction: str = VELOCITY
+    precision: str = "fp32"
+    scene: dict[str, Any] | None = None
+    config_overrides: dict[str, Any] | None = None
+
+    def __post_init__(self):
+        if self.prediction not in PREDICTIONS:
+            raise ValueError(f"prediction must be one of {PREDICTIONS}, not {self.prediction!r}")
+        if self.precision not in ("fp32", "bf16"):
+            raise ValueError(f"precision must be 'fp32' or 'bf16', not {self.precision!r}")
+        # recorded as checked numbers, whatever form they came in
+        object.__setattr__(self, "scene", checked_scene(self.scene or {}) or None)
+
+    def params(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def fingerprint(self) -> str:
+        return json.dumps(self.params(), sort_keys=True)
+
+
+@dataclass
+class _Training:
+    """What one run trains and keeps: the models, their average, the optimiser and its schedule."""
+
+    trainable: torch.nn.ModuleDict
+    ema: torch.nn.ModuleDict
+    optimizer: torch.optim.Optimizer
+    schedule: Any
+    conditioner: TextConditioner
+    forward: Any  # the transformer, compiled or not
+    tokenizer: Any
+
+
 def train_backbone(out: str | Path, *, steps: int = 3000, batch_size: int = 32, lr: float = 1e-3,
                    warmup: int = 100, weight_decay: float = 0.0, caption_dropout: float = 0.1, shift: float = 1.0,
                    ema_decay: float = 0.999, seed: int = 0, checkpoint_every: int = 100, threads: int | None = None,
@@ -134,105 +182,134 @@ def train_backbone(out: str | Path, *, steps: int = 3000, batch_size: int = 32, 
     (``probekit.backbone.cache``; same images, same order) and trains from it; ``compile`` runs the transformer
     through ``torch.compile``. Neither is part of the recipe: they change speed, not the data or the model.
     """
-    if prediction not in PREDICTIONS:
-        raise ValueError(f"prediction must be one of {PREDICTIONS}, not {prediction!r}")
-    if precision not in ("fp32", "bf16"):
-        raise ValueError(f"precision must be 'fp32' or 'bf16', not {precision!r}")
-    scene = checked_scene(scene or {}) or None  # recorded as checked numbers, whatever form they came in
+    recipe = Recipe(steps=steps, batch_size=batch_size, lr=lr, warmup=warmup, weight_decay=weight_decay,
+                    caption_dropout=caption_dropout, shift=shift, ema_decay=ema_decay, seed=seed,
+                    prediction=prediction, precision=precision, scene=scene, config_overrides=config_overrides)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     if threads:
         torch.set_num_threads(threads)
-    # the recipe: everything that changes the weights (not where, how fast or how often they are saved)
-    not_recipe = ("out", "log", "progress", "checkpoint_every", "threads", "workers", "export_every", "device",
-                  "cache", "compile")
-    params = {k: v for k, v in locals().items() if k not in not_recipe}
-    dataset = ShapeWorld("pretrain", scene=scene)
+    dataset = ShapeWorld("pretrain", scene=recipe.scene)
     # The cache holds the rows this run reads (its steps x batch size, wrapping at the split's end).
-    source = (ImageCache(dataset).build(rows=steps * batch_size, progress=progress, log=log,
-                                        workers=workers) if cache
-              else Rendered(dataset))
-    transformer, text_encoder, tokenizer = build_models(dataset.manifest, seed=seed, overrides=config_overrides)
+    source = (ImageCache(dataset).build(rows=steps * batch_size, progress=progress, log=log, workers=workers)
+              if cache else Rendered(dataset))
     dev = torch.device(device)
+    run = _setup(recipe, dataset, dev, compile)
+    start_step, elapsed = _resume(out / CHECKPOINT, recipe, run, dev, log)
+    t0 = _train(out, recipe, run, source, dataset.image_size, start_step, elapsed, dev,
+                {"checkpoint_every": checkpoint_every, "export_every": export_every, "workers": workers},
+                progress)
+    total = time.perf_counter() - t0
+    info = _training_info(recipe, run, dataset, dev, total, {"image_cache": bool(cache), "torch_compile": bool(compile),
+                                                              "workers": workers})
+    folder = save_folder(out / "model", run.ema["transformer"], run.ema["text_encoder"], run.tokenizer, extra=info,
+                         shift=shift, prediction=prediction)
+    log(f"trained {steps} steps in {total / 60:.1f} min -> {folder}")
+    return folder
+
+
+def _setup(recipe: Recipe, dataset, dev: torch.device, compile: bool) -> _Training:
+    transformer, text_encoder, tokenizer = build_models(dataset.manifest, seed=recipe.seed,
+                                                        overrides=recipe.config_overrides)
     transformer, text_encoder = transformer.to(dev), text_encoder.to(dev)
-    forward = torch.compile(transformer) if compile else transformer
-    conditioner = TextConditioner(tokenizer, text_encoder)
     trainable = torch.nn.ModuleDict({"transformer": transformer, "text_encoder": text_encoder})
-    ema = copy.deepcopy(trainable).requires_grad_(False)
-    optimizer = torch.optim.AdamW(trainable.parameters(), lr=lr, weight_decay=weight_decay, betas=(0.9, 0.99))
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda i: lr_factor(i, warmup, steps))
-    start_step, elapsed = 0, 0.0
-    ckpt = out / CHECKPOINT
-    if ckpt.is_file():
-        state = torch.load(ckpt, weights_only=True, map_location=dev)
-        if state["params"] != json.dumps(params, sort_keys=True):
-            raise ValueError(f"{ckpt} was written with other settings; use another --out or the same settings")
-        trainable.load_state_dict(state["model"])
-        ema.load_state_dict(state["ema"])
-        optimizer.load_state_dict(state["optimizer"])
-        schedule.load_state_dict(state["schedule"])
-        start_step, elapsed = int(state["step"]), float(state["elapsed"])
-        log(f"resuming from step {start_step} ({elapsed / 60:.1f} min already trained)")
+    optimizer = torch.optim.AdamW(trainable.parameters(), lr=recipe.lr, weight_decay=recipe.weight_decay,
+                                  betas=(0.9, 0.99))
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda i: lr_factor(i, recipe.warmup, recipe.steps))
+    return _Training(trainable, copy.deepcopy(trainable).requires_grad_(False), optimizer, schedule,
+                     TextConditioner(tokenizer, text_encoder), torch.compile(transformer) if compile else transformer,
+                     tokenizer)
+
+
+def _resume(ckpt: Path, recipe: Recipe, run: _Training, dev: torch.device, log) -> tuple[int, float]:
+    """(step, seconds trained) of the checkpoint in ``ckpt``, loaded into ``run``; (0, 0) when there is none."""
+    if not ckpt.is_file():
+        return 0, 0.0
+    state = torch.load(ckpt, weights_only=True, map_location=dev)
+    if state["params"] != recipe.fingerprint():
+        raise ValueError(f"{ckpt} was written with other settings; use another --out or the same settings")
+    run.trainable.load_state_dict(state["model"])
+    run.ema.load_state_dict(state["ema"])
+    run.optimizer.load_state_dict(state["optimizer"])
+    run.schedule.load_state_dict(state["schedule"])
+    log(f"resuming from step {int(state['step'])} ({float(state['elapsed']) / 60:.1f} min already trained)")
+    return int(state["step"]), float(state["elapsed"])
+
+
+def _train(out: Path, recipe: Recipe, run: _Training, source, image_size: int, start_step: int, elapsed: float,
+           dev: torch.device, every: dict[str, int], progress: bool) -> float:
+    """The training loop from ``start_step``; returns the wall-clock origin (now minus the time trained)."""
     log_path = out / "train_log.csv"
     kept = _log_rows_up_to(log_path, start_step)  # rows after the checkpoint are redone, not duplicated
     with open(log_path, "w", newline="") as fh:
         writer = csv.writer(fh)
         writer.writerow(LOG_COLUMNS)
         writer.writerows(kept)
-        trainable.train()
-        bar = tqdm(range(start_step, steps), initial=start_step, total=steps, desc="train-backbone",
+        run.trainable.train()
+        bar = tqdm(range(start_step, recipe.steps), initial=start_step, total=recipe.steps, desc="train-backbone",
                    disable=not progress)
         t0 = time.perf_counter() - elapsed
-        batches = _batches(_StepBatches(source, dataset.image_size, start_step, steps, batch_size, caption_dropout,
-                                        seed), workers, pin=dev.type == "cuda")
+        batches = _batches(_StepBatches(source, image_size, start_step, recipe.steps, recipe.batch_size,
+                                        recipe.caption_dropout, recipe.seed), every["workers"],
+                           pin=dev.type == "cuda")
         pending: list[tuple] = []  # log rows whose loss is still on the device
         for step, (x0, prompts, u, eps) in zip(bar, batches):
-            x0, u, eps = x0.to(dev, non_blocking=True), u.to(dev), eps.to(dev, non_blocking=True)
-            with torch.autocast(device_type=dev.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
-                loss = flow_loss(forward, conditioner, x0, prompts, shifted_sigmas(u, shift), eps,
-                                 prediction=prediction, min_sigma=TRAIN_MIN_SIGMA).mean()
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(trainable.parameters(), 1.0)
-            optimizer.step()
-            schedule.step()
-            with torch.no_grad():
-                decay = min(ema_decay, (1 + step) / (10 + step))  # short warm-up of the average
-                # one fused update over all tensors: on a GPU a loop would be ~150 tiny kernels per step
-                torch._foreach_lerp_(list(ema.parameters()), [p.detach() for p in trainable.parameters()],
-                                     1.0 - decay)
-                for b_ema, b in zip(ema.buffers(), trainable.buffers()):
-                    b_ema.copy_(b)
-            pending.append((step + 1, loss.detach(), schedule.get_last_lr()[0], time.perf_counter() - t0))
-            last = step + 1 == steps
-            if len(pending) >= LOG_EVERY or last or (step + 1) % checkpoint_every == 0:
-                _write_log_rows(writer, pending, batch_size, bar)
-            if (step + 1) % checkpoint_every == 0 or last:
+            loss = _step(run, recipe, step, x0.to(dev, non_blocking=True), prompts, u.to(dev),
+                         eps.to(dev, non_blocking=True), dev)
+            pending.append((step + 1, loss, run.schedule.get_last_lr()[0], time.perf_counter() - t0))
+            last = step + 1 == recipe.steps
+            if len(pending) >= LOG_EVERY or last or (step + 1) % every["checkpoint_every"] == 0:
+                _write_log_rows(writer, pending, recipe.batch_size, bar)
+            if (step + 1) % every["checkpoint_every"] == 0 or last:
                 fh.flush()
-                _save_checkpoint(ckpt, trainable, ema, optimizer, schedule, step + 1, time.perf_counter() - t0,
-                                 params)
-            if export_every and (step + 1) % export_every == 0 and step + 1 < steps:
-                save_folder(out / f"model-step{step + 1}", ema["transformer"], ema["text_encoder"], tokenizer,
-                            shift=shift, prediction=prediction, extra={"recipe": params, "steps": step + 1})
+                _save_checkpoint(out / CHECKPOINT, run.trainable, run.ema, run.optimizer, run.schedule, step + 1,
+                                 time.perf_counter() - t0, recipe.params())
+            if every["export_every"] and (step + 1) % every["export_every"] == 0 and not last:
+                save_folder(out / f"model-step{step + 1}", run.ema["transformer"], run.ema["text_encoder"],
+                            run.tokenizer, shift=recipe.shift, prediction=recipe.prediction,
+                            extra={"recipe": recipe.params(), "steps": step + 1})
         bar.close()
-    total = time.perf_counter() - t0
-    info = {
-        "recipe": params, "steps": steps, "images_seen": steps * batch_size, "wall_time_s": round(total, 1),
+    return t0
+
+
+def _step(run: _Training, recipe: Recipe, step: int, x0, prompts, u, eps, dev: torch.device) -> torch.Tensor:
+    """One optimiser step and the average's update; returns the loss, still on the device."""
+    with torch.autocast(device_type=dev.type, dtype=torch.bfloat16, enabled=recipe.precision == "bf16"):
+        loss = flow_loss(run.forward, run.conditioner, x0, prompts, shifted_sigmas(u, recipe.shift), eps,
+                         prediction=recipe.prediction, min_sigma=TRAIN_MIN_SIGMA).mean()
+    run.optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(run.trainable.parameters(), 1.0)
+    run.optimizer.step()
+    run.schedule.step()
+    with torch.no_grad():
+        # diffusers' EMAModel warm-up, min(decay, (1 + step) / (10 + step)), as one fused update over all tensors
+        # (on a GPU a loop over the parameters, as EMAModel runs it, is ~150 tiny kernels per step)
+        decay = min(recipe.ema_decay, (1 + step) / (10 + step))
+        torch._foreach_lerp_(list(run.ema.parameters()), [p.detach() for p in run.trainable.parameters()],
+                             1.0 - decay)
+        for b_ema, b in zip(run.ema.buffers(), run.trainable.buffers()):
+            b_ema.copy_(b)
+    return loss.detach()
+
+
+def _training_info(recipe: Recipe, run: _Training, dataset, dev: torch.device, total: float,
+                   speed: dict[str, Any]) -> dict[str, Any]:
+    """What the exported model records of its training."""
+    return {
+        "recipe": recipe.params(), "steps": recipe.steps, "images_seen": recipe.steps * recipe.batch_size,
+        "wall_time_s": round(total, 1),
         "machine": {"platform": platform.platform(), "processor": platform.processor(), "cpus": os.cpu_count(),
                     "torch_threads": torch.get_num_threads(), "device": str(dev),
                     **({"gpu": torch.cuda.get_device_name(dev)} if dev.type == "cuda" else {})},
-        "parameters": {"transformer": sum(p.numel() for p in transformer.parameters()),
-                       "text_encoder": sum(p.numel() for p in text_encoder.parameters())},
+        "parameters": {name: sum(p.numel() for p in run.trainable[name].parameters())
+                       for name in ("transformer", "text_encoder")},
         "weights": "exponential moving average of the training weights",
-        "speed": {"image_cache": bool(cache), "torch_compile": bool(compile), "workers": workers},
+        "speed": speed,
         "data": "ShapeWorld split 'pretrain' (disjoint from train/val/test)"
                 + (f", scene overrides {json.dumps(dataset.scene)}" if dataset.scene else ""),
-        "scheduler": scheduler_config(shift), "provenance": base_provenance(),
+        "scheduler": scheduler_config(recipe.shift), "provenance": base_provenance(),
     }
-    folder = save_folder(out / "model", ema["transformer"], ema["text_encoder"], tokenizer, extra=info, shift=shift,
-                         prediction=prediction)
-    log(f"trained {steps} steps in {total / 60:.1f} min -> {folder}")
-    return folder
 
 
 def _write_log_rows(writer, pending: list[tuple], batch_size: int, bar) -> None:
@@ -246,7 +323,10 @@ def _write_log_rows(writer, pending: list[tuple], batch_size: int, bar) -> None:
 
 
 def lr_factor(step: int, warmup: int, steps: int, floor: float = 0.1) -> float:
-    """Linear warm-up, then cosine decay to ``floor`` times the peak rate."""
+    """Linear warm-up, then cosine decay to ``floor`` times the peak rate.
+
+    transformers' get_cosine_with_min_lr_schedule_with_warmup has the same cosine but starts its warm-up at 0
+    (step / warmup, not (step + 1) / warmup): kept so that the shipped model's recipe still reproduces it."""
     if step < warmup:
         return (step + 1) / max(1, warmup)
     progress = min(1.0, (step - warmup) / max(1, steps - warmup))
