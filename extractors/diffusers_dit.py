@@ -30,7 +30,7 @@ from probekit.devices import resolve_device, resolve_dtype
 from probekit.errors import ProbekitError
 from probekit.extractors.base import Extractor, normalise_layers, parse_resolution
 from probekit.extractors.dit_family import SITE_MEANINGS, Cond, DiTFamily
-from probekit.extractors.hooks import capture_sites
+from probekit.extractors.hooks import capture_sites, token_maps
 from probekit.extractors.loading import load_pretrained, quiet_loading, read_json, resolve_weights
 from probekit.extractors.noise import NoiseSchedule, sample_noise
 from probekit.keys import DEFAULT_SITE, feature_key
@@ -382,7 +382,7 @@ class DiffusersDiTExtractor(Extractor):
             for (layer, site), tokens in captured.items():
                 if self.ensemble > 1:
                     tokens = tokens.float()
-                maps = tokens.reshape(b, n_t, gh, gw, -1).permute(0, 1, 4, 2, 3)  # (B, T, C, h, w)
+                maps = token_maps(tokens, (gh, gw)).unflatten(0, (b, n_t))  # (B, T, C, h, w)
                 for j, t in enumerate(self._timesteps):
                     key = feature_key(t, layer, site)
                     sums[key] = sums[key] + maps[:, j] if key in sums else maps[:, j]

@@ -1,8 +1,7 @@
-"""Forward hooks that read block outputs of a transformer: the one way probekit taps a model's blocks.
+"""Forward hooks that read capture sites of a DiT's blocks: the one way probekit taps a model's blocks.
 
-Blocks are called with keyword arguments (diffusers), so hooks are registered ``with_kwargs``. A block's
-output is a tensor, or a ``(text, image)`` pair for MM-DiT blocks: the image tokens are always the last
-element, and in FLUX's single blocks (which see the joined [text, image] sequence) the last ``n_img`` tokens.
+Blocks are called with keyword arguments (diffusers), so hooks are registered ``with_kwargs``. Where a site's
+image tokens sit in a module's output (or input) is the model family's knowledge (``extractors/dit_family.py``).
 """
 
 from __future__ import annotations
@@ -16,56 +15,9 @@ class StopForward(Exception):
     """Raised by the hook of the last block needed: later blocks are not computed."""
 
 
-def image_tokens(output, n_img: int | None = None) -> torch.Tensor:
-    tokens = output[-1] if isinstance(output, tuple) else output
-    return tokens if n_img is None else tokens[:, -n_img:]
-
-
-class BlockCapture:
-    """Hooks on ``blocks[layer]`` for each of ``layers`` that hand the block's image tokens to ``sink(layer,
-    tokens)``. With ``stop_after_last`` the forward is cut short after the deepest requested block (use
-    ``run`` to call the model)."""
-
-    def __init__(self, blocks: Sequence[torch.nn.Module], layers: Sequence[int], sink: Callable[[int, torch.Tensor], None],
-                 n_img: int | None = None, stop_after_last: bool = False):
-        self.blocks, self.layers = blocks, sorted(set(int(x) for x in layers))
-        self.sink, self.n_img, self.stop_after_last = sink, n_img, stop_after_last
-        self._handles: list = []
-
-    def _hook(self, layer: int):
-        last = self.layers[-1]
-
-        def hook(module, args, kwargs, output):
-            self.sink(layer, image_tokens(output, self.n_img))
-            if self.stop_after_last and layer == last:
-                raise StopForward
-        return hook
-
-    def __enter__(self) -> "BlockCapture":
-        self._handles = [self.blocks[layer].register_forward_hook(self._hook(layer), with_kwargs=True)
-                         for layer in self.layers]
-        return self
-
-    def __exit__(self, *exc) -> None:
-        for handle in self._handles:
-            handle.remove()
-        self._handles = []
-
-    def run(self, forward: Callable[[], object]) -> None:
-        """Call ``forward`` with the hooks in place; a stop after the last block is the normal end."""
-        with self:
-            try:
-                forward()
-            except StopForward:
-                pass
-
-
-def capture_blocks(blocks: Sequence[torch.nn.Module], layers: Sequence[int], forward: Callable[[], object],
-                   n_img: int | None = None) -> dict[int, torch.Tensor]:
-    """{layer: image tokens} of one forward, stopped after the deepest requested block."""
-    captured: dict[int, torch.Tensor] = {}
-    BlockCapture(blocks, layers, captured.__setitem__, n_img=n_img, stop_after_last=True).run(forward)
-    return captured
+def token_maps(tokens: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+    """(..., N, C) tokens in row-major order over a (rows, columns) grid -> (..., C, rows, columns) maps."""
+    return tokens.unflatten(-2, grid).movedim(-1, -3)
 
 
 class SiteCapture:

@@ -62,7 +62,6 @@ def generate_dataset(weights: str | Path, heads: Sequence[str | Path], out: str 
                      guidance: float = 4.0, seed: int = 0, batch_size: int = 8, device: str = "cpu",
                      progress: bool = True, name: str | None = None) -> dict[str, Any]:
     from probekit.backbone.sampling import FlowSampler
-    from probekit.extractors.hooks import BlockCapture
 
     out = Path(out)
     if prompts is None:
@@ -78,8 +77,35 @@ def generate_dataset(weights: str | Path, heads: Sequence[str | Path], out: str 
     for h in trained:
         if h.weights_files and ident["files"] and h.weights_files != ident["files"]:
             raise ProbekitError(f"{h.run_dir} was trained on features of other weights than {weights}")
+    snapped = snap_timesteps(trained, sampler, steps)
+    manifest = _manifest(out, name, trained, prompts, snapped, {"steps": steps, "guidance": guidance, "seed": seed},
+                         weights, ident)
+    _prepare_folder(out, manifest)
+    todo = [i for i in range(len(prompts)) if not (out / "images" / f"{i:06d}.png").is_file()]
+    started, made = time.perf_counter(), 0
+    bar = tqdm(total=len(prompts), initial=len(prompts) - len(todo), desc=f"generate -> {out.name}", unit="img",
+               disable=not progress)
+    with _Trajectory(sampler, trained, snapped) as trajectory:
+        try:
+            for start in range(0, len(todo), batch_size):
+                idx = todo[start:start + batch_size]
+                images = trajectory.sample([prompts[i] for i in idx], idx, steps, guidance, seed)
+                labels = {h.task_name: h.predict(trajectory.maps(h, len(idx)), images.shape[1:3]) for h in trained}
+                for row, i in enumerate(idx):
+                    _write_sample(out, i, images[row], {t: v[row] for t, v in labels.items()}, manifest)
+                made += len(idx)
+                bar.update(len(idx))
+        finally:
+            bar.close()
+    wall = time.perf_counter() - started
+    return {"out": out, "generated": made, "skipped": len(prompts) - len(todo), "wall_time_s": wall,
+            "images_per_second": made / wall if wall > 0 else float("nan"),
+            "halves": sorted({h.conditioning for h in trained}),
+            "snapped": {t: v["step"] for t, v in sorted(snapped.items())}}
 
-    # Snap every head timestep to the sampler's grid (nearest noise level).
+
+def snap_timesteps(trained: list[TrainedProbe], sampler, steps: int) -> dict[int, dict[str, Any]]:
+    """Every head timestep snapped to the sampler's grid of ``steps`` (the step of nearest noise level)."""
     sampler.scheduler.set_timesteps(steps)
     grid = [float(s) for s in sampler.scheduler.sigmas[:-1]]
     snapped: dict[int, dict[str, Any]] = {}
@@ -91,9 +117,11 @@ def generate_dataset(weights: str | Path, heads: Sequence[str | Path], out: str 
                 sigma = _shift_sigma(t, schedule)
                 step = int(np.argmin([abs(g - sigma) for g in grid]))
                 snapped[t] = {"step": step, "sigma_probe": sigma, "sigma_used": grid[step]}
-    layers = sorted({int(FeatureKey(k).layer) for h in trained for k in h.keys})
-    halves = {h.conditioning for h in trained}
+    return snapped
 
+
+def _manifest(out: Path, name: str | None, trained: list[TrainedProbe], prompts: list[str], snapped: dict,
+              sampler: dict[str, Any], weights, ident) -> dict[str, Any]:
     manifest = {
         "name": name or out.name, "loader": "generated", "version": 1,
         "description": "images sampled by the backbone, labelled by trained probe heads from trajectory features",
@@ -102,7 +130,7 @@ def generate_dataset(weights: str | Path, heads: Sequence[str | Path], out: str 
         "depth_range": next((list(h.record["config"]["task_config"]["depth_range"]) for h in trained
                              if h.task_name == "depth"), None),
         "tasks": sorted(h.task_name for h in trained), "size": len(prompts), "prompts": prompts,
-        "sampler": {"steps": steps, "guidance": guidance, "seed": seed, "scheduler": "FlowMatchEulerDiscreteScheduler"},
+        "sampler": {**sampler, "scheduler": "FlowMatchEulerDiscreteScheduler"},
         "snapped_timesteps": {str(t): v for t, v in sorted(snapped.items())},
         "heads": [{"task": h.task_name, "run": str(h.run_dir.resolve()), "probe": h.record["probe"]["name"],
                    "conditioning": h.conditioning} for h in trained],
@@ -110,6 +138,11 @@ def generate_dataset(weights: str | Path, heads: Sequence[str | Path], out: str 
     }
     if manifest["depth_range"]:
         manifest["depth_scale"] = manifest["depth_range"][1] / 65535.0
+    return manifest
+
+
+def _prepare_folder(out: Path, manifest: dict[str, Any]) -> None:
+    """The output folders and manifest; a folder generated with other settings is refused."""
     for sub in ("images", "seg", "depth", "saliency"):
         (out / sub).mkdir(parents=True, exist_ok=True)
     old = out / "manifest.yaml"
@@ -120,48 +153,51 @@ def generate_dataset(weights: str | Path, heads: Sequence[str | Path], out: str 
                 raise ProbekitError(f"{out} was generated with other settings ({field} differs); use a new folder")
     atomic.write_text(old, yaml.safe_dump(manifest, sort_keys=False))
 
-    todo = [i for i in range(len(prompts)) if not (out / "images" / f"{i:06d}.png").is_file()]
-    blocks = list(sampler.transformer.transformer_blocks)
-    state: dict[str, Any] = {"step": -1, "captured": {}}
-    needed_steps = {v["step"] for v in snapped.values()}
 
-    def keep(layer: int, tokens) -> None:  # block outputs of the sampler steps the heads read
-        if state["step"] in needed_steps:
-            state["captured"][(state["step"], layer)] = tokens.detach()
+class _Trajectory:
+    """The sampler's block outputs at the steps the heads read, kept while a batch is sampled (the same capture
+    sites and token layout as extraction, through the model's DiT family)."""
 
-    capture = BlockCapture(blocks, layers, keep).__enter__()
-    started, made = time.perf_counter(), 0
-    bar = tqdm(total=len(prompts), initial=len(prompts) - len(todo), desc=f"generate -> {out.name}", unit="img",
-               disable=not progress)
-    try:
-        for start in range(0, len(todo), batch_size):
-            idx = todo[start:start + batch_size]
-            state["captured"] = {}
-            images = sampler.sample([prompts[i] for i in idx], steps=steps, guidance=guidance, seed=seed,
-                                    noise_ids=idx, callback=lambda i, sigma, x: state.__setitem__("step", i))
-            b = len(idx)
-            gh = gw = sampler.size // sampler.transformer.config.patch_size
-            labels: dict[str, np.ndarray] = {}
-            for h in trained:
-                half = slice(0, b) if h.conditioning == "empty" else slice(b, 2 * b)  # [uncond, cond] batches
-                feats = {}
-                for key in h.keys:
-                    k = FeatureKey(key)
-                    tokens = state["captured"][(snapped[k.timestep]["step"], int(k.layer))][half]
-                    feats[key] = tokens.float().reshape(b, gh, gw, -1).permute(0, 3, 1, 2)
-                labels[h.task_name] = h.predict(feats, images.shape[1:3])
-            for row, i in enumerate(idx):
-                _write_sample(out, i, images[row], {t: v[row] for t, v in labels.items()}, manifest)
-            made += b
-            bar.update(b)
-    finally:
-        bar.close()
-        capture.__exit__(None, None, None)
-    wall = time.perf_counter() - started
-    rate = made / wall if wall > 0 else float("nan")
-    return {"out": out, "generated": made, "skipped": len(prompts) - len(todo), "wall_time_s": wall,
-            "images_per_second": rate, "halves": sorted(halves),
-            "snapped": {t: v["step"] for t, v in sorted(snapped.items())}}
+    def __init__(self, sampler, trained: list[TrainedProbe], snapped: dict[int, dict[str, Any]]):
+        from probekit.extractors.families.sd3 import SD3Family
+        from probekit.extractors.hooks import SiteCapture
+
+        self.sampler, self.snapped = sampler, snapped
+        self.family = SD3Family(dict(sampler.transformer.config))
+        self.family.transformer = sampler.transformer
+        requests = sorted({(int(FeatureKey(k).layer), FeatureKey(k).site) for h in trained for k in h.keys})
+        self.needed = {v["step"] for v in snapped.values()}
+        self.step, self.captured = -1, {}
+        self.capture = SiteCapture(self.family, requests, self._keep, stop_after_last=False)
+
+    def _keep(self, layer: int, site: str, tokens) -> None:
+        if self.step in self.needed:
+            self.captured[(self.step, layer, site)] = tokens.detach()
+
+    def __enter__(self) -> "_Trajectory":
+        self.capture.__enter__()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.capture.__exit__(*exc)
+
+    def sample(self, prompts: list[str], ids: list[int], steps: int, guidance: float, seed: int) -> np.ndarray:
+        self.captured = {}
+        return self.sampler.sample(prompts, steps=steps, guidance=guidance, seed=seed, noise_ids=ids,
+                                   callback=lambda i, sigma, x: setattr(self, "step", i))
+
+    def maps(self, head: TrainedProbe, b: int) -> dict[str, Any]:
+        """{key: (B, C, h, w)} of one head, from the guidance half whose conditioning it was trained on."""
+        from probekit.extractors.hooks import token_maps
+
+        half = slice(0, b) if head.conditioning == "empty" else slice(b, 2 * b)  # [uncond, cond] batches
+        grid = (self.sampler.size // self.family.patch,) * 2
+        out = {}
+        for key in head.keys:
+            k = FeatureKey(key)
+            tokens = self.captured[(self.snapped[k.timestep]["step"], int(k.layer), k.site)][half]
+            out[key] = token_maps(tokens.float(), grid)
+        return out
 
 
 def _save_png(image: Image.Image, path: Path) -> None:
