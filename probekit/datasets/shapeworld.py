@@ -170,73 +170,67 @@ class ShapeWorld:
         return horizon, focal, float(cam["height_m"]), self._draw_objects(rng, focal)
 
     def render(self, index: int) -> Sample:
-        m, n = self.manifest, self.image_size
         horizon, focal, cam_h, objects = self._scene(index)
-        max_depth = float(m["max_depth_m"])
-
-        rows = np.arange(n, dtype=np.float64)[:, None] + 0.5
-        cols = np.arange(n, dtype=np.float64)[None, :] + 0.5
-        rows_full = np.broadcast_to(rows, (n, n))
-
-        # Background: sky above the horizon, ground plane below with a 1 m checkerboard.
-        below = rows_full > horizon
-        with np.errstate(divide="ignore"):
-            ground_depth = np.where(below, focal * cam_h / np.maximum(rows_full - horizon, 1e-6), np.inf)
-        depth = np.minimum(ground_depth, max_depth).astype(np.float64)
-        lateral = (cols - n / 2) * depth / focal
-        checker = ((np.floor(lateral) + np.floor(depth)) % 2 == 0)[..., None]
-        ground_rgb = np.where(checker, GROUND_RGB[0], GROUND_RGB[1])
-        sky_t = np.clip(rows_full / max(horizon, 1.0), 0, 1)[..., None]
-        sky_rgb = SKY_TOP_RGB * (1 - sky_t) + HAZE_RGB * sky_t
-        rgb = np.where(below[..., None], ground_rgb, sky_rgb)
+        rgb, depth = self._background(horizon, focal, cam_h)
+        n = self.image_size
         seg = np.zeros((n, n), dtype=np.uint8)
         instance = np.full((n, n), -1, dtype=np.int16)
-
         # Objects, z-buffered: a pixel shows whichever surface is nearest.
         for k, (obj, inside) in enumerate(zip(objects, self._object_masks(objects, horizon, focal, cam_h))):
             visible = inside & (obj.distance < depth)
             if not visible.any():
                 continue
-            u, v = self._object_coords(obj, horizon, focal, cam_h)
-            colour = self.colours[obj.colour]
-            shade = 1.0 - 0.18 * (v + 1.0) / 2.0  # lit from above
-            tex = np.ones((n, n))
-            if obj.texture == "striped":
-                axis = u * np.cos(obj.stripe_angle) + v * np.sin(obj.stripe_angle)
-                tex = np.where(np.sin(axis * 2.5 * np.pi) > 0, 1.0, 0.45)
-            elif obj.texture == "dotted":
-                du, dv = np.mod(u * 2.0, 1.0) - 0.5, np.mod(v * 2.0, 1.0) - 0.5
-                tex = np.where(du**2 + dv**2 < 0.07, 0.4, 1.0)
-            obj_rgb = colour * (shade * tex)[..., None]
-            rgb = np.where(visible[..., None], obj_rgb, rgb)
+            rgb = np.where(visible[..., None], self._object_rgb(obj, horizon, focal, cam_h), rgb)
             depth = np.where(visible, obj.distance, depth)
             seg[visible] = obj.cls
             instance[visible] = k
-
         # Haze grows with distance.
-        fog = 1.0 - np.exp(-depth / float(m["haze_length_m"]))
+        fog = 1.0 - np.exp(-depth / float(self.manifest["haze_length_m"]))
         rgb = rgb * (1 - fog[..., None]) + HAZE_RGB * fog[..., None]
-
         visible_objects = [(k, obj, int((instance == k).sum())) for k, obj in enumerate(objects)]
         visible_objects = [t for t in visible_objects if t[2] > 0]
         saliency = np.zeros((n, n), dtype=np.uint8)
         salient = self._salient(visible_objects)
         if salient is not None:
             saliency[instance == salient] = 1
-        return Sample(
-            id=self.sample_id(index), index=index, image=as_uint8_image(rgb), seg=seg,
-            depth=depth.astype(np.float32), saliency=saliency,
-            caption=self._caption(visible_objects),
-            meta={
-                "horizon_row": horizon, "salient_object": salient, "instance": instance,
-                "objects": [
-                    {"shape": o.shape, "class": o.cls, "colour": o.colour, "texture": o.texture,
-                     "distance_m": o.distance, "size_m": o.size, "visible_px": int((instance == k).sum()),
-                     "base_row_px": horizon + focal * cam_h / o.distance, "size_px": focal * o.size / o.distance}
-                    for k, o in enumerate(objects)
-                ],
-            },
-        )
+        meta = {"horizon_row": horizon, "salient_object": salient, "instance": instance,
+                "objects": [{"shape": o.shape, "class": o.cls, "colour": o.colour, "texture": o.texture,
+                             "distance_m": o.distance, "size_m": o.size, "visible_px": int((instance == k).sum()),
+                             "base_row_px": horizon + focal * cam_h / o.distance,
+                             "size_px": focal * o.size / o.distance} for k, o in enumerate(objects)]}
+        return Sample(id=self.sample_id(index), index=index, image=as_uint8_image(rgb), seg=seg,
+                      depth=depth.astype(np.float32), saliency=saliency, caption=self._caption(visible_objects),
+                      meta=meta)
+
+    def _background(self, horizon: float, focal: float, cam_h: float) -> tuple[np.ndarray, np.ndarray]:
+        """(rgb, depth) of the empty scene: sky above the horizon, a ground plane with a 1 m checkerboard below."""
+        n = self.image_size
+        rows_full = np.broadcast_to(np.arange(n, dtype=np.float64)[:, None] + 0.5, (n, n))
+        cols = np.arange(n, dtype=np.float64)[None, :] + 0.5
+        below = rows_full > horizon
+        with np.errstate(divide="ignore"):
+            ground_depth = np.where(below, focal * cam_h / np.maximum(rows_full - horizon, 1e-6), np.inf)
+        depth = np.minimum(ground_depth, float(self.manifest["max_depth_m"])).astype(np.float64)
+        lateral = (cols - n / 2) * depth / focal
+        checker = ((np.floor(lateral) + np.floor(depth)) % 2 == 0)[..., None]
+        ground_rgb = np.where(checker, GROUND_RGB[0], GROUND_RGB[1])
+        sky_t = np.clip(rows_full / max(horizon, 1.0), 0, 1)[..., None]
+        sky_rgb = SKY_TOP_RGB * (1 - sky_t) + HAZE_RGB * sky_t
+        return np.where(below[..., None], ground_rgb, sky_rgb), depth
+
+    def _object_rgb(self, obj: ShapeObject, horizon: float, focal: float, cam_h: float) -> np.ndarray:
+        """The object's colour, shaded and textured, at every pixel (the caller keeps the visible ones)."""
+        n = self.image_size
+        u, v = self._object_coords(obj, horizon, focal, cam_h)
+        shade = 1.0 - 0.18 * (v + 1.0) / 2.0  # lit from above
+        tex = np.ones((n, n))
+        if obj.texture == "striped":
+            axis = u * np.cos(obj.stripe_angle) + v * np.sin(obj.stripe_angle)
+            tex = np.where(np.sin(axis * 2.5 * np.pi) > 0, 1.0, 0.45)
+        elif obj.texture == "dotted":
+            du, dv = np.mod(u * 2.0, 1.0) - 0.5, np.mod(v * 2.0, 1.0) - 0.5
+            tex = np.where(du**2 + dv**2 < 0.07, 0.4, 1.0)
+        return self.colours[obj.colour] * (shade * tex)[..., None]
 
     def _object_coords(self, obj: ShapeObject, horizon: float, focal: float, cam_h: float):
         """Object coordinates (u right, v down, [-1, 1] over the object's box) of every pixel."""
