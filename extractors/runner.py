@@ -26,7 +26,7 @@ import torch
 from tqdm.auto import tqdm
 
 from probekit.datasets.base import LABEL_NAMES
-from probekit.errors import FeatureFileError, ProbekitError, SampleError
+from probekit.errors import DiskFullError, FeatureFileError, ProbekitError, SampleError, is_disk_full
 from probekit.extractors.base import Extractor
 from probekit.extractors.plan import ExtractionPlan, free_bytes
 from probekit.extractors.shards import DEFAULT_SHARD_SIZE, ExtractionRun, Shard, open_run
@@ -265,6 +265,52 @@ def extract_dataset(extractor: Extractor, dataset, out: str | os.PathLike, *, li
     workers = workers or Workers()
     echo = echo or (lambda msg: None)
     storage = storage or StorageOptions()
+    _check_arguments(batch_size, shard_size, limit, on_error)
+    n = len(dataset) if limit is None else min(int(limit), len(dataset))
+    if n <= 0:
+        raise ProbekitError(f"nothing to extract: the dataset has {len(dataset)} samples")
+    out = Path(out)
+    reference = dataset.reference()
+    first = _first_sample(dataset, n, on_error)
+    raw_shapes = extractor.feature_shapes(tuple(first.image.shape[:2]))
+    pending = dry_run and storage.projection_from is not None and not Path(storage.projection_from).exists()
+    source = None
+    if storage.projection_from is not None and not pending:
+        source = Projection.from_feature_file(storage.projection_from, list(raw_shapes),
+                                              {k: s[0] for k, s in raw_shapes.items()},
+                                              {k: storage.stored_channels(s[0]) for k, s in raw_shapes.items()})
+    plan = _plan(out, n, shard_size, raw_shapes, storage, first)
+    run = ExtractionRun(out, run_fingerprint(extractor, reference, n, _storage_fingerprint(storage, source)), n,
+                        plan.shard_size)
+    plan.finished = not overwrite and not pending and run.finished_output()
+    if plan.finished and not dry_run:  # said once, without a plan of work that will not happen
+        if workers.is_main:
+            echo(f"{out} is already complete with these settings; nothing to do (--overwrite to redo it)")
+        return out
+    if plan.finished:
+        plan.shards_done = plan.num_shards
+    elif not overwrite and not out.exists() and run.resumable():
+        plan.shards_done = len(run.shards) - len(run.missing())
+    free = free_bytes(out.parent)
+    if workers.is_main:
+        for line in plan.lines(free, verbose=dry_run) + (extractor.memory_plan() if dry_run else []):
+            echo(line)
+    if dry_run:
+        return _dry_run(plan, run, storage, overwrite, pending, echo)
+    plan.check_space(free)
+    distributed_jobs = workers.world_size > 1 and not workers.distributed
+    if distributed_jobs and overwrite:
+        raise ProbekitError("--overwrite cannot be combined with --part: remove the output and its .parts "
+                            "directory first, then start the parts")
+    part = f"-part-{workers.rank}-of-{workers.world_size}" if workers.world_size > 1 else ""
+    with run.lock(part):
+        return _prepared_run(run, workers, overwrite, distributed_jobs, echo,
+                             lambda state: _extract(extractor, dataset, run, state, first, reference, storage, source,
+                                                    raw_shapes, limit, batch_size, progress, run_params, on_error,
+                                                    workers, echo, queue_depth, on_progress))
+
+
+def _check_arguments(batch_size: int, shard_size: int | None, limit: int | None, on_error: str) -> None:
     if batch_size <= 0:
         raise ProbekitError(f"--batch-size must be positive, got {batch_size}")
     if shard_size is not None and shard_size <= 0:
@@ -273,68 +319,53 @@ def extract_dataset(extractor: Extractor, dataset, out: str | os.PathLike, *, li
         raise ProbekitError(f"--limit must be positive, got {limit}")
     if on_error not in ON_ERROR:
         raise ProbekitError(f"on_error must be one of {ON_ERROR}, got {on_error!r}")
-    n = len(dataset) if limit is None else min(int(limit), len(dataset))
-    if n <= 0:
-        raise ProbekitError(f"nothing to extract: the dataset has {len(dataset)} samples")
-    out = Path(out)
-    reference = dataset.reference()
-    first = _first_sample(dataset, n, on_error)
-    raw_shapes = extractor.feature_shapes(tuple(first.image.shape[:2]))
-    shapes = {k: stored_shape(s, storage) for k, s in raw_shapes.items()}
-    source = None
-    projection_pending = (dry_run and storage.projection_from is not None
-                          and not Path(storage.projection_from).exists())
-    if storage.projection_from is not None and not projection_pending:
-        source = Projection.from_feature_file(storage.projection_from, list(raw_shapes),
-                                              {k: s[0] for k, s in raw_shapes.items()},
-                                              {k: storage.stored_channels(s[0]) for k, s in raw_shapes.items()})
+
+
+def _plan(out: Path, n: int, shard_size: int | None, raw_shapes, storage: StorageOptions, first) -> ExtractionPlan:
+    """What the run stores (shapes, bytes, shards), from the first sample and the extractor's map shapes."""
     plan = ExtractionPlan(out=out, num_samples=n, shard_size=shard_size or 1, shards_done=0,
-                          raw_shapes=raw_shapes, shapes=shapes, feature_dtype=storage.dtype,
+                          raw_shapes=raw_shapes, shapes={k: stored_shape(s, storage) for k, s in raw_shapes.items()},
+                          feature_dtype=storage.dtype,
                           label_shapes={name: getattr(first, name).shape for name in LABEL_NAMES
                                         if getattr(first, name) is not None}, storage=storage,
                           thumbnail_bytes=thumbnail(first.image).nbytes)
     if shard_size is None:
-        plan.shard_size = shard_size = auto_shard_size(plan.bytes_per_image)
-    run = ExtractionRun(out, run_fingerprint(extractor, reference, n, _storage_fingerprint(storage, source)), n,
-                        shard_size)
-    if not overwrite and not out.exists() and run.resumable():
-        plan.shards_done = len(run.shards) - len(run.missing())
-    free = free_bytes(out.parent)
-    if workers.is_main:
-        for line in plan.lines(free, verbose=dry_run) + (extractor.memory_plan() if dry_run else []):
-            echo(line)
-    if dry_run:
-        if projection_pending:  # a plan of val/test before train exists: the shapes are known, the rest is not
-            echo(f"channel projection: from {storage.projection_from}, which does not exist yet (extract it first)")
-            plan.waits_for = str(storage.projection_from)
-            return plan
-        plan.finished = run.finished_output() and not overwrite
-        problem = run.conflict(overwrite)
-        if problem:  # the real run would refuse: say so now, not after the plan looked fine
-            raise FeatureFileError(problem)
-        if plan.finished:
-            echo(f"{out} is already complete with these settings: nothing would be done")
-        return plan
-    if not (run.finished_output() and not overwrite):
-        plan.check_space(free)
+        plan.shard_size = auto_shard_size(plan.bytes_per_image)
+    return plan
 
-    distributed_jobs = workers.world_size > 1 and not workers.distributed
-    if distributed_jobs and overwrite:
-        raise ProbekitError("--overwrite cannot be combined with --part: remove the output and its .parts "
-                            "directory first, then start the parts")
+
+def _dry_run(plan: ExtractionPlan, run: ExtractionRun, storage: StorageOptions, overwrite: bool, pending: bool,
+             echo):
+    """The end of a dry run: what the real run would refuse, or find already done."""
+    if pending:  # a plan of val/test before train exists: the shapes are known, the rest is not
+        echo(f"channel projection: from {storage.projection_from}, which does not exist yet (extract it first)")
+        plan.waits_for = str(storage.projection_from)
+        return plan
+    problem = run.conflict(overwrite)
+    if problem:  # the real run would refuse: say so now, not after the plan looked fine
+        raise FeatureFileError(problem)
+    if plan.finished:
+        echo(f"{run.out} is already complete with these settings: nothing would be done")
+    return plan
+
+
+def _prepared_run(run: ExtractionRun, workers: Workers, overwrite: bool, distributed_jobs: bool, echo, extract):
+    """Create or resume the shard directory (rank 0 first), then ``extract(state)``. A run that computed nothing
+    leaves no parts behind; a full disk is said in one sentence; an interrupted run leaves only whole shards."""
     state = run.prepare(overwrite) if workers.is_main or distributed_jobs else None
     workers.barrier()  # rank 0 has created (or wiped) the parts directory
     if state is None:
         state = run.prepare(overwrite=False)
     if state == "finished":
-        echo(f"{out} is already complete with these settings; nothing to do (--overwrite to redo it)")
-        return out
+        echo(f"{run.out} is already complete with these settings; nothing to do (--overwrite to redo it)")
+        return run.out
     try:
-        return _extract(extractor, dataset, run, state, first, reference, storage, source, raw_shapes, limit,
-                        batch_size, progress, run_params, on_error, workers, echo, queue_depth, on_progress)
-    except BaseException:
+        return extract(state)
+    except BaseException as exc:
         if state == "new" and workers.is_main and not distributed_jobs:
             run.abandon_if_empty()  # nothing was computed: leave no parts behind for the corrected command
+        if is_disk_full(exc):
+            raise DiskFullError(run.dir) from None
         raise
 
 
@@ -414,11 +445,13 @@ def _extract(extractor, dataset, run: ExtractionRun, state: str, first, referenc
             writer.close()
         except BaseException:  # noqa: BLE001 - the writer's own error (e.g. non-finite maps) is reported instead
             writer.abort()
+        run.discard_temporaries(mine)
         done = len(run.shards) - len(run.missing())
         raise ProbekitError(f"{exc}. {done} of {len(run.shards)} shards are done and kept in {run.dir}; fix the "
                             "input and rerun the same command to resume, or pass --on-error skip") from None
     except BaseException:
         writer.abort()
+        run.discard_temporaries(mine)  # this process holds the lock: its unfinished shards are its own
         raise
     finally:
         bar.close()

@@ -5,6 +5,7 @@ extraction never writes its data in place. It fills ``OUT.parts/``::
 
     OUT.parts/run.json                     what is being extracted (the run fingerprint) and the shard plan
     OUT.parts/projection.safetensors       the fixed channel projection, when one is used (written first)
+    OUT.parts/.lock                        held (flock) by the process writing: a second one is refused
     OUT.parts/shard-000000000-000000064.h5 a complete feature file for samples [0, 64), written under a
                                            temporary name and renamed only once finished (fsync, then rename)
 
@@ -20,10 +21,11 @@ progress bars).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -39,6 +41,7 @@ PLAN_FORMAT = "probekit-extraction-plan"
 PLAN_VERSION = 1
 DEFAULT_SHARD_SIZE = 64
 PROJECTION_FILE = "projection.safetensors"
+LOCK_FILE = ".lock"  # ".lock" for a whole run; ".lock-part-I-of-N" for a part or a rank of a distributed one
 # Attributes each file computes for itself; everything else is copied from the shards into the index.
 PER_FILE_ATTRS = {"format", "format_version", "complete", "num_samples", "feature_keys", "label_names", "skipped",
                   "extract_wall_time_s", "run_fingerprint"}
@@ -145,8 +148,8 @@ class ExtractionRun:
         if self.out.exists():
             return (f"{self.out} already exists and was made with other settings (or is not a feature file of "
                     "this run); pass --overwrite to replace it")
-        old = self._stored_plan() if self.dir.exists() else None
-        if self.dir.exists() and old != self._plan():
+        old = self._stored_plan() if self._holds_work() else None
+        if self._holds_work() and old != self._plan():
             return (f"{self.dir} holds an interrupted extraction with other settings ({self._difference(old)}); "
                     "rerun with the original settings to resume it, or pass --overwrite")
         return None
@@ -163,10 +166,10 @@ class ExtractionRun:
         if problem:
             raise FeatureFileError(problem)
         plan_path = self.dir / "run.json"
-        if self.dir.exists():
+        if self._holds_work():
             if self.resumable() and not overwrite:
                 return "resumed"
-            shutil.rmtree(self.dir)
+            self._clear()
         if overwrite and self.out.exists():
             self.out.unlink()
         self.dir.mkdir(parents=True, exist_ok=True)
@@ -177,9 +180,39 @@ class ExtractionRun:
         """Remove a shard directory this run created but never committed a shard to (a bad setting found
         before the first shard), so the corrected command starts cleanly. True when removed."""
         if self.dir.is_dir() and not any(self.dir.glob("shard-*.h5")) and not self.out.exists():
-            shutil.rmtree(self.dir, ignore_errors=True)
+            self._clear()
+            with contextlib.suppress(OSError):  # empty unless another process holds its lock file here
+                self.dir.rmdir()
             return True
         return False
+
+    def _holds_work(self) -> bool:
+        """Whether the shard directory holds anything but lock files (a plan, shards, a projection)."""
+        return self.dir.is_dir() and any(not p.name.startswith(LOCK_FILE) for p in self.dir.iterdir())
+
+    def _clear(self) -> None:
+        """Empty the shard directory, except the lock files of the processes writing it (this one's included)."""
+        for path in self.dir.iterdir():
+            if path.name.startswith(LOCK_FILE):
+                continue
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path)
+            else:
+                path.unlink(missing_ok=True)
+
+    @contextlib.contextmanager
+    def lock(self, part: str = "") -> Iterator[None]:
+        """Hold ``OUT.parts/.lock`` (``part``: ".lock-part-I-of-N", one per independent part or rank) while this
+        process writes: a second process writing the same output is refused before it touches any file."""
+        path = self.dir / f"{LOCK_FILE}{part}"
+        fd = _acquire(path, self.out)
+        try:
+            yield
+        finally:
+            path.unlink(missing_ok=True)  # while still held: a process waiting on it checks the file again
+            os.close(fd)
+            with contextlib.suppress(OSError):  # a refused or abandoned first run leaves no empty folder
+                self.dir.rmdir()
 
     def _difference(self, old: dict[str, Any] | None) -> str:
         if old is None:
@@ -289,6 +322,35 @@ class ExtractionRun:
         for name, array in tensors.items():  # "<key>::components" and "<key>::mean"
             key, _, part = name.rpartition("::")
             f.create_dataset(f"projection/{key}/{part}", data=array)
+
+
+def _acquire(path: Path, out: Path) -> int:
+    """An exclusive lock on ``path`` (created if need be; its folder too), as an open descriptor holding it."""
+    import fcntl
+
+    for _ in range(20):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        except FileNotFoundError:  # the folder was removed between the two calls: make it again
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 64, 0).decode(errors="replace").strip()
+            os.close(fd)
+            raise FeatureFileError(f"another probekit process is writing {out} (process {holder or '?'} holds "
+                                   f"{path}); wait for it to finish or stop it, then rerun this command") from None
+        try:  # its last holder may have removed the file between our open and our lock: lock the file now there
+            current = os.fstat(fd).st_ino == os.stat(path).st_ino
+        except FileNotFoundError:
+            current = False
+        if current:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, str(os.getpid()).encode(), 0)
+            return fd
+        os.close(fd)
+    raise FeatureFileError(f"cannot take the lock {path}: other processes keep replacing it")
 
 
 def _missing_value(dtype: np.dtype):

@@ -42,7 +42,12 @@ class TimmViTExtractor(Extractor):
             path = Path(weights)
             refuse_pickled_weights(path)
             if path.exists():
+                check_weights_file(path)
                 kwargs.update(pretrained=True, pretrained_cfg_overlay={"file": str(path)})
+            elif _looks_like_a_path(str(weights)):
+                raise ProbekitError(f"--weights {weights}: no such file. Pass the model's weights as a local "
+                                    ".safetensors file (or a timm hub tag such as vit_small_patch16_dinov3.lvd1689m "
+                                    "that the local hub cache holds).")
             else:  # a hub tag such as "vit_small_patch16_dinov3.lvd1689m", served from the local cache
                 kwargs.update(pretrained=True)
                 model = weights if "." in str(weights) else model
@@ -105,6 +110,32 @@ class TimmViTExtractor(Extractor):
                                                 stop_early=True)
         by_layer = dict(zip(order, maps))
         return {feature_key(None, layer): by_layer[layer] for layer in self._layers}
+
+
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".pkl", ".npz", ".h5", ".msgpack")
+
+
+def _looks_like_a_path(weights: str) -> bool:
+    """A file path rather than a timm hub tag ("vit_small_patch16_dinov3.lvd1689m"): it has a folder part or a
+    weight file's suffix."""
+    return ("/" in weights or "\\" in weights or weights.startswith(("~", "."))
+            or weights.lower().endswith(WEIGHT_SUFFIXES))
+
+
+def check_weights_file(path: Path) -> None:
+    """Refuse, naming the file and what is wrong with it, a weights file that is not a readable safetensors file
+    (a text file, a truncated download, a folder), before timm reports it as a bare KeyError."""
+    if path.is_dir():
+        raise ProbekitError(f"--weights {path} is a folder; a timm encoder takes one .safetensors file")
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), "pt") as f:
+            if not list(f.keys()):
+                raise ProbekitError(f"--weights {path} is a safetensors file that holds no tensors")
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise ProbekitError(f"--weights {path} is not a readable .safetensors file ({exc}); pass the model's "
+                            "weights as .safetensors (a truncated download is refused the same way)") from None
 
 
 def _patch_size(model) -> int:

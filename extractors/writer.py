@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import queue
+import shutil
 import signal
 import threading
 import time
@@ -22,11 +23,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from probekit.errors import ProbekitError, SampleError
+from probekit.errors import DiskFullError, ProbekitError, SampleError
 from probekit.extractors.shards import ExtractionRun, Shard
 from probekit.extractors.storage import as_numpy
 
 _STOP = object()
+SPACE_MARGIN = 4 << 20  # bytes kept free beyond a batch: HDF5 metadata and the shard's last flush
 # Fault injection for tests of crash safety: "writer-batch:N" SIGKILLs this process right after its writer
 # thread has written its N-th batch (mid-shard, with the model still running ahead of it).
 FAULT_ENV = "PROBEKIT_FAULT_INJECT"
@@ -125,10 +127,14 @@ class BackgroundWriter:
         self._close_unfinished()
 
     def _close_unfinished(self) -> None:
-        """Close the files of shards that were begun but not committed (their temporaries are discarded when
-        the run resumes), so no HDF5 file stays open for the rest of the process."""
+        """Close the files of shards that were begun but not committed (their temporaries are discarded), so no
+        HDF5 file stays open for the rest of the process. Best effort: the error that stopped the run is the one
+        to report, not a second one from a file it left unwritable."""
         for state in self._open.values():
-            state.writer.close()
+            try:
+                state.writer.close()
+            except Exception:  # noqa: BLE001
+                pass
         self._open.clear()
 
     # -- writer thread -------------------------------------------------------------------------
@@ -174,6 +180,8 @@ class BackgroundWriter:
                 self.skipped.append(item)
         rows = np.flatnonzero(keep)
         if len(rows):
+            self._check_space(sum(v.nbytes for v in batch.features.values()) + sum(v.nbytes for v in
+                                                                                    batch.labels.values()))
             take = (lambda a: a) if keep.all() else (lambda a: a[rows])
             state.writer.append({k: take(as_numpy(v)) for k, v in batch.features.items()},
                                 {n: take(v) for n, v in batch.labels.items()},
@@ -188,12 +196,19 @@ class BackgroundWriter:
     def _commit(self, shard: Shard) -> None:
         """Finish and close the shard's file here; the committer thread makes it durable and visible."""
         state = self._state(shard)
+        self._check_space(0)
         with state.writer as writer:
             writer.set_attr("skipped", state.skipped)
             writer.set_attr("extract_wall_time_s", round(time.perf_counter() - state.started, 3))
             writer.finalize()
         del self._open[shard]
         self._commits.put((shard, state.tmp))
+
+    def _check_space(self, nbytes: int) -> None:
+        """Stop before a write the disk cannot take: HDF5 that runs out of space mid-write leaves its file in a
+        state that even closing it cannot recover from."""
+        if shutil.disk_usage(self.run.dir).free < nbytes + SPACE_MARGIN:
+            raise DiskFullError(self.run.dir)
 
     def _commit_loop(self) -> None:
         """Commit every closed shard, whatever happens to the writer afterwards: a closed shard is whole."""

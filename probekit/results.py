@@ -43,6 +43,7 @@ class ResultRecord:
     per_seed: list[dict[str, Any]] = field(default_factory=list)  # seed, main_score, selected_lr, val_score
     metrics_std: dict[str, Any] = field(default_factory=dict)
     metrics_info: dict[str, dict[str, Any]] = field(default_factory=dict)  # name -> higher_is_better, unit
+    trivial: dict[str, Any] | None = None  # the constant predictor's validation score; learned_nothing
     schema_version: int = SCHEMA_VERSION
 
     def to_dict(self) -> dict[str, Any]:
@@ -92,13 +93,29 @@ def read_record(path: str | os.PathLike) -> dict[str, Any]:
     missing = [k for k in ("task", "main_score_name", "main_score", "extractor", "probe") if k not in data]
     if missing:
         raise ProbekitError(f"{path} is not a complete result record (no {', '.join(missing)})")
+    for name in ("main_score", "main_score_std"):
+        problem = _not_a_score(data.get(name), optional=name == "main_score_std")
+        if problem:
+            raise ProbekitError(f"{path} is not a valid result record: its {name} is {data.get(name)!r}, {problem}")
     data = upgrade(data)
     data["_path"] = str(path)
     return data
 
 
+def _not_a_score(value: Any, optional: bool = False) -> str | None:
+    """Why ``value`` cannot be a score (None when it can): a score is a finite number."""
+    if value is None and optional:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return "not a number"
+    if not math.isfinite(value):
+        return "not a finite number"
+    return None
+
+
 def upgrade(rec: dict[str, Any]) -> dict[str, Any]:
     """Bring an older record to the current field layout."""
+    rec.setdefault("trivial", None)  # records made before the trivial predictor was scored
     if rec.get("schema_version", 1) < 2:
         rec.setdefault("main_score_std", None)
         seed = (rec.get("config") or {}).get("seed")

@@ -6,6 +6,7 @@ so a probe never needs the dataset itself.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
@@ -53,7 +54,24 @@ class SegmentationTask:
         return ConfusionMatrix(len(self.classes), self.ignore_index)
 
     def update(self, metric: ConfusionMatrix, logits: torch.Tensor, target: torch.Tensor) -> None:
-        metric.update(self.predict(logits), target)
+        self.score_predictions(metric, self.predict(logits), target)
+
+    def score_predictions(self, metric: ConfusionMatrix, pred: torch.Tensor, target: torch.Tensor) -> None:
+        metric.update(pred, target)
+
+    def trivial_fit(self, labels: Iterable[np.ndarray]) -> tuple[float, str]:
+        """The trivial predictor: the training split's most frequent class everywhere (background on
+        ShapeWorld), as (class id, what it predicts)."""
+        counts = np.zeros(len(self.classes), dtype=np.int64)
+        for chunk in labels:
+            ids = chunk[chunk != self.ignore_index] if self.ignore_index is not None else chunk.ravel()
+            ids = ids[(ids >= 0) & (ids < len(self.classes))].astype(np.int64)
+            counts += np.bincount(ids, minlength=len(self.classes))
+        best = int(np.argmax(counts))
+        return float(best), f"every pixel {self.classes[best]!r}, the training split's most frequent class"
+
+    def trivial_prediction(self, value: float, target: torch.Tensor) -> torch.Tensor:
+        return torch.full_like(target, int(value))
 
     def compute(self, metric: ConfusionMatrix) -> dict[str, Any]:
         return metric.compute(self.classes)
@@ -96,8 +114,18 @@ class SaliencyTask:
         return SaliencyMetrics()
 
     def update(self, metric, logits, target) -> None:
-        for p, g in zip(self.predict(logits).numpy(), target.numpy()):
+        self.score_predictions(metric, self.predict(logits), target)
+
+    def score_predictions(self, metric, pred: torch.Tensor, target: torch.Tensor) -> None:
+        for p, g in zip(pred.numpy(), target.numpy()):
             metric.update(p, g)
+
+    def trivial_fit(self, labels: Iterable[np.ndarray]) -> tuple[float, str]:
+        """The trivial predictor: every pixel background (probability 0)."""
+        return 0.0, "every pixel background"
+
+    def trivial_prediction(self, value: float, target: torch.Tensor) -> torch.Tensor:
+        return torch.full_like(target, value)
 
     def compute(self, metric) -> dict[str, Any]:
         return metric.compute()
@@ -175,8 +203,24 @@ class DepthTask:
         return DepthMetrics(self.min_depth, self.max_depth, crop=self.crop)
 
     def update(self, metric: DepthMetrics, logits, target) -> None:
-        for p, g in zip(self.predict(logits).numpy(), target.numpy()):
+        self.score_predictions(metric, self.predict(logits), target)
+
+    def score_predictions(self, metric: DepthMetrics, pred: torch.Tensor, target: torch.Tensor) -> None:
+        for p, g in zip(pred.numpy(), target.numpy()):
             metric.update(p, g)
+
+    def trivial_fit(self, labels: Iterable[np.ndarray]) -> tuple[float, str]:
+        """The trivial predictor: the mean depth of the training split's valid pixels, everywhere."""
+        total, count = 0.0, 0
+        for chunk in labels:
+            gt = np.asarray(chunk, dtype=np.float64)
+            valid = (gt > self.min_depth) & (gt < self.max_depth) & np.isfinite(gt)
+            total, count = total + float(gt[valid].sum()), count + int(valid.sum())
+        mean = total / count if count else 0.5 * (self.min_depth + self.max_depth)
+        return mean, f"every pixel at the training split's mean depth ({mean:.3g} m)"
+
+    def trivial_prediction(self, value: float, target: torch.Tensor) -> torch.Tensor:
+        return torch.full_like(target, value)
 
     def compute(self, metric: DepthMetrics) -> dict[str, Any]:
         return metric.compute()

@@ -25,6 +25,7 @@ from probekit.probes.fit import Diverged, NonFinitePredictions, evaluate, train_
 from probekit.probes.model import Probe
 from probekit.probes.record import (aggregate_metrics, check_writable, fusion_weights, mean_std, new_record,
                                     probe_fields, write_run)
+from probekit.probes.trivial import learned_nothing, trivial_score
 from probekit.results import check_overwrite, default_run_dir, read_record
 
 PathOrPaths = "str | Path | Sequence[str | Path]"
@@ -83,8 +84,9 @@ def train_probe(train_features: PathOrPaths, eval_features: PathOrPaths, *, val_
         if not check_overwrite(run_dir, overwrite):
             return {**read_record(run_dir), "_skipped": True} if return_existing else None
         check_writable(run_dir)  # before hours of training, not after
+        trivial = trivial_score(data)
         seeds = [_run_seed(data, cfg, seed, name, progress, tick, first=(seed == cfg.seeds[0])) for seed in cfg.seeds]
-        return _record(data, cfg, seeds, name, extractor, run_dir, started)
+        return _record(data, cfg, seeds, name, extractor, run_dir, started, trivial)
 
 
 SETTINGS = ("task", "fusion", "head", "keys", "epochs", "batch_size", "lrs", "fusion_lr", "weight_decay", "fusion_dim",
@@ -228,8 +230,27 @@ def _examples(data: ProbeData, first: dict) -> tuple[dict[str, torch.Tensor] | N
     return out, meta
 
 
+def _notes(data: ProbeData, cfg: ProbeConfig, seeds: list[dict], name: str, trivial: dict[str, Any]) -> list[str]:
+    """The record's caveats: the features' own, a probe that learned nothing, choices at an edge of their grid.
+    Each names the probe and holds no number that differs between runs, so a report can group equal notes."""
+    notes = list(data.train_reader.provenance.get("notes", []))
+    if trivial["learned_nothing"]:
+        notes.append(f"{name}: learned nothing: its validation {data.task.main_metric} is at or below the trivial "
+                     f"predictor's ({trivial['predicts']})")
+    edges = sorted({s["lr_at_edge"] for s in seeds if s["lr_at_edge"]})
+    for edge in edges:
+        lrs = [s["selected_lr"] for s in seeds if s["lr_at_edge"] == edge]
+        notes.append(f"{name}: the chosen learning rate {lrs[0]:g} is the {edge} of the grid {cfg.lrs}; the best "
+                     "rate may lie beyond it (widen --lrs)")
+    heavy = [s["seed"] for s in seeds if s["own_loss_weight_at_edge"]]
+    if heavy:
+        notes.append(f"{name}: seed(s) {', '.join(map(str, heavy))} chose the highest own-loss weight of "
+                     f"{cfg.own_loss_weights}; a higher one may do better (widen --own-loss-weights)")
+    return notes
+
+
 def _record(data: ProbeData, cfg: ProbeConfig, seeds: list[dict], name: str, extractor: str, run_dir: Path,
-            started: float) -> dict[str, Any]:
+            started: float, trivial: dict[str, Any]) -> dict[str, Any]:
     task = data.task
     first = seeds[0]
     metrics, metrics_std = aggregate_metrics([s["metrics"] for s in seeds])
@@ -241,16 +262,9 @@ def _record(data: ProbeData, cfg: ProbeConfig, seeds: list[dict], name: str, ext
     if fusion_info is not None and cfg.fusion == "spatial":
         fusion_info["examples_file"] = "spatial_weights.safetensors"
     examples, examples_meta = _examples(data, first)
-    notes = list(data.train_reader.provenance.get("notes", []))
-    edges = sorted({s["lr_at_edge"] for s in seeds if s["lr_at_edge"]})
-    for edge in edges:
-        lrs = [s["selected_lr"] for s in seeds if s["lr_at_edge"] == edge]
-        notes.append(f"{name}: the chosen learning rate {lrs[0]:g} is the {edge} of the grid {cfg.lrs}; the best "
-                     "rate may lie beyond it (widen --lrs)")
-    heavy = [s["seed"] for s in seeds if s["own_loss_weight_at_edge"]]
-    if heavy:
-        notes.append(f"{name}: seed(s) {', '.join(map(str, heavy))} chose the highest own-loss weight of "
-                     f"{cfg.own_loss_weights}; a higher one may do better (widen --own-loss-weights)")
+    val_mean = mean_std([s["val_score"] for s in seeds])[0]
+    trivial = {**trivial, "learned_nothing": learned_nothing(val_mean, trivial["val_score"], task.higher_is_better)}
+    notes = _notes(data, cfg, seeds, name, trivial)
     readers = {"train": data.train_reader, "eval": data.eval_reader}
     if data.paths["val"] is not None:
         readers["val"] = data.readers[2]
@@ -274,7 +288,7 @@ def _record(data: ProbeData, cfg: ProbeConfig, seeds: list[dict], name: str, ext
                          "storage": r.storage, "provenance": r.provenance} for role, r in readers.items()},
         wall_time_s=round(time.perf_counter() - started, 3),
         trials=[t for s in seeds for t in s["trials"]],
-        notes=notes,
+        notes=notes, trivial=trivial,
     )
     spatial = first["evaluation"].spatial
     path = write_run(run_dir, record, first["state"], examples, examples_meta,

@@ -33,6 +33,11 @@ class NotApplicable(ValueError):
     """The records at hand hold nothing this figure draws (not an error)."""
 
 
+class NotDrawn(NotApplicable):
+    """The records hold what this figure draws, but too little for it to say anything (one timestep, say): the
+    report says so in its text instead of showing an empty plot."""
+
+
 def style() -> None:
     plt.rcParams.update({
         "font.size": 8, "axes.titlesize": 8, "axes.labelsize": 8, "xtick.labelsize": 7, "ytick.labelsize": 7,
@@ -53,7 +58,7 @@ def save(fig, out_dir: str | Path, name: str) -> dict[str, Path]:
 
 
 # -- fusion weights --------------------------------------------------------------------------
-def _fusion_records(records: list[dict[str, Any]], extractor: str) -> dict[str, dict[str, Any]]:
+def fusion_records(records: list[dict[str, Any]], extractor: str) -> dict[str, dict[str, Any]]:
     """Per task, the record whose learned weights to show: global fusion, else spatial (mean weights)."""
     chosen: dict[str, dict[str, Any]] = {}
     for preference in ("global", "spatial"):
@@ -75,7 +80,7 @@ def _matrix(rec: dict[str, Any]) -> tuple[np.ndarray, list[int], list[str]]:
 def timestep_task_heatmap(records: list[dict[str, Any]], extractor: str):
     """Rows: tasks; columns: timesteps; cells: the learned weight of each timestep (summed over layers)."""
     style()
-    chosen = _fusion_records(records, extractor)
+    chosen = fusion_records(records, extractor)
     tasks = [t for t in TASK_ORDER if t in chosen] + sorted(set(chosen) - set(TASK_ORDER))
     if not tasks:
         raise NotApplicable(f"no global or spatial fusion records with weights for {extractor!r}")
@@ -99,15 +104,18 @@ def timestep_task_heatmap(records: list[dict[str, Any]], extractor: str):
             text = f"{v:.2f}" + (f"\n±{spread[i, j]:.2f}" if np.isfinite(spread[i, j]) else "")
             ax.text(j, i, text, ha="center", va="center", color="white" if v < 0.35 else "black", fontsize=5.5)
     ax.set_xticks(range(len(timesteps)), [str(t) for t in timesteps])
-    ax.set_yticks(range(len(tasks)), [TASK_LABEL.get(t, t) for t in tasks])
+    ax.set_yticks(range(len(tasks)), [f"{TASK_LABEL.get(t, t)}\n{_run_name(chosen[t])}" for t in tasks])
     ax.set_xlabel("timestep t (0 = clean image)")
-    ax.set_ylabel("task")
-    kinds = sorted({chosen[t]["probe"]["fusion"] for t in tasks})
-    n_seeds = max(len(chosen[t]["probe"]["fusion_weights"].get("per_seed") or [None]) for t in tasks)
-    seeds = f", mean ± std over {n_seeds} seeds" if n_seeds > 1 else ", one seed"
-    ax.set_title(f"Timestep contribution ({'/'.join(kinds)} fusion weights{seeds}), {extractor}")
+    ax.set_ylabel("task, probe")
+    ax.set_title(f"Timestep contribution (learned fusion weights), {extractor}")
     fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="share of the fused map")
     return fig
+
+
+def _run_name(rec: dict[str, Any]) -> str:
+    """The probe a panel shows, with its seeds: "linear-global, 3 seeds"."""
+    n = len(rec.get("seeds") or [None])
+    return f"{rec['probe'].get('name', '')}, {n} seed{'s' if n > 1 else ''}"
 
 
 def _per_timestep(weights: dict[str, float], timesteps: list[int]) -> list[float]:
@@ -119,7 +127,7 @@ def _per_timestep(weights: dict[str, float], timesteps: list[int]) -> list[float
 def timestep_layer_heatmaps(records: list[dict[str, Any]], extractor: str):
     """One panel per task: the learned weight of every (timestep, layer)."""
     style()
-    chosen = _fusion_records(records, extractor)
+    chosen = fusion_records(records, extractor)
     tasks = [t for t in TASK_ORDER if t in chosen]
     if not tasks:
         raise NotApplicable(f"no global or spatial fusion records with weights for {extractor!r}")
@@ -131,7 +139,7 @@ def timestep_layer_heatmaps(records: list[dict[str, Any]], extractor: str):
         ax.set_yticks(range(len(ts)), [str(t) for t in ts])
         ax.set_xlabel("layer")
         ax.set_ylabel("timestep t")
-        ax.set_title(f"{TASK_LABEL.get(task, task)} ({chosen[task]['probe']['fusion']})")
+        ax.set_title(f"{TASK_LABEL.get(task, task)}\n{chosen[task]['probe'].get('name', '')}")
         fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
     fig.suptitle(f"Fusion weight per (timestep, layer), {extractor}", fontsize=8)
     fig.tight_layout()
@@ -140,12 +148,17 @@ def timestep_layer_heatmaps(records: list[dict[str, Any]], extractor: str):
 
 def metric_vs_timestep(records: list[dict[str, Any]], extractor: str, task: str):
     """Single-map probes: score against timestep, one line per layer (error bars: std over seeds); fused
-    probes as reference lines (band: std over seeds)."""
+    probes as reference lines labelled at the right with their name and score (band: std over seeds). Probes
+    at fewer than two timesteps make no curve: ``NotDrawn`` says so."""
     style()
     singles = [r for r in records if r.get("extractor") == extractor and r["task"] == task
                and r["probe"].get("fusion") == "single" and r["probe"].get("timestep") is not None]
     if not singles:
         raise NotApplicable(f"no single-timestep {task} records for {extractor!r}")
+    timesteps = sorted({r["probe"]["timestep"] for r in singles})
+    if len(timesteps) < 2:
+        raise NotDrawn(f"{TASK_LABEL.get(task, task)} vs timestep for {extractor}: its single-map probes are at one "
+                       f"timestep (t={timesteps[0]}), and a curve needs two")
     metric = singles[0]["main_score_name"]
     info = scores.info(metric, singles[0])
     scale = 100 if info["unit"] == "fraction" else 1
@@ -158,15 +171,9 @@ def metric_vs_timestep(records: list[dict[str, Any]], extractor: str, task: str)
         xs, ys, err = zip(*pts)
         ax.errorbar(xs, ys, yerr=err if any(err) else None, marker=markers[i % len(markers)], ms=3, lw=1.2,
                     capsize=2, label=f"layer {layer}")
-    styles = {"spatial": "-", "global": "--", "concat": ":"}
-    for rec in records:
-        fusion = rec["probe"].get("fusion")
-        if rec.get("extractor") == extractor and rec["task"] == task and fusion in styles:
-            y = rec["main_score"] * scale
-            ax.axhline(y, color="0.2", ls=styles[fusion], lw=1, label=f"{fusion} fusion")
-            if rec.get("main_score_std"):
-                std = rec["main_score_std"] * scale
-                ax.axhspan(y - std, y + std, color="0.2", alpha=0.12, lw=0)
+    fused = [r for r in records if r.get("extractor") == extractor and r["task"] == task
+             and r["probe"].get("fusion") in REFERENCE_STYLES]
+    _reference_lines(ax, fused, scale, info["unit"])
     ax.set_xlabel("timestep t (0 = clean image)")
     direction = "" if info["higher_is_better"] else " (lower is better)"
     ax.set_ylabel(f"{metric}{scores.unit_label(info['unit'])}{direction}")
@@ -174,6 +181,62 @@ def metric_vs_timestep(records: list[dict[str, Any]], extractor: str, task: str)
     ax.legend(frameon=False, ncol=2)
     fig.tight_layout()
     return fig
+
+
+REFERENCE_STYLES = {"spatial": "-", "global": "--", "concat": ":"}
+LABEL_GAP = 0.08  # of the y-axis range: reference labels closer than this are moved apart
+
+
+def _reference_lines(ax, fused: list[dict[str, Any]], scale: float, unit: str) -> None:
+    """A horizontal line (and a band for the spread over seeds) per fused probe, each labelled at the right edge
+    with its probe's name and score; labels of lines that (nearly) coincide are spread apart so all stay
+    readable, while the lines stay where their scores are."""
+    if not fused:
+        return
+    ys = []
+    for rec in fused:
+        y = rec["main_score"] * scale
+        ax.axhline(y, color="0.2", ls=REFERENCE_STYLES[rec["probe"]["fusion"]], lw=1)
+        if rec.get("main_score_std"):
+            std = rec["main_score_std"] * scale
+            ax.axhspan(y - std, y + std, color="0.2", alpha=0.12, lw=0)
+        ys.append(y)
+    lo, hi = ax.get_ylim()
+    gap = LABEL_GAP * (hi - lo)
+    places = spread(ys, gap)
+    ax.set_ylim(min(lo, float(np.min(places)) - gap / 2), max(hi, float(np.max(places)) + gap / 2))
+    for rec, y, place in zip(fused, ys, places):
+        text = f"{rec['probe'].get('name', '')} {scores.format_score(rec['main_score'], unit)}"
+        style = REFERENCE_STYLES[rec["probe"]["fusion"]]  # the connector in the line's own style
+        ax.annotate(text, xy=(1.0, y), xycoords=("axes fraction", "data"), xytext=(1.08, place),
+                    textcoords=("axes fraction", "data"), va="center", ha="left", fontsize=6, color="0.2",
+                    arrowprops={"arrowstyle": "-", "color": "0.2", "lw": 0.8, "ls": style, "shrinkA": 1, "shrinkB": 0})
+
+
+def spread(ys: list[float], gap: float) -> np.ndarray:
+    """Label positions for values ``ys``: in the same order, at least ``gap`` apart, each group of labels that
+    would overlap centred on the mean of its values (a lone label stays at its value)."""
+    ys = np.asarray(ys, dtype=float)
+    order = np.argsort(ys, kind="stable")
+    clusters: list[list[int]] = []
+    for i in order:
+        clusters.append([int(i)])
+        while len(clusters) > 1 and _top(clusters[-2], ys, gap) + gap > _bottom(clusters[-1], ys, gap) - 1e-12:
+            clusters[-2:] = [clusters[-2] + clusters[-1]]
+    out = np.empty_like(ys)
+    for members in clusters:
+        start = _bottom(members, ys, gap)
+        for k, i in enumerate(members):
+            out[i] = start + k * gap
+    return out
+
+
+def _bottom(members: list[int], ys: np.ndarray, gap: float) -> float:
+    return float(np.mean(ys[members])) - (len(members) - 1) * gap / 2
+
+
+def _top(members: list[int], ys: np.ndarray, gap: float) -> float:
+    return _bottom(members, ys, gap) + (len(members) - 1) * gap
 
 
 # -- image panels ----------------------------------------------------------------------------
@@ -276,7 +339,8 @@ def spatial_weight_maps(rec: dict[str, Any], n: int = 3):
             im = axes[r, int(image) + 2 + j].imshow(per_t[r, j], cmap="viridis", vmin=0, vmax=1)
     _grid_finish(fig, axes, (["image"] if image else []) + ["truth", "prediction"] + [f"w(t={t})" for t in timesteps],
                  im, int(image) + 2, "fusion weight")
-    fig.suptitle(f"Spatial fusion weights, {TASK_LABEL.get(task, task)}, {rec['extractor']}", fontsize=8)
+    fig.suptitle(f"Spatial fusion weights, {TASK_LABEL.get(task, task)} {rec['probe'].get('name', '')}, "
+                 f"{rec['extractor']}", fontsize=8)
     return fig
 
 

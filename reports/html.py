@@ -31,7 +31,8 @@ th { cursor: pointer; background: #f4f4f4; position: sticky; top: 0; }
 td:nth-child(-n+5), th:nth-child(-n+5) { text-align: left; }
 td.best { background: #e8f1fa; }
 figure { margin: 1.5em 0; } figure img { max-width: 100%; } figcaption { font-size: 13px; color: #555; }
-.note { color: #7a4b00; }
+.note { color: #7a4b00; } .runs { color: #555; } td.trivial { color: #888; }
+.rule, .not-drawn { font-size: 13px; color: #555; }
 """
 
 

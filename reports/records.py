@@ -23,13 +23,14 @@ class RecordSet:
     records: list[dict[str, Any]]
     versions: Counter = field(default_factory=Counter)
     duplicates: list[tuple[str, str]] = field(default_factory=list)  # (kept, dropped) paths
-    invalid: list[tuple[str, str]] = field(default_factory=list)  # (path, why) of records skipped as unreadable
+    invalid: list[tuple[str, str]] = field(default_factory=list)  # (path, why) of records skipped as invalid
 
     def summary(self) -> str:
         versions = ", ".join(f"schema v{v}: {n}" for v, n in sorted(self.versions.items()))
         dup = (f"; {len(self.duplicates)} duplicate(s) resolved newest-first" if self.duplicates
                else "; no duplicates")
-        bad = f"; {len(self.invalid)} unreadable record(s) skipped: {self.invalid[0][0]}" if self.invalid else ""
+        bad = (f"; {len(self.invalid)} invalid record(s) skipped: {', '.join(p for p, _ in self.invalid[:3])}"
+               + (", ..." if len(self.invalid) > 3 else "") if self.invalid else "")
         return f"{len(self.records)} result records ({versions}){dup}{bad}"
 
 
@@ -41,8 +42,9 @@ def identity(rec: dict[str, Any]) -> tuple:
 def load_records(paths: list[str | Path], skip_invalid: bool = False) -> RecordSet:
     """All records under ``paths`` (searched recursively), upgraded to the newest schema's field names.
 
-    An unreadable record stops the load with its path named, unless ``skip_invalid``: then it is left out and
-    listed in ``RecordSet.invalid`` (and in the summary).
+    An invalid record (not JSON, incomplete, or a main score that is not a finite number) stops the load with its
+    path named, unless ``skip_invalid``: then it is left out and listed in ``RecordSet.invalid`` (and in the
+    summary).
     """
     found = find_records(paths)
     if not found:

@@ -5,6 +5,7 @@ record)."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
 
 import h5py
@@ -44,6 +45,14 @@ def files(tmp_path_factory):
     # An interrupted run whose plan file was damaged.
     (root / "damaged.h5.parts").mkdir()
     (root / "damaged.h5.parts" / "run.json").write_text("{not json")
+    # Records whose main score is not a number, or not finite (each alone in its folder).
+    good = json.loads((next((root / "results").rglob("linear-single-*/result.json"))).read_text())
+    for folder, score in (("text-score", '"high"'), ("nan-score", "NaN")):
+        (root / folder / "run").mkdir(parents=True)
+        text = json.dumps({**good, "main_score": "SCORE"}).replace('"main_score": "SCORE"', f'"main_score": {score}')
+        (root / folder / "run" / "result.json").write_text(text)
+    # Weights files a timm encoder cannot read.
+    (root / "weights.txt").write_text("not weights\n")
     # A model folder with a truncated transformer checkpoint.
     weights = root / "truncated-model"
     shutil.copytree(_tiny_folder(), weights)
@@ -120,32 +129,226 @@ CASES = [
     ("train-backbone --steps 0", lambda r: ["train-backbone", "--steps", "0", "--out", str(r / "tb")], ["--steps"],
      ["tb"]),
 ]
-if NO_GPU:
-    CASES += [
-        ("extract --device cuda", lambda r: EXTRACT + ["--limit", "2", "--device", "cuda", "-o", str(r / "x.h5")],
-         ["--device cuda", "no CUDA GPU"], ["x.h5", "x.h5.parts"]),
-        ("probe --device cuda", lambda r: _probe(r, "--device", "cuda"), ["--device cuda", "no CUDA GPU"], []),
-    ]
+# Messages that once misled: weights a timm encoder cannot read, records whose score is not a number, two
+# processes writing one output, a disk that fills up mid-write, Ctrl-C. Setup and exit codes: SETUP, EXIT below.
+MESSAGE_CASES = [
+    ("timm weights file missing", lambda r: ["extract", "-e", "dinov2-vits14", "-w", str(r / "nope.safetensors"),
+                                             "--limit", "2", "-q", "-o", str(r / "x.h5")],
+     ["--weights", "nope.safetensors: no such file"], ["x.h5", "x.h5.parts"]),
+    ("timm weights not safetensors", lambda r: ["extract", "-e", "dinov2-vits14", "-w", str(r / "weights.txt"),
+                                                "--limit", "2", "-q", "-o", str(r / "x.h5")],
+     ["weights.txt is not a readable .safetensors file"], ["x.h5", "x.h5.parts"]),
+    ("leaderboard a non-numeric main_score", lambda r: ["leaderboard", str(r / "text-score")],
+     ["text-score/run/result.json", "main_score is 'high', not a number", "--skip-invalid"], []),
+    ("leaderboard a NaN main_score", lambda r: ["leaderboard", str(r / "nan-score")],
+     ["nan-score/run/result.json", "main_score is nan, not a finite number", "--skip-invalid"], []),
+    ("report a NaN main_score", lambda r: ["report", str(r / "nan-score"), "--out", str(r / "rep-nan")],
+     ["main_score is nan", "--skip-invalid"], ["rep-nan/report.html"]),
+    ("extract into an output another process writes",
+     lambda r: EXTRACT + ["--limit", "2", "-o", str(r / "locked.h5")],
+     ["another probekit process is writing", "locked.h5"], ["locked.h5", "locked.h5.parts/run.json"]),
+    ("extract when the disk fills up",
+     lambda r: EXTRACT + ["--limit", "6", "--shard-size", "2", "--batch-size", "2", "-o", str(r / "full.h5")],
+     ["the disk is full at", "full.h5.parts", "free space and rerun: finished shards are kept"],
+     ["full.h5", "full.h5.parts/.tmp-*", "full.h5.parts/.lock*"]),
+    ("extract when HDF5 hits a full disk",
+     lambda r: EXTRACT + ["--limit", "6", "--shard-size", "2", "--batch-size", "2", "-o", str(r / "full2.h5")],
+     ["the disk is full at", "full2.h5.parts", "finished shards are kept"], ["full2.h5", "full2.h5.parts/.tmp-*"]),
+    ("extract stopped by Ctrl-C",
+     lambda r: EXTRACT + ["--limit", "6", "--shard-size", "2", "--batch-size", "2", "-o", str(r / "stopped.h5")],
+     ["Aborted!", "rerun the same command to resume"], ["stopped.h5", "stopped.h5.parts/.tmp-*",
+                                                         "stopped.h5.parts/.lock*"]),
+]
+CASES += MESSAGE_CASES
 
 
-@pytest.mark.parametrize("case, command, words, absent", CASES, ids=[c[0] for c in CASES])
-def test_a_user_mistake_gets_a_sentence_and_leaves_nothing_behind(files, case, command, words, absent):
-    res = CliRunner().invoke(cli, command(files))
-    assert res.exit_code in (1, 2), (case, res.exit_code, res.output)
+def _hold_lock(monkeypatch, root):
+    """Another process writing locked.h5: its lock, held on an open file of our own (flock locks belong to an open
+    file, so this process's extraction is refused as another's would be). Returns the release."""
+    import fcntl
+
+    parts = root / "locked.h5.parts"
+    parts.mkdir(exist_ok=True)
+    fd = os.open(parts / ".lock", os.O_RDWR | os.O_CREAT)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    return lambda: os.close(fd)
+
+
+def _disk_fills_after(monkeypatch, root, calls: int = 2):
+    """The free space the extraction's writer sees drops to nothing after ``calls`` checks (another process
+    filled the disk): here after the first shard's batch and commit."""
+    import types
+
+    from probekit.extractors import writer
+
+    seen = []
+
+    def usage(path):
+        seen.append(path)
+        return types.SimpleNamespace(free=(1 << 40) if len(seen) <= calls else 1 << 10)
+    monkeypatch.setattr(writer, "shutil", types.SimpleNamespace(disk_usage=usage))
+
+
+def _hdf5_fails_with_enospc(monkeypatch, root):
+    """The second batch's write fails as h5py reports a full disk (an OSError with errno 28)."""
+    import errno
+
+    from probekit.store import FeatureWriter
+
+    real, calls = FeatureWriter.append, []
+
+    def append(self, *args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise OSError(errno.ENOSPC, "Can't synchronously write data (file write failed: errno = 28, error "
+                                        "message = 'No space left on device')")
+        return real(self, *args, **kwargs)
+    monkeypatch.setattr(FeatureWriter, "append", append)
+
+
+def _ctrl_c_at_second_batch(monkeypatch, root):
+    from probekit.extractors import runner
+
+    real, calls = runner._to_host, []
+
+    def to_host(*args):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(*args)
+    monkeypatch.setattr(runner, "_to_host", to_host)
+
+
+# What some cases need set up first (a function of monkeypatch and the fixture's root; it may return a cleanup),
+# and the exit code of those that do not exit 1 or 2.
+SETUP = {"extract into an output another process writes": _hold_lock,
+         "extract when the disk fills up": _disk_fills_after,
+         "extract when HDF5 hits a full disk": _hdf5_fails_with_enospc,
+         "extract stopped by Ctrl-C": _ctrl_c_at_second_batch}
+EXIT = {"extract stopped by Ctrl-C": 130}
+
+
+# -- suite files: checked whole before any work (types and ranges with their path in the file, names, the
+# disk); `run --dry-run` exits 1 when a step would fail. Each case writes its suite under the fixture's root.
+def _suite(r, name, change=None, text=None, dry=False):
+    import yaml
+
+    suite = {"suite": name, "version": 1, "out": str(r / f"suite-{name}"), "training": {"epochs": 1},
+             "datasets": {"shapeworld": {"train": {"split": "train", "limit": 8}, "eval": {"split": "test", "limit": 4}}},
+             "extractors": {"tiny": {"extractor": "tiny-mmdit-random", "timesteps": [100], "layers": [0],
+                                     "device": "cpu"}},
+             "probe_sets": {"default": [{"fusion": "single", "each_map": True, "tasks": ["seg"]}]}}
+    if change:
+        change(suite)
+    path = r / f"suite-{name}.yaml"
+    path.write_text(text if text is not None else yaml.safe_dump(suite, sort_keys=False))
+    return ["run", str(path), "-q"] + (["--dry-run"] if dry else [])
+
+
+_TWICE = """suite: twice
+datasets: {shapeworld: {train: train, eval: test}}
+extractors:
+  tiny: {extractor: tiny-mmdit-random, timesteps: [100]}
+  tiny: {extractor: tiny-mmdit-random, timesteps: [500]}
+probe_sets: {default: [{fusion: single, each_map: true, tasks: [seg]}]}
+"""
+SUITE_CASES = [
+    ("suite epochs 'two'", lambda r: _suite(r, "epochs", lambda s: s["training"].update(epochs="two")),
+     ["suite-epochs.yaml, line", "training.epochs: must be a valid integer, got 'two'"], ["suite-epochs"]),
+    ("suite layers: 4", lambda r: _suite(r, "layers", lambda s: s["extractors"]["tiny"].update(layers=4)),
+     ["extractors.tiny.layers: must be a valid list, got 4", "(e.g. layers: [6, 18, 30])"], ["suite-layers"]),
+    ("suite timesteps '50,250'", lambda r: _suite(r, "ts", lambda s: s["extractors"]["tiny"].update(timesteps="50,250")),
+     ["extractors.tiny.timesteps: must be a valid list, got '50,250'"], ["suite-ts"]),
+    ("suite out: an existing file", lambda r: _suite(r, "outfile", lambda s: s.update(out=str(r / "a-file"))),
+     ["out: ", "a-file is a file", "the suite cannot run"], []),
+    ("suite --dry-run out: an existing file",
+     lambda r: _suite(r, "outfile2", lambda s: s.update(out=str(r / "a-file")), dry=True), ["a-file is a file"], []),
+    ("suite extractor label twice", lambda r: _suite(r, "twice", text=_TWICE),
+     ["extractors gives key 'tiny' twice (lines 4 and 5)", "remove one"], []),
+    ("suite seeds: 0", lambda r: _suite(r, "seeds", lambda s: s["probe_sets"]["default"][0].update(seeds=0)),
+     ["probe_sets.default[0].seeds: must be at least 1"], ["suite-seeds"]),
+    ("suite --dry-run unknown dataset",
+     lambda r: _suite(r, "ds", lambda s: s.update(datasets={"shapewrld": {"train": "train", "eval": "test"}}), dry=True),
+     ["datasets.shapewrld.train: unknown dataset 'shapewrld'", "Did you mean: shapeworld"], ["suite-ds"]),
+    ("suite --dry-run negative limit",
+     lambda r: _suite(r, "limit", lambda s: s["datasets"]["shapeworld"]["train"].update(limit=-1), dry=True),
+     ["datasets.shapeworld.train.limit: must be greater than or equal to 1, got -1"], ["suite-limit"]),
+    ("suite --dry-run missing weights",
+     lambda r: _suite(r, "weights", lambda s: s["extractors"]["tiny"].update(weights=str(r / "no-model")), dry=True),
+     ["extractors.tiny.weights: ", "no-model does not exist"], ["suite-weights"]),
+    ("suite --dry-run timestep 1001",
+     lambda r: _suite(r, "t1001", lambda s: s["extractors"]["tiny"].update(timesteps=[100, 1001]), dry=True),
+     ["extractors.tiny.timesteps[1]: must be less than or equal to 1000, got 1001"], ["suite-t1001"]),
+    ("suite --dry-run a probe that would fail",
+     lambda r: _suite(r, "global", lambda s: s["probe_sets"]["default"].append({"fusion": "global", "tasks": ["seg"]}),
+                      dry=True),
+     ["[ failed] probe tiny shapeworld seg linear-global", "global fusion learns weights over several maps",
+      "1 cell(s) would fail"], ["suite-global"]),
+]
+CASES += SUITE_CASES
+# Asking for a GPU the machine lacks: a mistake only where there is none. On a machine with one these cases are
+# skipped, and say so (pytest -ra lists the reason), instead of leaving the table unnoticed.
+NEEDS_NO_GPU = pytest.mark.skipif(not NO_GPU, reason="a CUDA GPU is present here: asking for --device cuda is no "
+                                                     "mistake, so its refusal cannot be checked on this machine")
+GPU_CASES = [
+    ("extract --device cuda", lambda r: EXTRACT + ["--limit", "2", "--device", "cuda", "-o", str(r / "x.h5")],
+     ["--device cuda", "no CUDA GPU"], ["x.h5", "x.h5.parts"]),
+    ("probe --device cuda", lambda r: _probe(r, "--device", "cuda"), ["--device cuda", "no CUDA GPU"], []),
+]
+TABLE = [pytest.param(*case, id=case[0]) for case in CASES] + \
+        [pytest.param(*case, id=case[0], marks=NEEDS_NO_GPU) for case in GPU_CASES]
+
+
+@pytest.mark.parametrize("case, command, words, absent", TABLE)
+def test_a_user_mistake_gets_a_sentence_and_leaves_nothing_behind(files, monkeypatch, case, command, words, absent):
+    cleanup = SETUP[case](monkeypatch, files) if case in SETUP else None
+    try:
+        res = CliRunner().invoke(cli, command(files))
+    finally:
+        if cleanup:
+            cleanup()
+    assert res.exit_code in ((EXIT[case],) if case in EXIT else (1, 2)), (case, res.exit_code, res.output)
     assert "Traceback" not in res.output and not isinstance(res.exception, (AssertionError, TypeError, KeyError))
     assert res.exception is None or isinstance(res.exception, SystemExit), repr(res.exception)
     for word in words:
         assert word in res.output, (case, word, res.output)
-    for path in absent:
-        assert not (files / path).exists(), (case, path)
+    for path in absent:  # a path, or a glob of paths
+        assert not list(files.glob(path)), (case, path)
 
 
 def test_skip_invalid_names_the_damaged_record_and_reports_the_others(files):
     res = CliRunner().invoke(cli, ["report", str(files / "results"), "--out", str(files / "rep2"), "--skip-invalid"])
     assert res.exit_code == 0, res.output
-    assert "1 unreadable record(s) skipped" in res.output and "broken" in res.output
+    assert "1 invalid record(s) skipped" in res.output and "broken" in res.output
     assert (files / "rep2" / "report.html").is_file()
-    assert "Unreadable records skipped" in (files / "rep2" / "report.html").read_text()
+    assert "Invalid records skipped" in (files / "rep2" / "report.html").read_text()
+
+
+def test_skip_invalid_leaves_out_records_whose_main_score_is_not_a_finite_number(files):
+    res = CliRunner().invoke(cli, ["leaderboard", str(files / "results" / "tiny-mmdit-random"),
+                                   str(files / "text-score"), str(files / "nan-score"), "--skip-invalid"])
+    assert res.exit_code == 0, res.output
+    assert "2 invalid record(s) skipped" in res.stderr and "text-score" in res.stderr and "nan-score" in res.stderr
+    assert res.output.count("| tiny-mmdit-random |") == 1  # the valid record's row, and only it
+
+
+def test_a_finished_extraction_says_so_once_without_a_plan(files):
+    res = CliRunner().invoke(cli, EXTRACT + ["-s", "train", "--limit", "24", "-o", str(files / "train.h5")])
+    assert res.exit_code == 0, res.output
+    lines = [line for line in res.output.splitlines() if not line.startswith("note:")]
+    assert lines == [f"{files / 'train.h5'} is already complete with these settings; nothing to do (--overwrite "
+                     "to redo it)"]
+
+
+def test_a_run_stopped_by_a_full_disk_resumes_from_its_finished_shard(files):
+    """The same command, once there is space again: the kept shard is not redone, and no lock is left."""
+    out = files / "full.h5"
+    if not (files / "full.h5.parts" / "shard-000000000-000000002.h5").is_file():
+        pytest.skip("needs the table's disk-full case to have run first (run the whole file)")
+    res = CliRunner().invoke(cli, EXTRACT + ["--limit", "6", "--shard-size", "2", "--batch-size", "2", "-o", str(out)])
+    assert res.exit_code == 0, res.output
+    assert "3 shards of 2, 1 done" in res.output and out.is_file()
+    assert not list(files.glob("full.h5.parts/.lock*"))
 
 
 def test_layers_given_twice_as_negative_and_positive_are_one_map(tmp_path):

@@ -22,8 +22,20 @@ def test_demo_runs_end_to_end_on_the_shipped_backbone_and_its_control(tmp_path):
     board = (out / "report" / "leaderboard.md").read_text()
     assert board.count("| shapeworld-mmdit |") == 4  # single, concat, global, spatial
     assert "±" in board  # the seeded rows show their spread
-    ranked = [line for line in board.splitlines() if line.startswith("| ") and line[2].isdigit()]
-    assert len(ranked) == 3  # the rows with every task: single and global of the backbone, single of the control
+    rows = [[c.strip() for c in line.strip("|").split("|")] for line in board.splitlines() if line.startswith("| ")]
+    head, rows = rows[0], rows[1:]
+    # Every score has its rank among the rows with its task beside it.
+    for task in ("seg", "saliency", "depth"):
+        score = next(i for i, c in enumerate(head) if c.startswith(f"{task} ") and c.endswith(("↑", "↓")))
+        assert head[score + 1] == f"{task} rank"
+        assert all(r[score + 1].isdigit() for r in rows if r[score] != "-") and any(r[score] != "-" for r in rows)
+    # Rows with the same tasks are ranked among themselves: the three with every task (single and global of the
+    # backbone, single of the control), and concat and spatial (seg only); the control's global alone has no rank.
+    ranked = [(r[2], r[3]) for r in rows if r[0].isdigit()]
+    assert sorted(ranked) == [("shapeworld-mmdit", "concat"), ("shapeworld-mmdit", "global"),
+                              ("shapeworld-mmdit", "single"), ("shapeworld-mmdit", "spatial"),
+                              ("shapeworld-mmdit-random", "single")]
+    assert "Ranking: " in board
     runs = list((out / "results" / "shapeworld-mmdit").rglob("result.json"))
     seeded = [json.loads(p.read_text()) for p in runs if len(json.loads(p.read_text())["seeds"]) == 3]
     assert {(r["task"], r["probe"]["fusion"]) for r in seeded} == {("seg", "single"), ("seg", "global"),

@@ -60,17 +60,25 @@ def test_records_made_before_the_choice_count_as_silog_for_depth_and_as_nothing_
     assert "depth_loss" not in settings_differ({"task": "seg"}, ProbeConfig.build(task="seg"))
 
 
-def test_a_run_trains_on_the_chosen_loss_and_records_it(tmp_path):
+def test_a_run_trains_on_the_chosen_loss_and_records_it(tmp_path, monkeypatch):
     files = {split: write_synthetic(tmp_path / f"{split}.h5", split, n, lambda onehot, rng: {
         "t=100/layer=0": informative(onehot, rng)}, seed) for split, n, seed in (("train", 32, 0), ("val", 12, 1),
                                                                                 ("test", 16, 2))}
     common = dict(val_features=files["val"], task="depth", epochs=3, lrs=[3e-2], progress=False)
-    runs = {loss: train_probe(files["train"], files["test"], depth_loss=loss, out=tmp_path / loss, **common)
-            for loss in ("silog", "silog+rmse")}
+    used = []  # the loss every training step computed: a spy on DepthTask.loss
+    original = DepthTask.loss
+    monkeypatch.setattr(DepthTask, "loss", lambda self, out, target: used.append(self.depth_loss) or
+                        original(self, out, target))
+    runs = {}
+    for loss in ("silog", "silog+rmse"):
+        used.clear()
+        runs[loss] = train_probe(files["train"], files["test"], depth_loss=loss, out=tmp_path / loss, **common)
+        assert used and set(used) == {loss}, (loss, set(used))  # 32 rows, batch 32, 3 epochs: 3 steps
+        assert len(used) == 3
     assert runs["silog"]["config"]["depth_loss"] == "silog"
     assert runs["silog+rmse"]["config"]["depth_loss"] == "silog+rmse"
     assert runs["silog+rmse"]["config"]["task_config"]["loss"].endswith("+ RMSE / mean depth")
-    assert runs["silog"]["metrics"]["RMSE"] != runs["silog+rmse"]["metrics"]["RMSE"]  # the loss reached training
+    assert runs["silog"]["metrics"]["RMSE"] != runs["silog+rmse"]["metrics"]["RMSE"]
     # The CLI passes it through.
     result = CliRunner().invoke(cli, ["probe", "-f", str(files["train"]), "-V", str(files["val"]), "-E",
                                        str(files["test"]), "--task", "depth", "--epochs", "2", "--lrs", "0.03",

@@ -67,3 +67,46 @@ def test_out_of_range_labels_are_reported():
         cm.update(np.array([0, 1]), np.array([0, 7]))
     with pytest.raises(ValueError, match="prediction"):
         cm.update(np.array([0, 5]), np.array([0, 1]))
+
+
+def test_class_ids_at_the_top_of_the_range_are_refused_on_either_side():
+    cm = ConfusionMatrix(3)
+    with pytest.raises(ValueError, match=r"target holds class ids outside \[0, 3\).*\[3\]"):
+        cm.update(np.array([0, 1]), np.array([0, 3]))
+    with pytest.raises(ValueError, match=r"prediction holds class ids outside \[0, 3\)"):
+        cm.update(np.array([0, 3]), np.array([0, 1]))
+    with pytest.raises(ValueError, match="target holds class ids"):
+        cm.update(np.array([0, 1]), np.array([0, -1]))
+    assert cm.matrix.sum() == 0  # nothing was counted from a refused update
+
+
+def test_a_class_of_one_pixel_has_an_iou_and_a_one_class_matrix_is_allowed():
+    cm = ConfusionMatrix(3)
+    cm.update(np.array([0, 0, 2]), np.array([0, 0, 2]))  # class 2: one pixel, predicted right
+    assert cm.compute()["per_class_iou"] == {"0": 1.0, "1": None, "2": 1.0}
+    one = ConfusionMatrix(1)
+    one.update(np.zeros(4, int), np.zeros(4, int))
+    assert one.compute()["mIoU"] == 1.0
+    with pytest.raises(ValueError, match="num_classes must be >= 1"):
+        ConfusionMatrix(0)
+
+
+def test_an_empty_matrix_scores_nan_quietly():
+    import warnings
+
+    cm = ConfusionMatrix(2, ignore_index=255)
+    cm.update(np.array([0, 1]), np.array([255, 255]))  # every pixel ignored
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no "mean of empty slice" or 0/0 warning either
+        out = cm.compute(["a", "b"])
+    assert np.isnan(out["mIoU"]) and np.isnan(out["pixel_acc"]) and out["num_pixels"] == 0
+    assert out["per_class_iou"] == {"a": None, "b": None}
+
+
+def test_tensors_from_a_model_are_read_detached():
+    import torch
+
+    cm = ConfusionMatrix(2)
+    pred = torch.tensor([[0.0, 1.0]], requires_grad=True)  # e.g. ids computed inside a graph
+    cm.update(pred, torch.tensor([[0, 1]]))
+    np.testing.assert_array_equal(cm.matrix, [[1, 0], [0, 1]])

@@ -41,7 +41,7 @@ def _assert_matches(ours, reference, skip=()):
 
 def test_golden_file_is_from_pysodmetrics():
     assert GOLDEN["versions"]["pysodmetrics"]
-    assert len(GOLDEN["cases"]) >= 12
+    assert len(GOLDEN["cases"]) >= 20
 
 
 def test_whole_set_matches_pysodmetrics():
@@ -55,9 +55,12 @@ def test_each_image_matches_pysodmetrics(case):
 
 @pytest.mark.parametrize("case", GOLDEN["deviation_cases"], ids=[c["name"] for c in GOLDEN["deviation_cases"]])
 def test_documented_deviation_centroid_on_border(case):
-    """PySODMetrics' S-measure is NaN when a split quadrant is empty; ours skips it. All else agrees."""
+    """PySODMetrics' S-measure is NaN when a split quadrant is empty; ours skips it (its weight is 0), which is
+    PySODMetrics' own S-measure with that quadrant's SSIM taken as 0. All else agrees."""
     ours = _scores([_decode(case)])
     _assert_matches(ours, case["reference"], skip=("Sm",))
+    assert case["reference"]["Sm"] is None
+    assert ours["Sm"] == pytest.approx(case["sm_skipping_empty_quadrants"], abs=TOL, rel=0)
     assert case["reference"]["Sm"] is None
     assert math.isfinite(ours["Sm"]) and 0 <= ours["Sm"] <= 1
 
@@ -148,3 +151,17 @@ def test_input_validation():
     with pytest.raises(TypeError):
         m.update(np.zeros((3, 3), np.uint8), np.zeros((3, 3)))
     assert m.num_images == 0
+
+
+def test_a_soft_gt_is_foreground_strictly_above_one_half():
+    # As PySODMetrics' gt > 128 on 0..255: a mask value of exactly 1/2 is background.
+    pred = np.array([[1.0, 0.0, 0.0, 0.0]])
+    assert _scores([(pred, np.array([[1.0, 0.5, 0.0, 0.0]]))]) == _scores([(pred, np.array([[1, 0, 0, 0]]))])
+
+
+def test_a_probability_map_straight_from_a_model_is_read_detached():
+    import torch
+
+    logits = torch.tensor([[2.0, -1.0], [0.5, -3.0]], requires_grad=True)
+    gt = np.array([[1, 0], [1, 0]])
+    assert _scores([(torch.sigmoid(logits), gt)]) == _scores([(torch.sigmoid(logits).detach().numpy(), gt)])

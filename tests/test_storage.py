@@ -42,6 +42,11 @@ def test_pooled_and_projected_maps_are_stored_with_their_projection(reduced):
         assert s["projection"]["fit_samples"] == "16" or s["projection"]["fit_samples"] == 16
         assert s["label"] == "pool8,pca16"
         assert te.storage["projection"]["sha256"] == s["projection"]["sha256"]
+        # The test split names the file its projection came from and keeps how it was fitted.
+        reused = te.storage["projection"]
+        assert reused["from"] == str(train.resolve()) and "from" not in s["projection"]
+        assert {k: reused[k] for k in ("method", "dim", "fit_samples", "tokens")} == \
+            {k: s["projection"][k] for k in ("method", "dim", "fit_samples", "tokens")}
         for key in tr.keys:
             a, b = tr.projection(key), te.projection(key)
             assert a["components"].shape == (16, 128)

@@ -8,19 +8,33 @@ from __future__ import annotations
 import functools
 import math
 import os
+import sys
 
 import click
 
 from probekit.errors import ProbekitError
 
 
-def friendly_errors(fn):
+RESUME = "rerun the same command to resume"
+INTERRUPTED_EXIT = 130  # what a shell reports for a process stopped by Ctrl-C (128 + SIGINT)
+
+
+def friendly_errors(fn=None, *, interrupted: str = RESUME):
     """Show errors a user can cause (bad input, unknown names, unwritable paths) as one clear line, not a
-    traceback. PROBEKIT_DEBUG=1 shows the traceback instead."""
+    traceback, and a Ctrl-C as "Aborted!" with what to do next (``interrupted``). PROBEKIT_DEBUG=1 shows the
+    traceback instead."""
+    if fn is None:
+        return functools.partial(friendly_errors, interrupted=interrupted)
+
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         try:
             return fn(*args, **kwargs)
+        except KeyboardInterrupt:
+            if os.environ.get("PROBEKIT_DEBUG"):
+                raise
+            click.echo(f"\nAborted! {interrupted}", err=True)
+            sys.exit(INTERRUPTED_EXIT)
         except (ProbekitError, OSError) as exc:
             if os.environ.get("PROBEKIT_DEBUG"):
                 raise

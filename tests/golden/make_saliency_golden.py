@@ -16,12 +16,17 @@ Cases: 14 uint8 (prediction, ground truth) pairs of sizes 32x32, 40x56 and 24x36
 scenes with noisy predictions of several value ranges (exercising min-max normalisation), an all-zero
 gt, an all-one gt, a constant prediction, a perfect prediction, an all-zero prediction, a binary
 (shifted) prediction, an inverted prediction, a few-pixel object, and a gt whose centroid lies on a
-half pixel (exercising np.round's ties-to-even in the S-measure split). Reference values are given for
-the whole set (images averaged as PySODMetrics does) and for each image alone.
+half pixel (exercising np.round's ties-to-even in the S-measure split); then 7 cases built without a
+random draw (so the ones above keep their inputs): a one-pixel and a two-pixel object, a prediction mostly at
+its maximum (the adaptive threshold capped at 1), two objects in opposite corners predicted exactly (quadrants
+where both maps are constant), 2x2 / 3x3 images split into one- and two-pixel quadrants, and a lone
+foreground pixel predicted exactly in a 64x64 image (an SSIM denominator near eps). Reference values
+are given for the whole set (images averaged as PySODMetrics does) and for each image alone.
 
 A separate list ``deviation_cases`` holds inputs on which our implementation knowingly differs: a gt
 whose foreground centroid is on the last column or row, where PySODMetrics' S-measure is NaN (written
-as null); the other metrics there must still agree.
+as null); the other metrics there must still agree, and ``sm_skipping_empty_quadrants`` is PySODMetrics'
+S-measure with an empty quadrant's SSIM taken as 0 (it has weight 0), which is what ours computes there.
 
 Metrics, read out as in the PySODMetrics README: ``MAE().get_results()["mae"]``; ``Fmeasure()``:
 ``fm["curve"].max()``, ``fm["curve"].mean()``, ``fm["adp"]``; ``Smeasure()["sm"]``; ``Emeasure()``:
@@ -120,7 +125,57 @@ def build_cases():
         gt[sl] = 255
         pred = _to_u8(np.clip(rng.normal(0.2, 0.1, (h, w)) + (gt > 0) * 0.5, 0, 1))
         deviation.append((name, pred, gt))
+    cases.extend(_exact_cases())
     return cases, deviation
+
+
+def _exact_cases():
+    """Small cases without a random draw: the edges the blob scenes do not reach."""
+    cases = []
+    yy, xx = np.mgrid[0:8, 0:8]
+    gt = np.zeros((8, 8), np.uint8)
+    gt[3, 4] = 255  # one foreground pixel: recall over |G| = 1, the object score of a single value
+    pred = ((yy * 8 + xx) * 3).astype(np.uint8)
+    pred[3, 4] = 250
+    cases.append(("one_pixel_object_8x8", pred, gt))
+    yy, xx = np.mgrid[0:7, 0:9]
+    gt = np.zeros((7, 9), np.uint8)
+    gt[2, 3:5] = 255  # two foreground pixels of different predictions: std with ddof = 1 over two values
+    pred = ((yy * 9 + xx) * 2).astype(np.uint8)
+    pred[2, 3], pred[2, 4] = 180, 240
+    cases.append(("two_pixel_object_7x9", pred, gt))
+    gt = np.zeros((8, 8), np.uint8)
+    gt[:, :4] = 255
+    pred = np.full((8, 8), 255, np.uint8)  # mean above 1/2: the adaptive threshold min(2 mean, 1) is 1
+    pred[6:, 6:] = 0
+    pred[0, 7] = 100
+    cases.append(("mostly_foreground_prediction_8x8", pred, gt))
+    gt = np.zeros((16, 16), np.uint8)
+    gt[1:5, 1:5] = gt[11:15, 11:15] = 255  # the off-diagonal quadrants hold background only, in both maps
+    cases.append(("two_corner_objects_perfect_16x16", gt.copy(), gt))
+    gt = np.zeros((2, 2), np.uint8)
+    gt[0, 0] = 255  # four one-pixel quadrants
+    cases.append(("corner_pixel_2x2", np.array([[200, 30], [90, 10]], np.uint8), gt))
+    gt = np.zeros((3, 3), np.uint8)
+    gt[0, 0] = 255  # quadrants of 1, 2, 2 and 4 pixels
+    cases.append(("corner_pixel_3x3", np.array([[220, 40, 60], [90, 10, 130], [70, 20, 250]], np.uint8), gt))
+    gt = np.zeros((64, 64), np.uint8)
+    gt[40, 40] = 255  # one pixel in a 41x41 quadrant: the SSIM denominator is ~1e-9, where its eps shows
+    cases.append(("lone_pixel_perfect_64x64", gt.copy(), gt))
+    return cases
+
+
+class _SkippingEmptyQuadrants(sod.Smeasure):
+    """PySODMetrics' S-measure with the SSIM of an empty quadrant taken as 0 (its weight is 0): our deviation."""
+
+    def ssim(self, pred, gt):
+        return 0.0 if pred.size == 0 else super().ssim(pred, gt)
+
+
+def _sm_skipping_empty_quadrants(pred, gt):
+    sm = _SkippingEmptyQuadrants()
+    sm.step(pred=pred, gt=gt)
+    return float(sm.get_results()["sm"])
 
 
 def _reference(pairs):
@@ -168,7 +223,9 @@ def main():
             "encoding": "pred/gt: uint8 bytes, C order, base64; gt is 0/255 as PySODMetrics expects",
             "whole_set": _reference([(p, g) for _, p, g in cases]),
             "cases": [dict(_encode(n, p, g), reference=_reference([(p, g)])) for n, p, g in cases],
-            "deviation_cases": [dict(_encode(n, p, g), reference=_reference([(p, g)])) for n, p, g in deviation],
+            "deviation_cases": [dict(_encode(n, p, g), reference=_reference([(p, g)]),
+                                     sm_skipping_empty_quadrants=_sm_skipping_empty_quadrants(p, g))
+                                for n, p, g in deviation],
         }
     OUT.write_text(json.dumps(golden, indent=1) + "\n")
     print(f"wrote {OUT} ({OUT.stat().st_size} bytes), {len(cases)} cases + {len(deviation)} deviation cases")
