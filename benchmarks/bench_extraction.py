@@ -42,7 +42,7 @@ from common import MemoryDataset, interleaved, write_result  # noqa: E402
 from probekit.api import build_extractor  # noqa: E402
 from probekit.datasets import load_dataset  # noqa: E402
 from probekit.extractors.base import Extractor  # noqa: E402
-from probekit.extractors.hooks import capture_sites  # noqa: E402
+from probekit.models.hooks import capture_sites  # noqa: E402
 from probekit.extractors.runner import _to_tensor, extract_dataset  # noqa: E402
 from probekit.extractors.storage import StorageOptions  # noqa: E402
 

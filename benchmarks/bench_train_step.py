@@ -27,9 +27,10 @@ from common import interleaved, write_result  # noqa: E402
 
 from probekit.datasets.shapeworld import ShapeWorld  # noqa: E402
 from probekit.backbone.model import build_models  # noqa: E402
-from probekit.extractors.text_conditioning import TextConditioner  # noqa: E402
+from probekit.models.text_conditioning import TextConditioner  # noqa: E402
 from probekit.backbone.cache import Rendered  # noqa: E402
-from probekit.backbone.train import _batch, flow_loss, shifted_sigmas  # noqa: E402
+from probekit.backbone.train import _batch, flow_loss  # noqa: E402
+from probekit.models.noise import static_shift  # noqa: E402
 
 
 def make_variant(batches, device: str, bf16: bool, compiled: bool):
@@ -46,7 +47,7 @@ def make_variant(batches, device: str, bf16: bool, compiled: bool):
         for x0, prompts, u, eps in batches:
             x0, u, eps = x0.to(dev), u.to(dev), eps.to(dev)
             with torch.autocast(device_type=dev.type, dtype=torch.bfloat16, enabled=bf16):
-                loss = flow_loss(model, conditioner, x0, prompts, shifted_sigmas(u, 3.0), eps).mean()
+                loss = flow_loss(model, conditioner, x0, prompts, static_shift(u, 3.0), eps).mean()
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -74,7 +75,7 @@ def step_parts(dataset, batch_sizes=(1, 4, 32), steps: int = 6) -> dict:
             with torch.autocast(device_type="cpu", dtype=torch.bfloat16):
                 cond = conditioner(prompts)
                 t1 = time.perf_counter()
-                sigma = shifted_sigmas(u, 3.0)
+                sigma = static_shift(u, 3.0)
                 s = sigma.view(-1, 1, 1, 1)
                 pred = transformer(hidden_states=(1 - s) * x0 + s * eps, timestep=sigma * 1000.0,
                                    return_dict=False, **cond)[0].float()

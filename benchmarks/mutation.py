@@ -51,8 +51,8 @@ MODULES: dict[str, list[str]] = {
     "probes/metrics.py": ["tests/test_metrics.py"],
     "probes/metrics_depth.py": ["tests/test_metrics_depth.py"],
     "probes/metrics_saliency.py": ["tests/test_metrics_saliency.py"],
-    "extractors/storage.py": ["tests/test_storage_projection.py", "tests/test_storage.py"],
-    "extractors/noise.py": ["tests/test_noise.py"],
+    "extractors/storage.py": ["tests/test_storage_projection.py", "tests/test_storage_options.py"],
+    "probekit/models/noise.py": ["tests/test_noise.py"],
     # the report page's four tests (10 s each, the HTML page and its figures) add nothing the others miss here
     "reports/tables.py": ["tests/test_tables.py", "tests/test_reports.py", "-k",
                           "not chromium and not rendered_report and not report_writes and not each_distinct_note"],

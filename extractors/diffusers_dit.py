@@ -30,9 +30,9 @@ from probekit.devices import resolve_device, resolve_dtype
 from probekit.errors import ProbekitError
 from probekit.extractors.base import Extractor, normalise_layers, parse_resolution
 from probekit.extractors.dit_family import SITE_MEANINGS, Cond, DiTFamily
-from probekit.extractors.hooks import capture_sites, token_maps
-from probekit.extractors.loading import load_pretrained, quiet_loading, read_json, resolve_weights
-from probekit.extractors.noise import NoiseSchedule, sample_noise
+from probekit.models.hooks import capture_sites, token_maps
+from probekit.models.loading import load_pretrained, quiet_loading, read_json, resolve_weights
+from probekit.models.noise import NoiseSchedule, sample_noise
 from probekit.keys import DEFAULT_SITE, feature_key
 from probekit.provenance import weights_identity
 from probekit.safety import refuse_pickled_weights
@@ -210,7 +210,7 @@ class DiffusersDiTExtractor(Extractor):
 
     def _text_encoder(self):
         if self._encoder is None:
-            from probekit.extractors.text_conditioning import TextConditioner
+            from probekit.models.text_conditioning import TextConditioner
 
             self._encoder = TextConditioner.from_folder(self.root, dtype=self.dtype).to(self.device)
         return self._encoder

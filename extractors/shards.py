@@ -35,21 +35,18 @@ import numpy as np
 
 from probekit import atomic
 from probekit.errors import FeatureFileError
-from probekit.store import FeatureReader, FeatureWriter
+from probekit.store import (FORMAT_ATTRS, SHARD_GLOB, FeatureReader, FeatureWriter, format_attrs, parts_dir,
+                            shard_name)
 
 PLAN_FORMAT = "probekit-extraction-plan"
 PLAN_VERSION = 1
 DEFAULT_SHARD_SIZE = 64
 PROJECTION_FILE = "projection.safetensors"
 LOCK_FILE = ".lock"  # ".lock" for a whole run; ".lock-part-I-of-N" for a part or a rank of a distributed one
-# Attributes each file computes for itself; everything else is copied from the shards into the index.
-PER_FILE_ATTRS = {"format", "format_version", "complete", "num_samples", "feature_keys", "label_names", "skipped",
-                  "extract_wall_time_s", "run_fingerprint"}
+# Attributes each file computes for itself; everything else is copied from the shards into the index (the
+# shards' common storage dtype included).
+PER_FILE_ATTRS = (FORMAT_ATTRS - {"feature_dtype"}) | {"skipped", "extract_wall_time_s", "run_fingerprint"}
 _STR = h5py.string_dtype("utf-8")
-
-
-def parts_dir(out: str | os.PathLike) -> Path:
-    return Path(f"{out}.parts")
 
 
 @dataclass(frozen=True)
@@ -59,7 +56,7 @@ class Shard:
 
     @property
     def name(self) -> str:
-        return f"shard-{self.start:09d}-{self.stop:09d}.h5"
+        return shard_name(self.start, self.stop)
 
     @property
     def size(self) -> int:
@@ -179,7 +176,7 @@ class ExtractionRun:
     def abandon_if_empty(self) -> bool:
         """Remove a shard directory this run created but never committed a shard to (a bad setting found
         before the first shard), so the corrected command starts cleanly. True when removed."""
-        if self.dir.is_dir() and not any(self.dir.glob("shard-*.h5")) and not self.out.exists():
+        if self.dir.is_dir() and not any(self.dir.glob(SHARD_GLOB)) and not self.out.exists():
             self._clear()
             with contextlib.suppress(OSError):  # empty unless another process holds its lock file here
                 self.dir.rmdir()
@@ -278,7 +275,7 @@ class ExtractionRun:
             with atomic.atomic_path(self.out, durable=True) as tmp, h5py.File(tmp, "w") as f:
                 for name, value in attrs.items():
                     f.attrs[name] = value
-                f.attrs.update({"format": "probekit-features", "format_version": 2, "complete": True,
+                f.attrs.update({**format_attrs(), "complete": True,
                                 "num_samples": n, "feature_keys": json.dumps(first.keys),
                                 "label_names": json.dumps(first.label_names),
                                 "skipped": json.dumps(skipped), "extract_wall_time_s": round(wall, 3),
@@ -368,8 +365,7 @@ def consolidate(out: str | os.PathLike, dest: str | os.PathLike | None = None, p
     dest = Path(dest) if dest is not None else out
     with FeatureReader(out) as reader:
         attrs = {k: v for k, v in reader.raw_attrs().items()
-                 if k not in {"format", "format_version", "complete", "num_samples", "feature_keys", "label_names",
-                              "feature_dtype"}}
+                 if k not in FORMAT_ATTRS}
         with atomic.atomic_path(dest, durable=True) as tmp:
             with FeatureWriter(tmp, capacity=reader.num_samples, attrs=attrs,
                                feature_dtype=reader.feature_dtype) as writer:

@@ -11,10 +11,8 @@ at its next call; a kill leaves only committed shards, as before.
 
 from __future__ import annotations
 
-import os
 import queue
 import shutil
-import signal
 import threading
 import time
 from dataclasses import dataclass, field
@@ -29,9 +27,6 @@ from probekit.extractors.storage import as_numpy
 
 _STOP = object()
 SPACE_MARGIN = 4 << 20  # bytes kept free beyond a batch: HDF5 metadata and the shard's last flush
-# Fault injection for tests of crash safety: "writer-batch:N" SIGKILLs this process right after its writer
-# thread has written its N-th batch (mid-shard, with the model still running ahead of it).
-FAULT_ENV = "PROBEKIT_FAULT_INJECT"
 
 
 @dataclass
@@ -66,8 +61,6 @@ class BackgroundWriter:
         self._open: dict[Shard, _Open] = {}
         self.committed = 0
         self.skipped: list[dict[str, Any]] = []  # every sample skipped so far (for the summary)
-        self._batches = 0
-        self._fault = _parse_fault(os.environ.get(FAULT_ENV))
         self._commits: queue.Queue = queue.Queue()
         self._committer = threading.Thread(target=self._commit_loop, name="probekit-committer", daemon=True)
         self._committer.start()
@@ -188,10 +181,6 @@ class BackgroundWriter:
                                 [batch.sample_ids[i] for i in rows], [batch.indices[i] for i in rows],
                                 [batch.captions[i] for i in rows],
                                 thumbnails=None if batch.thumbnails is None else take(batch.thumbnails), checked=True)
-        self._batches += 1
-        if self._fault == self._batches:
-            self._commits.join()  # a well-defined state to kill in: every closed shard committed
-            os.kill(os.getpid(), signal.SIGKILL)
 
     def _commit(self, shard: Shard) -> None:
         """Finish and close the shard's file here; the committer thread makes it durable and visible."""
@@ -226,9 +215,3 @@ class BackgroundWriter:
                 self._error = self._error or exc
             finally:
                 self._commits.task_done()
-
-
-def _parse_fault(text: str | None) -> int | None:
-    if not text or not text.startswith("writer-batch:"):
-        return None
-    return int(text.split(":", 1)[1])

@@ -1,9 +1,15 @@
 """The project's registries. Adding a backbone, dataset, task, head or fusion is one line here.
 
-Targets are strings, resolved only when an entry is built (see probekit.lazy_registry).
+Targets are strings, resolved only when an entry is built (see probekit.lazy_registry). What an entry can do is
+said by its class (a fusion's ``reads_one_map``, ``learns_weights``, ``spatial``, ``mixes_predictions``,
+``min_maps``; a head's ``multi_layer``, ``prediction_level``; a task's ``name``, ``main_metric``, ``metrics``,
+``higher_is_better``, ``secondary_metrics``, ``title``, ``order``): every other place asks the class
+(``capability``), never the name.
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 from probekit.lazy_registry import Registry
 
@@ -139,3 +145,16 @@ for _cls, _target, _summary in (
 
 ALL = {"extractors": EXTRACTORS, "datasets": DATASETS, "tasks": TASKS, "heads": HEADS, "fusions": FUSIONS,
        "families": DIT_FAMILIES}
+
+
+def registered_class(registry: Registry, name: str | None) -> Any:
+    """The class registered under ``name`` (imported now: torch comes with most), or None for a name not
+    registered (a record of a removed or toy entry: readers fall back)."""
+    if not name or name not in registry:
+        return None
+    return registry.get(name).load()
+
+
+def capability(registry: Registry, name: str | None, attr: str, default: Any = None) -> Any:
+    """What the class registered under ``name`` says of itself (``attr``); ``default`` for a name not registered."""
+    return getattr(registered_class(registry, name), attr, default)

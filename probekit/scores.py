@@ -44,6 +44,17 @@ def higher_is_better(name: str, record: dict[str, Any] | None = None) -> bool:
     return bool(info(name, record)["higher_is_better"])
 
 
+def better(a: float | None, b: float | None, higher_is_better: bool) -> bool:
+    """Whether score ``a`` is strictly better than ``b`` in the metric's direction (the one comparison of scores:
+    choosing a rate, a leaderboard cell, the best map or probe). Any score beats none (``b`` None); no score
+    beats nothing (``a`` None); a tie keeps ``b``."""
+    if a is None:
+        return False
+    if b is None:
+        return True
+    return a > b if higher_is_better else a < b
+
+
 def arrow(name: str, record: dict[str, Any] | None = None) -> str:
     return "↑" if higher_is_better(name, record) else "↓"
 

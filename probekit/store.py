@@ -38,12 +38,32 @@ from probekit.keys import feature_key, parse_key  # noqa: F401  (re-exported: th
 
 FORMAT = "probekit-features"
 FORMAT_VERSION = 2  # 2: index files over shards (virtual datasets), storage dtype and projection
+# The attributes FeatureWriter sets itself (an index computes its own; consolidating a file does not copy them).
+FORMAT_ATTRS = frozenset({"format", "format_version", "complete", "num_samples", "feature_keys", "label_names",
+                          "feature_dtype"})
+PARTS_SUFFIX = ".parts"  # OUT's shards live in the folder OUT.parts/ beside it
+SHARD_GLOB = "shard-*.h5"
 # Stored dtype of each storage choice; bfloat16 has no HDF5 type and is kept as its raw 16-bit pattern.
 FEATURE_DTYPES = {"float16": np.float16, "bfloat16": np.uint16, "float32": np.float32}
 DEFAULT_FEATURE_DTYPE = "float16"
 LABEL_DTYPES = {"seg": np.uint8, "depth": np.float32, "saliency": np.uint8}
 THUMBNAIL_SIZE = 128
 _STR = h5py.string_dtype("utf-8")
+
+
+def format_attrs() -> dict[str, Any]:
+    """The attributes that name a file as a feature file of this format and version."""
+    return {"format": FORMAT, "format_version": FORMAT_VERSION}
+
+
+def parts_dir(out: str | os.PathLike) -> Path:
+    """The folder of OUT's shards (an index file OUT refers to them there): ``OUT.parts/``."""
+    return Path(f"{out}{PARTS_SUFFIX}")
+
+
+def shard_name(start: int, stop: int) -> str:
+    """The file name, in ``parts_dir(OUT)``, of the shard holding samples [start, stop) (matches ``SHARD_GLOB``)."""
+    return f"shard-{start:09d}-{stop:09d}.h5"
 
 
 class NonFiniteFeatures(FeatureFileError):
@@ -108,8 +128,7 @@ class FeatureWriter:
         self.capacity, self.rows, self.feature_dtype = int(capacity), 0, feature_dtype
         self._file = h5py.File(self.path, "w")
         f = self._file
-        f.attrs["format"] = FORMAT
-        f.attrs["format_version"] = FORMAT_VERSION
+        f.attrs.update(format_attrs())
         f.attrs["complete"] = False
         f.attrs["num_samples"] = 0
         f.attrs["feature_dtype"] = feature_dtype
@@ -322,9 +341,9 @@ class FeatureReader:
         self.path = Path(path)
         self._sources: dict[str, h5py.File] = {}
         if not self.path.is_file():
-            parts = Path(f"{self.path}.parts")
+            parts = parts_dir(self.path)
             if parts.is_dir():
-                done = len(list(parts.glob("shard-*.h5")))
+                done = len(list(parts.glob(SHARD_GLOB)))
                 raise FeatureFileError(f"feature file {self.path} is not finished: its extraction was interrupted "
                                        f"({done} shard(s) done in {parts}); rerun the same `probekit extract` "
                                        "command to resume it")
@@ -371,7 +390,7 @@ class FeatureReader:
         if missing:
             raise FeatureFileError(f"{self.path} is an index over shard files, and {len(missing)} of them are "
                                    f"missing (first: {self._source_path(missing[0])}). Keep the folder "
-                                   f"{self.path.name}.parts/ beside it (or write one standalone file with "
+                                   f"{parts_dir(self.path).name}/ beside it (or write one standalone file with "
                                    "`probekit merge --standalone`).")
 
     def _datasets(self) -> list[h5py.Dataset]:

@@ -1,4 +1,5 @@
-"""Every setting of one probe run, checked once, before any data is read (torch-free: the CLI builds it).
+"""Every setting of one probe run, checked once, before any data is read (torch-free to import: the CLI builds
+it; checking a config asks the registered fusion and head classes what they can do, which imports them).
 
 Defaults train to convergence on the embedded default and are recorded in every result: a learning-rate grid
 wide enough to bracket the chosen rate (a choice at the edge of the grid is flagged), fusion weights with a
@@ -27,22 +28,40 @@ FUSION_LEVELS = ("auto", "features", "predictions")
 # score weighs a pixel's log error by its depth squared, which the log loss alone does not, so probes trained
 # on SigLoss alone trade far pixels for near ones (docs/results/depth-loss.md measures it).
 DEPTH_LOSSES = ("silog+rmse", "silog")
-# Heads that read each map on its own cheaply enough to mix predictions (one read-out per map).
-PREDICTION_LEVEL_HEADS = ("linear",)
+
+
+def fusion_class(fusion: str):
+    """The class registered as fusion mode ``fusion``: what it can do (``reads_one_map``, ``min_maps``,
+    ``learns_weights``, ``spatial``, ``mixes_predictions``; see probes/fusion.py). Imports it (and torch)."""
+    from probekit.registries import FUSIONS
+
+    return FUSIONS.get(fusion).load()  # unknown names: UnknownNameError with a suggestion
+
+
+def prediction_level_heads() -> list[str]:
+    """Heads that read each map on its own cheaply enough to mix predictions (one read-out per map): those whose
+    class says ``prediction_level``."""
+    from probekit.registries import HEADS, capability
+
+    return [n for n in HEADS.names() if capability(HEADS, n, "prediction_level", False)]
 
 
 def resolve_fusion_level(fusion: str, head: str, level: str = "auto") -> str:
-    """What global or spatial fusion weights, given the head: "predictions" or "features" (see ProbeConfig)."""
+    """What a fusion that can mix predictions (global, spatial) weights, given the head: "predictions" or
+    "features" (see ProbeConfig). A fusion or head not registered (an old record's) reads as features."""
+    from probekit.registries import FUSIONS, HEADS, capability
+
     if level not in FUSION_LEVELS:
         raise ProbekitError(f"--fusion-level must be one of {', '.join(FUSION_LEVELS)}, got {level!r}")
-    if fusion not in ("global", "spatial"):
+    if not capability(FUSIONS, fusion, "mixes_predictions", False):
         return "features"  # single and concat maps are read by the head as they are
+    per_map = capability(HEADS, head, "prediction_level", False)
     if level == "auto":
-        return "predictions" if head in PREDICTION_LEVEL_HEADS else "features"
-    if level == "predictions" and head not in PREDICTION_LEVEL_HEADS:
+        return "predictions" if per_map else "features"
+    if level == "predictions" and not per_map:
         raise ProbekitError(f"--fusion-level predictions needs a head that reads each map on its own "
-                            f"({', '.join(PREDICTION_LEVEL_HEADS)}); the {head} head would be trained once per map. "
-                            "Use --fusion-level features with it")
+                            f"({', '.join(prediction_level_heads())}); the {head} head would be trained once per "
+                            "map. Use --fusion-level features with it")
     return level
 
 

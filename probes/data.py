@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -74,7 +74,11 @@ def storage_label(reader) -> str:
 
 def resolve_keys(reader, fusion: str, timestep: int | None = None, layer: int | None = None,
                  keys: Sequence[str] | None = None, site: str | None = None) -> list[str]:
-    if fusion != "single" and (timestep is not None or layer is not None):
+    from probekit.probes.config import fusion_class
+
+    cls = fusion_class(fusion)  # what the mode reads: one map, or at least min_maps of them
+    one = cls.reads_one_map
+    if not one and (timestep is not None or layer is not None):
         raise ProbekitError(f"--timestep/--layer pick the one map of a single-map probe; {fusion} fusion fuses "
                             "several maps (all of the file's by default): drop them, or use --fusion single")
     if keys is None and layer is not None:
@@ -84,11 +88,11 @@ def resolve_keys(reader, fusion: str, timestep: int | None = None, layer: int | 
         if not keys:
             raise ProbekitError(f"{reader.path} holds no maps of capture site {site!r} (its sites: "
                                 f"{', '.join(sites_of(reader.keys))})")
-        if fusion == "single" and len(keys) > 1:
+        if one and len(keys) > 1:
             raise ProbekitError(f"{reader.path} holds {len(keys)} maps of site {site!r}; choose one with --timestep "
                                 "and --layer")
     if keys is None:
-        if fusion == "single":
+        if one:
             if len(reader.keys) == 1:
                 return list(reader.keys)
             raise ProbekitError(f"{reader.path} holds {len(reader.keys)} feature maps; choose one with --timestep "
@@ -99,11 +103,12 @@ def resolve_keys(reader, fusion: str, timestep: int | None = None, layer: int | 
         missing = [k for k in keys if k not in reader.keys]
         if missing:
             raise ProbekitError(f"{reader.path} has no feature {missing[0]!r}; available: {', '.join(reader.keys)}")
-    if fusion == "single" and len(keys) != 1:
-        raise ProbekitError(f"single fusion probes exactly one feature map, got {len(keys)}")
-    if fusion in ("global", "spatial") and len(keys) < 2:
-        raise ProbekitError(f"{fusion} fusion learns weights over several maps, and {reader.path} offers one "
-                            f"({keys[0]}); probe it with --fusion single")
+    if one and len(keys) != 1:
+        raise ProbekitError(f"{fusion} fusion probes exactly one feature map, got {len(keys)}")
+    if len(keys) < cls.min_maps:
+        offers = "one" if len(keys) == 1 else str(len(keys))
+        raise ProbekitError(f"{fusion} fusion {'learns weights over' if cls.learns_weights else 'fuses'} several "
+                            f"maps, and {reader.path} offers {offers} ({', '.join(keys)}); probe it with --fusion single")
     return list(keys)
 
 
@@ -185,17 +190,35 @@ class _Resident:
         return out
 
 
+class _Moments:
+    """Per-channel sums of (N, C, h, w) maps over samples and positions, in float64: the mean and std of a map
+    from its chunks (resident rows in chunks of 64, streamed rows batch by batch)."""
+
+    def __init__(self) -> None:
+        self.total: torch.Tensor | None = None
+        self.squares: torch.Tensor | None = None
+        self.count = 0
+
+    def add(self, x: torch.Tensor) -> None:
+        x = x.double()
+        if self.total is None:
+            self.total = torch.zeros(x.shape[1], dtype=torch.float64, device=x.device)
+            self.squares = torch.zeros_like(self.total)
+        self.total += x.sum(dim=(0, 2, 3))
+        self.squares += (x * x).sum(dim=(0, 2, 3))
+        self.count += x.shape[0] * x.shape[2] * x.shape[3]
+
+    def mean_std(self) -> tuple[torch.Tensor, torch.Tensor]:
+        mean = self.total / self.count
+        return mean.float(), (self.squares / self.count - mean * mean).clamp_min(0).sqrt().float()
+
+
 def _mean_std(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-channel mean and std of (N, C, h, w) over samples and positions, accumulated in float64 in chunks."""
-    total = torch.zeros(x.shape[1], dtype=torch.float64, device=x.device)
-    squares = torch.zeros_like(total)
+    """Per-channel mean and std of (N, C, h, w) over samples and positions, accumulated in chunks."""
+    moments = _Moments()
     for a in range(0, len(x), 64):
-        chunk = x[a:a + 64].double()
-        total += chunk.sum(dim=(0, 2, 3))
-        squares += (chunk * chunk).sum(dim=(0, 2, 3))
-    n = x.shape[0] * x.shape[2] * x.shape[3]
-    mean = total / n
-    return mean.float(), (squares / n - mean * mean).clamp_min(0).sqrt().float()
+        moments.add(x[a:a + 64])
+    return moments.mean_std()
 
 
 def _check_finite(t: torch.Tensor, key: str, reader, rows: np.ndarray) -> None:
@@ -241,14 +264,17 @@ class ProbeData:
         if guidance is not None and not self.guidance_keys:
             raise FeatureFileError(f"{_paths(guidance)[0]} holds no concept maps to use as guidance")
         self.keys = resolve_keys(_Without(train, self.guidance_keys), cfg.fusion, timestep, layer, cfg.keys, site)
-        cfg.keys = self.keys
         for other in self.readers[1:]:
             check_compatible(train, other, self.all_keys, cfg.cross_dataset)
         if val is not None:
             check_compatible(val, evaluation, self.all_keys, cfg.cross_dataset)
         self.reference = train.dataset
-        if cfg.eval_crop is None and cfg.task == "depth" and evaluation.dataset.get("eval_crop"):
-            cfg.eval_crop = list(evaluation.dataset["eval_crop"])  # the dataset's protocol (e.g. NYU's Eigen crop)
+        crop = cfg.eval_crop
+        if crop is None and cfg.task == "depth" and evaluation.dataset.get("eval_crop"):
+            crop = list(evaluation.dataset["eval_crop"])  # the dataset's protocol (e.g. NYU's Eigen crop)
+        # The settings as resolved against these files (the keys read, the dataset's crop), recorded as the run's:
+        # a copy, so the config the caller gave stays as given.
+        self.cfg = cfg = replace(cfg, keys=list(self.keys), eval_crop=crop)
         try:
             self.task = tasks.get(cfg.task).build(reference=self.reference, depth_output=cfg.depth_output,
                                                   depth_loss=cfg.depth_loss,
@@ -337,22 +363,11 @@ class ProbeData:
         return self._stats
 
     def _streamed_stats(self) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-        sums: dict[str, list[torch.Tensor]] = {}
-        counts: dict[str, int] = {}  # per key: combined backbones may have different grids
+        moments: dict[str, _Moments] = {}  # per key: combined backbones may have different grids
         for _, feats, _ in self.batches(self.train):
             for k in self.keys:
-                x = feats[k].double()
-                s = sums.setdefault(k, [torch.zeros(x.shape[1], dtype=torch.float64, device=x.device),
-                                        torch.zeros(x.shape[1], dtype=torch.float64, device=x.device)])
-                s[0] += x.sum(dim=(0, 2, 3))
-                s[1] += (x * x).sum(dim=(0, 2, 3))
-                counts[k] = counts.get(k, 0) + x.shape[0] * x.shape[2] * x.shape[3]
-        out = {}
-        for k, (total, squares) in sums.items():
-            n = counts[k]
-            mean = total / n
-            out[k] = (mean.float(), (squares / n - mean * mean).clamp_min(0).sqrt().float())
-        return out
+                moments.setdefault(k, _Moments()).add(feats[k])
+        return {k: m.mean_std() for k, m in moments.items()}
 
     def batches(self, split: Split, *, shuffle: bool = False, seed: int = 0,
                 epoch: int = 0) -> Iterator[tuple[np.ndarray, dict[str, torch.Tensor], torch.Tensor]]:

@@ -149,7 +149,7 @@ def evaluate(model, data: ProbeData, split: Split, keep_examples: bool = False) 
     task = data.task
     model.eval()
     metric = task.new_metric()
-    spatial_mode = keep_examples and model.fusion.mode == "spatial"
+    spatial_mode = keep_examples and model.fusion.cls.spatial
     sums, count, examples = None, 0, []
     rows, preds = [], []
     with torch.inference_mode():

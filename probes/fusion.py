@@ -73,7 +73,25 @@ def _resampled(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
 
 
 class Fusion(nn.Module):
+    """A fusion mode. Its class says what it can do; every other place (config, data, model, trainer, grid,
+    reports, suites) asks these attributes, never the mode's name:
+
+    - ``reads_one_map``: it takes exactly one map (a single-map probe: one run per map, named by its map);
+    - ``min_maps``: the fewest maps it fuses (a mix of one map learns nothing);
+    - ``learns_weights``: it learns a weight per map (``weight_parameters``; ``key_weights`` for the ones the
+      reports draw);
+    - ``spatial``: its weights vary across the image (``mix_weights`` per location, ``last_weights`` kept for the
+      reports' maps);
+    - ``mixes_predictions``: it can weight each map's own prediction instead of the maps (``mix_weights``;
+      the fusion level "predictions", see probes/config.py).
+    """
+
     mode = "base"
+    reads_one_map = False
+    min_maps = 1
+    learns_weights = False
+    spatial = False
+    mixes_predictions = False
 
     def __init__(self, keys: list[str], channels: dict[str, int], dim: int | None = None):
         super().__init__()
@@ -136,7 +154,7 @@ class Fusion(nn.Module):
         return torch.stack(maps, dim=1)
 
     def key_weights(self) -> dict[str, float] | None:
-        """Learned global weight of each key (global mode), else None."""
+        """Learned global weight of each key (a fusion whose weights the reports draw), else None."""
         return None
 
     def weight_parameters(self) -> list[nn.Parameter]:
@@ -150,6 +168,7 @@ class Fusion(nn.Module):
 
 class SingleFusion(Fusion):
     mode = "single"
+    reads_one_map = True
 
     def __init__(self, keys, channels, dim=None):
         nn.Module.__init__(self)
@@ -178,6 +197,9 @@ class ConcatFusion(Fusion):
 
 class GlobalFusion(Fusion):
     mode = "global"
+    min_maps = 2
+    learns_weights = True
+    mixes_predictions = True
 
     def __init__(self, keys, channels, dim=None):
         super().__init__(keys, channels, dim)
@@ -210,6 +232,10 @@ class SpatialFusion(Fusion):
     finds the useful maps robustly; the gate moves the mix across the image where that helps."""
 
     mode = "spatial"
+    min_maps = 2
+    learns_weights = True
+    spatial = True
+    mixes_predictions = True
 
     def __init__(self, keys, channels, dim=None, hidden: int = 32):
         super().__init__(keys, channels, dim)
@@ -256,6 +282,7 @@ class GroupedFusion(nn.Module):
         else:
             groups = [list(keys)]
         self.mode = mode
+        self.cls = cls  # what the mode can do: its capability attributes (see Fusion)
         self.groups = nn.ModuleList(cls(g, channels, dim) for g in groups)
         self.out_channels = [g.out_channels for g in self.groups]
 
@@ -263,11 +290,12 @@ class GroupedFusion(nn.Module):
         return [g(feats) for g in self.groups]
 
     def key_weights(self) -> dict[str, float] | None:
-        if self.mode != "global":
+        parts = [g.key_weights() for g in self.groups]
+        if any(p is None for p in parts):
             return None
         out: dict[str, float] = {}
-        for g in self.groups:
-            out.update(g.key_weights())
+        for part in parts:
+            out.update(part)
         return out
 
     def set_statistics(self, stats: dict[str, tuple[torch.Tensor, torch.Tensor]]) -> None:
@@ -281,6 +309,6 @@ class GroupedFusion(nn.Module):
         return [p for g in self.groups for p in g.gate_parameters()]
 
     def spatial_weights(self) -> list[torch.Tensor] | None:
-        if self.mode != "spatial":
+        if not self.cls.spatial:
             return None
         return [g.last_weights for g in self.groups]

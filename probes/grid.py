@@ -1,4 +1,5 @@
-"""The ablation grid: every single (t, layer), then concat, global and spatial fusion over all of them."""
+"""The ablation grid: every single (t, layer), then concat, global and spatial fusion over all of them (every
+registered fusion mode: those that read one map first, one run per map, then the others by name)."""
 
 from __future__ import annotations
 
@@ -10,23 +11,30 @@ from probekit import scores
 from probekit.combined import open_features
 from probekit.errors import ProbekitError
 from probekit.keys import FeatureKey
+from probekit.probes.config import fusion_class
 from probekit.probes.trainer import train_probe
 
-FUSION_MODES = ("single", "concat", "global", "spatial")  # the grid's order: each map alone, then fused
+
+def fusion_modes() -> tuple[str, ...]:
+    """The grid's order: each map alone (modes that read one map), then the fusing modes by name (single, then
+    concat, global, spatial)."""
+    from probekit.registries import FUSIONS
+
+    return tuple(sorted(FUSIONS.names(), key=lambda name: (not fusion_class(name).reads_one_map, name)))
 
 
-def grid_cells(keys: Sequence[str], fusions: Sequence[str] = FUSION_MODES) -> list[dict[str, Any]]:
+def grid_cells(keys: Sequence[str], fusions: Sequence[str] | None = None) -> list[dict[str, Any]]:
     cells = []
-    for fusion in fusions:
-        if fusion == "single":
-            cells.extend({"fusion": "single", "keys": [k]} for k in keys)
+    for fusion in fusion_modes() if fusions is None else fusions:
+        if fusion_class(fusion).reads_one_map:
+            cells.extend({"fusion": fusion, "keys": [k]} for k in keys)
         else:
             cells.append({"fusion": fusion, "keys": list(keys)})
     return cells
 
 
 def run_grid(train_features: str | Path, eval_features: str | Path, *, val_features: str | Path | None = None,
-             results_root: str | Path = "results", fusions: Sequence[str] = FUSION_MODES, overwrite: str = "skip",
+             results_root: str | Path = "results", fusions: Sequence[str] | None = None, overwrite: str = "skip",
              progress: bool = True, echo=print, site: str | None = None, **config: Any) -> list[dict[str, Any]]:
     """One result record per cell, at the default run directory of each; existing cells are kept by default.
     ``site`` keeps the grid to one capture site's maps."""
@@ -39,7 +47,8 @@ def run_grid(train_features: str | Path, eval_features: str | Path, *, val_featu
         record = train_probe(train_features, eval_features, val_features=val_features, results_root=results_root,
                              overwrite=overwrite, progress=progress, **{**config, **cell})
         if record is None:
-            echo(f"kept existing {cell['fusion']} {','.join(cell['keys']) if cell['fusion'] == 'single' else ''}")
+            one = fusion_class(cell["fusion"]).reads_one_map
+            echo(f"kept existing {cell['fusion']} {','.join(cell['keys']) if one else ''}")
             continue
         echo(f"{record['task']} {record['main_score_name']} {describe_score(record)}  {record['probe']['name']}")
         records.append(record)

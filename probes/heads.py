@@ -3,6 +3,10 @@
 Every head takes ``maps`` (a list of (B, C_i, h, w) tensors: one map, or one per layer for a head with
 ``multi_layer = True``) and returns logits on the features' grid, or a finer one; the probe upsamples them
 bilinearly to the label size. Heads are found by name through ``probekit.registries.HEADS``.
+
+What a head can do is said by its class: ``multi_layer`` (reads one fused map per layer), ``prediction_level``
+(cheap enough to read each map on its own, so that global and spatial fusion mix the maps' predictions by
+default: probes/config.py). Nothing else looks at a head's name.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ class LinearHead(nn.Module):
     """BatchNorm + 1x1 conv: a per-location linear read-out."""
 
     multi_layer = False
+    prediction_level = True
 
     def __init__(self, in_channels: list[int] | int, out_channels: int):
         super().__init__()
@@ -66,6 +71,7 @@ class ConvHead(nn.Module):
     """Two 3x3 conv + BN + ReLU layers, then a 1x1 classifier."""
 
     multi_layer = False
+    prediction_level = False
 
     def __init__(self, in_channels: list[int] | int, out_channels: int, hidden: int = 128):
         super().__init__()
@@ -95,6 +101,7 @@ class DeepLabHead(nn.Module):
     """DeepLabV3+-lite: ASPP on the features, then a light decoder at twice the resolution with a skip."""
 
     multi_layer = False
+    prediction_level = False
 
     def __init__(self, in_channels: list[int] | int, out_channels: int, hidden: int = 96):
         super().__init__()
@@ -146,6 +153,7 @@ class DPTHead(nn.Module):
     them coarse-to-fine with residual fusion blocks, then a small output conv."""
 
     multi_layer = True
+    prediction_level = False
     SCALES = (2.0, 1.0, 0.5, 0.25)
 
     def __init__(self, in_channels: list[int] | int, out_channels: int, dim: int = 64):

@@ -19,14 +19,14 @@ class TrainedProbe:
     def __init__(self, run_dir: str | Path):
         from safetensors.torch import load_file
 
-        from probekit.registries import HEADS, TASKS
+        from probekit.registries import FUSIONS, HEADS, TASKS
 
         self.run_dir = Path(run_dir)
         if not (self.run_dir / "result.json").is_file():
             raise ProbekitError(f"{self.run_dir} holds no result.json (a probe run directory is needed)")
         self.record = read_record(self.run_dir)
         probe, cfg = self.record["probe"], self.record["config"]
-        if probe.get("guidance_keys") or probe.get("fusion") == "zero-shot":
+        if probe.get("guidance_keys") or probe.get("fusion") not in FUSIONS:  # zero-shot maps: no fusion to rebuild
             raise ProbekitError(f"{self.run_dir}: guided and zero-shot probes cannot label generated images")
         self.task_name = self.record["task"]
         reference = {"classes": cfg["task_config"].get("classes"), "ignore_index": cfg["task_config"].get("ignore_index"),

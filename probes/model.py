@@ -43,9 +43,9 @@ class Probe(nn.Module):
         extra = sum(channels[k] for k in self.guidance_keys)
         self.per_map: torch.Tensor | None = None  # the read-outs' predictions of the latest training forward
         if fusion_level == "predictions":
-            if fusion not in ("global", "spatial") or len(self.fusion.groups) != 1:
-                raise ValueError("prediction-level fusion mixes the maps of one global or spatial fusion, "
-                                 f"not {fusion}")
+            if not self.fusion.cls.mixes_predictions or len(self.fusion.groups) != 1:
+                raise ValueError("prediction-level fusion mixes the maps of one fusion that mixes predictions "
+                                 f"(global, spatial), not {fusion}")
             self.head = PerMapLinear(len(self.keys), self.fusion.out_channels[0] + extra, out_channels)
         elif fusion_level == "features":
             self.head = head_cls([c + extra for c in self.fusion.out_channels], out_channels)

@@ -88,7 +88,9 @@ def fusion_weights(keys: list[str], per_seed: list[dict[str, float] | None], kin
 
 def probe_fields(name: str, cfg, keys: list[str], channels: dict[str, int], guidance_keys: list[str],
                  fusion_info: dict[str, Any] | None, examples: bool, spatial: bool) -> dict[str, Any]:
-    single = FeatureKey(keys[0]) if cfg.fusion == "single" else None
+    from probekit.probes.config import fusion_class
+
+    single = FeatureKey(keys[0]) if fusion_class(cfg.fusion).reads_one_map else None
     return {"name": name, "fusion": cfg.fusion, "head": cfg.head, "feature_keys": keys,
             "timestep": single.timestep if single else None, "layer": single.layer if single else None,
             "timesteps": timesteps_of(keys), "layers": layers_of(keys), "in_channels": channels,

@@ -19,16 +19,64 @@ from probekit.probes.metrics import ConfusionMatrix
 from probekit.probes.metrics_depth import DepthMetrics
 
 
-def _metrics_info(names) -> dict[str, dict[str, Any]]:
-    """Direction and unit of each metric a task reports (written into every record)."""
-    return {name: scores.info(name) for name in names}
+class _FromClass:
+    """A class attribute computed from the class: readable on the class (reports, without a reference) and on
+    its instances."""
+
+    def __init__(self, fget):
+        self.fget = fget
+
+    def __get__(self, obj, owner=None):
+        return self.fget(owner if owner is not None else type(obj))
 
 
-class SegmentationTask:
+class Task:
+    """What every task says of itself, read from the class by every other place (trainer, reports, suites):
+
+    - ``name``: its registry name, ``label``: the label field it reads from feature files;
+    - ``title``: how figures name it, ``order``: its place among the tasks in tables and figures;
+    - ``main_metric`` (chooses and ranks), ``metrics`` (``metric_names()``: what ``metrics_info`` describes),
+      ``secondary_metrics`` (the leaderboard's extra columns);
+    - ``metric_info``: direction and unit of the metrics ``probekit.scores`` does not know;
+    - ``higher_is_better``: its main metric's direction, from ``metrics_info`` (never written twice);
+    - ``label_kind``: how figures draw its labels: "classes", "mask" (0..1) or "values".
+    """
+
+    name = ""
+    label = ""
+    title = ""
+    order = 9
+    main_metric = ""
+    metrics: tuple[str, ...] = ()
+    secondary_metrics: tuple[str, ...] = ()
+    metric_info: dict[str, dict[str, Any]] = {}
+    label_kind = "values"
+
+    @classmethod
+    def metric_names(cls) -> tuple[str, ...]:
+        return tuple(cls.metrics)
+
+    @classmethod
+    def info(cls, metric: str) -> dict[str, Any]:
+        return cls.metric_info.get(metric) or scores.info(metric)
+
+    @classmethod
+    def metrics_info(cls) -> dict[str, dict[str, Any]]:
+        """Direction and unit of each metric the task reports (written into every record)."""
+        return {name: cls.info(name) for name in cls.metric_names()}
+
+    higher_is_better = _FromClass(lambda cls: bool(cls.info(cls.main_metric)["higher_is_better"]))
+
+
+class SegmentationTask(Task):
     name = "seg"
     label = "seg"
+    title = "segmentation"
+    order = 0
     main_metric = "mIoU"
-    higher_is_better = True
+    metrics = ("mIoU", "pixel_acc", "num_pixels")
+    secondary_metrics = ("pixel_acc",)
+    label_kind = "classes"
 
     def __init__(self, reference: dict[str, Any], **_: Any):
         self.classes = list(reference.get("classes") or [])
@@ -76,18 +124,18 @@ class SegmentationTask:
     def compute(self, metric: ConfusionMatrix) -> dict[str, Any]:
         return metric.compute(self.classes)
 
-    def metrics_info(self) -> dict[str, dict[str, Any]]:
-        return _metrics_info(("mIoU", "pixel_acc", "num_pixels"))
-
     def config(self) -> dict[str, Any]:
         return {"classes": self.classes, "ignore_index": self.ignore_index, "loss": "cross-entropy with ignore"}
 
 
-class SaliencyTask:
+class SaliencyTask(Task):
     name = "saliency"
     label = "saliency"
+    title = "saliency"
+    order = 1
     main_metric = "maxF"
-    higher_is_better = True
+    secondary_metrics = ("MAE", "Sm", "maxE")
+    label_kind = "mask"
     out_channels = 1
 
     def __init__(self, reference: dict[str, Any] | None = None, **_: Any):
@@ -130,24 +178,27 @@ class SaliencyTask:
     def compute(self, metric) -> dict[str, Any]:
         return metric.compute()
 
-    def metrics_info(self) -> dict[str, dict[str, Any]]:
+    @classmethod
+    def metric_names(cls) -> tuple[str, ...]:
         from probekit.probes.metrics_saliency import KEYS
 
-        return _metrics_info(KEYS)
+        return tuple(KEYS)
 
     def config(self) -> dict[str, Any]:
         return {"loss": "BCE + soft IoU"}
 
 
-class DepthTask:
+class DepthTask(Task):
     """Depth as classification into bins over the depth range (output = softmax-weighted bin centres), as the
     DINOv2 and probe3d depth probes do, or as bounded regression; trained with the scale-invariant log loss,
     by default plus the relative RMSE (``depth_loss``, see probes/config.py)."""
 
     name = "depth"
     label = "depth"
+    title = "depth"
+    order = 2
     main_metric = "RMSE"
-    higher_is_better = False
+    secondary_metrics = ("AbsRel", "delta1", "RMSE_aligned")
 
     def __init__(self, reference: dict[str, Any], depth_output: str = "bins", bins: int = 256,
                  silog_lambda: float = 0.85, crop: tuple[float, float, float, float] | None = None,
@@ -225,10 +276,11 @@ class DepthTask:
     def compute(self, metric: DepthMetrics) -> dict[str, Any]:
         return metric.compute()
 
-    def metrics_info(self) -> dict[str, dict[str, Any]]:
+    @classmethod
+    def metric_names(cls) -> tuple[str, ...]:
         from probekit.probes.metrics_depth import METRICS
 
-        return _metrics_info([*METRICS, *(f"{m}_aligned" for m in METRICS), "num_images"])
+        return (*METRICS, *(f"{m}_aligned" for m in METRICS), "num_images")
 
     def config(self) -> dict[str, Any]:
         return {"depth_output": self.depth_output, "bins": self.bins if self.depth_output == "bins" else None,

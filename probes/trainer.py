@@ -17,9 +17,10 @@ from typing import Any
 
 import torch
 
+from probekit import scores
 from probekit.errors import ProbekitError
 from probekit.keys import FeatureKey
-from probekit.probes.config import ProbeConfig, probe_stem
+from probekit.probes.config import ProbeConfig, fusion_class, probe_stem
 from probekit.probes.data import ProbeData, resolve_keys, storage_label  # noqa: F401  (resolve_keys: public API)
 from probekit.probes.fit import Diverged, NonFinitePredictions, evaluate, train_trials
 from probekit.probes.model import Probe
@@ -33,13 +34,13 @@ PathOrPaths = "str | Path | Sequence[str | Path]"
 
 def probe_name(cfg: ProbeConfig, keys: list[str]) -> str:
     name = probe_stem(cfg.head, cfg.fusion, cfg.fusion_level)
-    if cfg.fusion == "single":
+    if fusion_class(cfg.fusion).reads_one_map:  # one run per map: named by its map
         name += "-" + FeatureKey(keys[0]).short()
     return name
 
 
 def _better(a: float, b: float | None, higher: bool) -> bool:
-    return b is None or (a > b if higher else a < b)
+    return scores.better(a, b, higher)
 
 
 def _edge(lrs: list[float], chosen: float) -> str | None:
@@ -70,6 +71,7 @@ def train_probe(train_features: PathOrPaths, eval_features: PathOrPaths, *, val_
     with ProbeData(cfg, train_features, eval_features, val_features=val_features, guidance=guidance,
                    eval_guidance=eval_guidance, val_guidance=val_guidance, timestep=timestep, layer=layer,
                    site=site) as data:
+        cfg = data.cfg  # as resolved against the files: the keys read, the dataset's evaluation crop
         train = data.train_reader
         name = probe_name(cfg, data.keys) + ("-guided" if data.guidance_keys else "")
         storage = storage_label(train)
@@ -151,7 +153,7 @@ def _train_and_validate(data: ProbeData, cfg: ProbeConfig, seed: int, lrs: list[
     for _ in lrs:
         torch.manual_seed(seed)  # every trial of a seed starts from the same initialisation
         model = _build(data, cfg, own_weight).to(data.device)
-        if cfg.fusion != "single":
+        if not model.fusion.cls.reads_one_map:  # a single map is read as stored
             model.fusion.set_statistics(data.channel_stats())
         models.append(model)
     desc = f"{name} seed {seed}" + ("" if own_weight is None else f" own {own_weight:g}")
@@ -256,10 +258,11 @@ def _record(data: ProbeData, cfg: ProbeConfig, seeds: list[dict], name: str, ext
     metrics, metrics_std = aggregate_metrics([s["metrics"] for s in seeds])
     main, main_std = mean_std([float(s["metrics"][task.main_metric]) for s in seeds])
     metrics[task.main_metric] = main
-    kind = "spatial-mean" if cfg.fusion == "spatial" else "global"
+    spatial = fusion_class(cfg.fusion).spatial
+    kind = "spatial-mean" if spatial else "global"
     fusion_info = fusion_weights(data.keys, [s["weights"] for s in seeds], kind, first["normalised_over"],
                                  cfg.fusion_level)
-    if fusion_info is not None and cfg.fusion == "spatial":
+    if fusion_info is not None and spatial:
         fusion_info["examples_file"] = "spatial_weights.safetensors"
     examples, examples_meta = _examples(data, first)
     val_mean = mean_std([s["val_score"] for s in seeds])[0]
@@ -273,7 +276,7 @@ def _record(data: ProbeData, cfg: ProbeConfig, seeds: list[dict], name: str, ext
         higher_is_better=task.higher_is_better, metrics=metrics, metrics_std=metrics_std,
         metrics_info=task.metrics_info(), extractor=extractor, dataset=data.reference.get("dataset"),
         probe=probe_fields(name, cfg, data.keys, data.channels, data.guidance_keys, fusion_info,
-                           examples is not None, cfg.fusion == "spatial"),
+                           examples is not None, spatial),
         config={**cfg.to_dict(), "selected_lr": first["selected_lr"], "val_score": first["val_score"],
                 "lr_at_edge": first["lr_at_edge"], "selected_own_loss_weight": first["selected_own_loss_weight"],
                 "validation": data.validation, "task_config": task.config(),

@@ -13,6 +13,8 @@ from typing import Any
 
 import numpy as np
 
+from probekit import scores
+
 CHUNK = 256  # label rows read at a time: large splits never sit in memory whole
 
 
@@ -38,4 +40,6 @@ def learned_nothing(val_score: float | None, trivial_val_score: float | None, hi
     """True when a validation score is at or below the trivial predictor's (at or above it for an error)."""
     if val_score is None or trivial_val_score is None or not np.isfinite(trivial_val_score):
         return False
-    return val_score <= trivial_val_score if higher_is_better else val_score >= trivial_val_score
+    if not np.isfinite(val_score):
+        return False
+    return not scores.better(val_score, trivial_val_score, higher_is_better)

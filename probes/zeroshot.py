@@ -15,6 +15,10 @@ from probekit.provenance import base_provenance
 from probekit.results import ResultRecord, check_overwrite, default_run_dir
 from probekit.store import FeatureReader
 
+# The fusion a zero-shot record names: no registered fusion (nothing is fused or trained; `probekit probe`
+# refuses it, and readers that need a registered fusion, e.g. probes/load.py, skip such records).
+FUSION = "zero-shot"
+
 
 def zero_shot_segmentation(features: str | Path, *, mode: str = "output", out: str | Path | None = None,
                            results_root: str | Path = "results", overwrite: str = "error",
@@ -34,24 +38,24 @@ def zero_shot_segmentation(features: str | Path, *, mode: str = "output", out: s
         name = f"concept-{mode}-zeroshot"
         extractor = reader.attr("extractor")
         run_dir = Path(out) if out else default_run_dir(results_root, extractor, reader.dataset.get("dataset"),
-                                                         "seg", name)
+                                                         task.name, name)
         if not check_overwrite(run_dir, overwrite):
             return None
         metric = task.new_metric()
-        size = reader.label_shape("seg")
-        for batch in reader.batches([key], batch_size, labels=["seg"]):
+        size = reader.label_shape(task.label)
+        for batch in reader.batches([key], batch_size, labels=[task.label]):
             maps = torch.from_numpy(batch["features"][key])[:, order]
             if not bool(torch.isfinite(maps).all()):
                 raise FeatureFileError(f"{reader.path}: concept maps of rows {batch['positions'][:3].tolist()} hold "
                                        "NaN or inf")
             logits = F.interpolate(maps, size=size, mode="bilinear", align_corners=False)
-            task.update(metric, logits, task.target(batch["labels"]["seg"]))
+            task.update(metric, logits, task.target(batch["labels"][task.label]))
         metrics = task.compute(metric)
         record = ResultRecord(
-            task="seg", main_score_name=task.main_metric, main_score=float(metrics[task.main_metric]),
-            higher_is_better=True, metrics=metrics, metrics_info=task.metrics_info(), extractor=extractor,
+            task=task.name, main_score_name=task.main_metric, main_score=float(metrics[task.main_metric]),
+            higher_is_better=task.higher_is_better, metrics=metrics, metrics_info=task.metrics_info(), extractor=extractor,
             dataset=reader.dataset.get("dataset"), seeds=[],
-            probe={"name": name, "fusion": "zero-shot", "head": f"argmax-{mode}", "feature_keys": [key],
+            probe={"name": name, "fusion": FUSION, "head": f"argmax-{mode}", "feature_keys": [key],
                    "timestep": None, "layer": None, "timesteps": reader.attr("timesteps"),
                    "layers": reader.provenance.get("extractor", {}).get("concept_layers"), "fusion_weights": None},
             config={"mode": mode, "concepts": concepts, "classes": task.classes, "trained": False,

@@ -22,11 +22,10 @@ import numpy as np  # noqa: E402
 
 from probekit import scores  # noqa: E402
 from probekit.keys import FeatureKey, timesteps_of  # noqa: E402
+from probekit.reports.records import fusion_can, is_task, task_can, task_key, task_title  # noqa: E402
 
 OKABE_ITO = ["#0072B2", "#E69F00", "#009E73", "#D55E00", "#CC79A7", "#56B4E9", "#F0E442", "#000000"]
 COLUMN_IN, PAGE_IN = 3.3, 6.9
-TASK_ORDER = ["seg", "saliency", "depth"]
-TASK_LABEL = {"seg": "segmentation", "saliency": "saliency", "depth": "depth"}
 
 
 class NotApplicable(ValueError):
@@ -61,7 +60,10 @@ def save(fig, out_dir: str | Path, name: str) -> dict[str, Path]:
 def fusion_records(records: list[dict[str, Any]], extractor: str) -> dict[str, dict[str, Any]]:
     """Per task, the record whose learned weights to show: global fusion, else spatial (mean weights)."""
     chosen: dict[str, dict[str, Any]] = {}
-    for preference in ("global", "spatial"):
+    learned = {r.get("probe", {}).get("fusion") for r in records} - {None}
+    # fusions whose weights are one per map first (global), then those whose weights vary across the image
+    for preference in sorted((f for f in learned if fusion_can(f, "learns_weights")),
+                             key=lambda f: (bool(fusion_can(f, "spatial")), f)):
         for rec in records:
             fw = rec.get("probe", {}).get("fusion_weights")
             if rec.get("extractor") != extractor or rec["probe"].get("fusion") != preference or not fw:
@@ -81,7 +83,7 @@ def timestep_task_heatmap(records: list[dict[str, Any]], extractor: str):
     """Rows: tasks; columns: timesteps; cells: the learned weight of each timestep (summed over layers)."""
     style()
     chosen = fusion_records(records, extractor)
-    tasks = [t for t in TASK_ORDER if t in chosen] + sorted(set(chosen) - set(TASK_ORDER))
+    tasks = sorted(chosen, key=task_key)
     if not tasks:
         raise NotApplicable(f"no global or spatial fusion records with weights for {extractor!r}")
     timesteps = _matrix(chosen[tasks[0]])[1]
@@ -104,7 +106,7 @@ def timestep_task_heatmap(records: list[dict[str, Any]], extractor: str):
             text = f"{v:.2f}" + (f"\n±{spread[i, j]:.2f}" if np.isfinite(spread[i, j]) else "")
             ax.text(j, i, text, ha="center", va="center", color="white" if v < 0.35 else "black", fontsize=5.5)
     ax.set_xticks(range(len(timesteps)), [str(t) for t in timesteps])
-    ax.set_yticks(range(len(tasks)), [f"{TASK_LABEL.get(t, t)}\n{_run_name(chosen[t])}" for t in tasks])
+    ax.set_yticks(range(len(tasks)), [f"{task_title(t)}\n{_run_name(chosen[t])}" for t in tasks])
     ax.set_xlabel("timestep t (0 = clean image)")
     ax.set_ylabel("task, probe")
     ax.set_title(f"Timestep contribution (learned fusion weights), {extractor}")
@@ -128,7 +130,7 @@ def timestep_layer_heatmaps(records: list[dict[str, Any]], extractor: str):
     """One panel per task: the learned weight of every (timestep, layer)."""
     style()
     chosen = fusion_records(records, extractor)
-    tasks = [t for t in TASK_ORDER if t in chosen]
+    tasks = [t for t in sorted(chosen, key=task_key) if is_task(t)]
     if not tasks:
         raise NotApplicable(f"no global or spatial fusion records with weights for {extractor!r}")
     fig, axes = plt.subplots(1, len(tasks), figsize=(min(PAGE_IN, 2.3 * len(tasks)), 2.2), squeeze=False)
@@ -139,7 +141,7 @@ def timestep_layer_heatmaps(records: list[dict[str, Any]], extractor: str):
         ax.set_yticks(range(len(ts)), [str(t) for t in ts])
         ax.set_xlabel("layer")
         ax.set_ylabel("timestep t")
-        ax.set_title(f"{TASK_LABEL.get(task, task)}\n{chosen[task]['probe'].get('name', '')}")
+        ax.set_title(f"{task_title(task)}\n{chosen[task]['probe'].get('name', '')}")
         fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
     fig.suptitle(f"Fusion weight per (timestep, layer), {extractor}", fontsize=8)
     fig.tight_layout()
@@ -152,12 +154,12 @@ def metric_vs_timestep(records: list[dict[str, Any]], extractor: str, task: str)
     at fewer than two timesteps make no curve: ``NotDrawn`` says so."""
     style()
     singles = [r for r in records if r.get("extractor") == extractor and r["task"] == task
-               and r["probe"].get("fusion") == "single" and r["probe"].get("timestep") is not None]
+               and fusion_can(r["probe"].get("fusion"), "reads_one_map") and r["probe"].get("timestep") is not None]
     if not singles:
         raise NotApplicable(f"no single-timestep {task} records for {extractor!r}")
     timesteps = sorted({r["probe"]["timestep"] for r in singles})
     if len(timesteps) < 2:
-        raise NotDrawn(f"{TASK_LABEL.get(task, task)} vs timestep for {extractor}: its single-map probes are at one "
+        raise NotDrawn(f"{task_title(task)} vs timestep for {extractor}: its single-map probes are at one "
                        f"timestep (t={timesteps[0]}), and a curve needs two")
     metric = singles[0]["main_score_name"]
     info = scores.info(metric, singles[0])
@@ -172,18 +174,23 @@ def metric_vs_timestep(records: list[dict[str, Any]], extractor: str, task: str)
         ax.errorbar(xs, ys, yerr=err if any(err) else None, marker=markers[i % len(markers)], ms=3, lw=1.2,
                     capsize=2, label=f"layer {layer}")
     fused = [r for r in records if r.get("extractor") == extractor and r["task"] == task
-             and r["probe"].get("fusion") in REFERENCE_STYLES]
+             and reference_style(r["probe"].get("fusion")) is not None]
     _reference_lines(ax, fused, scale, info["unit"])
     ax.set_xlabel("timestep t (0 = clean image)")
     direction = "" if info["higher_is_better"] else " (lower is better)"
     ax.set_ylabel(f"{metric}{scores.unit_label(info['unit'])}{direction}")
-    ax.set_title(f"{TASK_LABEL.get(task, task)} vs timestep, {extractor}")
+    ax.set_title(f"{task_title(task)} vs timestep, {extractor}")
     ax.legend(frameon=False, ncol=2)
     fig.tight_layout()
     return fig
 
 
-REFERENCE_STYLES = {"spatial": "-", "global": "--", "concat": ":"}
+def reference_style(fusion: str | None) -> str | None:
+    """The line of a fused probe on a single-map curve, by what its fusion does: per-location weights "-", one
+    weight per map "--", no weights ":"; None for a fusion that reads one map or is not registered."""
+    if fusion_can(fusion, "reads_one_map", True):
+        return None
+    return "-" if fusion_can(fusion, "spatial") else "--" if fusion_can(fusion, "learns_weights") else ":"
 LABEL_GAP = 0.08  # of the y-axis range: reference labels closer than this are moved apart
 
 
@@ -196,7 +203,7 @@ def _reference_lines(ax, fused: list[dict[str, Any]], scale: float, unit: str) -
     ys = []
     for rec in fused:
         y = rec["main_score"] * scale
-        ax.axhline(y, color="0.2", ls=REFERENCE_STYLES[rec["probe"]["fusion"]], lw=1)
+        ax.axhline(y, color="0.2", ls=reference_style(rec["probe"]["fusion"]), lw=1)
         if rec.get("main_score_std"):
             std = rec["main_score_std"] * scale
             ax.axhspan(y - std, y + std, color="0.2", alpha=0.12, lw=0)
@@ -207,7 +214,7 @@ def _reference_lines(ax, fused: list[dict[str, Any]], scale: float, unit: str) -
     ax.set_ylim(min(lo, float(np.min(places)) - gap / 2), max(hi, float(np.max(places)) + gap / 2))
     for rec, y, place in zip(fused, ys, places):
         text = f"{rec['probe'].get('name', '')} {scores.format_score(rec['main_score'], unit)}"
-        style = REFERENCE_STYLES[rec["probe"]["fusion"]]  # the connector in the line's own style
+        style = reference_style(rec["probe"]["fusion"])  # the connector in the line's own style
         ax.annotate(text, xy=(1.0, y), xycoords=("axes fraction", "data"), xytext=(1.08, place),
                     textcoords=("axes fraction", "data"), va="center", ha="left", fontsize=6, color="0.2",
                     arrowprops={"arrowstyle": "-", "color": "0.2", "lw": 0.8, "ls": style, "shrinkA": 1, "shrinkB": 0})
@@ -257,12 +264,13 @@ def load_examples(rec: dict[str, Any]) -> dict[str, Any]:
 
 
 def _show_label(ax, task: str, array: np.ndarray, num_classes: int = 7, depth_max: float | None = None) -> None:
-    if task == "seg":
+    kind = task_can(task, "label_kind", "values")
+    if kind == "classes":
         from matplotlib.colors import ListedColormap
 
         cmap = ListedColormap(["#222222"] + OKABE_ITO[:max(1, num_classes - 1)])
         ax.imshow(array, cmap=cmap, vmin=0, vmax=num_classes - 1, interpolation="nearest")
-    elif task == "saliency":
+    elif kind == "mask":
         ax.imshow(array, cmap="gray", vmin=0, vmax=1, interpolation="nearest")
     else:
         ax.imshow(array, cmap="magma_r", vmin=0, vmax=depth_max or float(np.nanmax(array)), interpolation="nearest")
@@ -271,7 +279,7 @@ def _show_label(ax, task: str, array: np.ndarray, num_classes: int = 7, depth_ma
 def qualitative_panels(task_records: dict[str, dict[str, Any]], n: int = 4):
     """Rows: evaluation images; columns: image (when stored), then ground truth and prediction for each task."""
     style()
-    tasks = [t for t in TASK_ORDER if t in task_records]
+    tasks = [t for t in sorted(task_records, key=task_key) if is_task(t)]
     if not tasks:
         raise NotApplicable("no records to draw")
     examples = {t: load_examples(task_records[t]) for t in tasks}
@@ -291,7 +299,7 @@ def qualitative_panels(task_records: dict[str, dict[str, Any]], n: int = 4):
             dmax = (tc.get("depth_range") or [0, None])[1]
             _show_label(axes[r, int(image) + 2 * j], task, ex["truth"][k], ncls, dmax)
             _show_label(axes[r, int(image) + 2 * j + 1], task, ex["pred"][k], ncls, dmax)
-    titles = (["image"] if image else []) + [f"{TASK_LABEL[t]}\n{w}" for t in tasks for w in ("truth", "prediction")]
+    titles = (["image"] if image else []) + [f"{task_title(t)}\n{w}" for t in tasks for w in ("truth", "prediction")]
     _grid_finish(fig, axes, titles)
     fig.tight_layout()
     return fig
@@ -339,7 +347,7 @@ def spatial_weight_maps(rec: dict[str, Any], n: int = 3):
             im = axes[r, int(image) + 2 + j].imshow(per_t[r, j], cmap="viridis", vmin=0, vmax=1)
     _grid_finish(fig, axes, (["image"] if image else []) + ["truth", "prediction"] + [f"w(t={t})" for t in timesteps],
                  im, int(image) + 2, "fusion weight")
-    fig.suptitle(f"Spatial fusion weights, {TASK_LABEL.get(task, task)} {rec['probe'].get('name', '')}, "
+    fig.suptitle(f"Spatial fusion weights, {task_title(task)} {rec['probe'].get('name', '')}, "
                  f"{rec['extractor']}", fontsize=8)
     return fig
 

@@ -76,3 +76,42 @@ def load_records(paths: list[str | Path], skip_invalid: bool = False) -> RecordS
 
 def _created(rec: dict[str, Any]) -> str:
     return str(rec.get("provenance", {}).get("created", ""))
+
+
+# -- what a recorded name can do -----------------------------------------------------------------
+# Reports ask the registered classes (probekit.registries) by the name a record holds; a name not registered (a
+# record of a removed or toy task or fusion, a zero-shot map) falls back so that old records still render.
+def task_can(task: str | None, attr: str, default: Any = None) -> Any:
+    """What the task class registered as ``task`` says (``order``, ``title``, ``main_metric``, ...)."""
+    from probekit.registries import TASKS, capability
+
+    return capability(TASKS, task, attr, default)
+
+
+def fusion_can(fusion: str | None, attr: str, default: Any = False) -> Any:
+    """What the fusion class registered as ``fusion`` says (``reads_one_map``, ``learns_weights``, ...)."""
+    from probekit.registries import FUSIONS, capability
+
+    return capability(FUSIONS, fusion, attr, default)
+
+
+def is_task(task: str | None) -> bool:
+    from probekit.registries import TASKS
+
+    return bool(task) and task in TASKS
+
+
+def task_key(task: str) -> tuple:
+    """Tasks in the order their classes give (seg, saliency, depth), tasks not registered after them by name."""
+    return (task_can(task, "order", 9), task)
+
+
+def task_title(task: str) -> str:
+    return task_can(task, "title", None) or task
+
+
+def task_names() -> list[str]:
+    """Every registered task, in order."""
+    from probekit.registries import TASKS
+
+    return sorted(TASKS.names(), key=task_key)

@@ -9,7 +9,7 @@ from typing import Any
 from probekit import scores
 from probekit.reports import figures
 from probekit.reports.html import figure_html, page
-from probekit.reports.records import load_records
+from probekit.reports.records import fusion_can, load_records, task_key, task_names
 from probekit.errors import ProbekitError
 from probekit.reports.tables import (best_mask, footer, leaderboard_frame, runs_frame, selection_score, to_html_table,
                                      to_markdown)
@@ -87,7 +87,7 @@ def _figures(records: list[dict[str, Any]], fig_dir: Path, concepts) -> tuple[li
                 f"{shown}", lambda: figures.timestep_task_heatmap(records, ex))
         attempt(f"timestep_layer_{safe}", f"Fusion weight per (timestep, layer), {ex}: {shown}",
                 lambda: figures.timestep_layer_heatmaps(records, ex))
-        for task in figures.TASK_ORDER:
+        for task in task_names():
             attempt(f"metric_vs_timestep_{task}_{safe}", f"{task}: single-map probes vs timestep, fused probes as "
                     f"reference lines, {ex}", lambda task=task: figures.metric_vs_timestep(records, ex, task))
         best = _best_per_task(records, ex)
@@ -96,7 +96,7 @@ def _figures(records: list[dict[str, Any]], fig_dir: Path, concepts) -> tuple[li
             attempt(f"qualitative_{safe}", f"Image, ground truth and prediction of the best probe per task (by "
                     f"validation), {ex}: {names}", lambda best=best: figures.qualitative_panels(best))
         for rec in records:
-            if rec["extractor"] == ex and rec["probe"].get("fusion") == "spatial":
+            if rec["extractor"] == ex and fusion_can(rec["probe"].get("fusion"), "spatial"):
                 attempt(f"spatial_weights_{rec['task']}_{safe}", f"Spatial fusion weights per timestep, "
                         f"{rec['task']} {rec['probe']['name']}, {ex}", lambda rec=rec: figures.spatial_weight_maps(rec))
     for i, path in enumerate(concepts):
@@ -106,7 +106,7 @@ def _figures(records: list[dict[str, Any]], fig_dir: Path, concepts) -> tuple[li
 
 
 def _task_key(task: str) -> tuple:
-    return (figures.TASK_ORDER.index(task) if task in figures.TASK_ORDER else len(figures.TASK_ORDER), task)
+    return task_key(task)
 
 
 def _problem_sections(recset, failed: list[tuple[str, str]]) -> list[tuple[str, str]]:
@@ -170,13 +170,13 @@ def _best_per_task(records: list[dict[str, Any]], extractor: str) -> dict[str, d
     chooses; a record without a validation score only when no other has one)."""
     best: dict[str, dict[str, Any]] = {}
     for rec in records:
-        if rec["extractor"] != extractor or rec["probe"].get("fusion") == "zero-shot":
+        if rec["extractor"] != extractor or (rec.get("config") or {}).get("trained") is False:  # zero-shot maps
             continue
         if not rec["probe"].get("examples"):
             continue
         cur = best.get(rec["task"])
         higher = scores.higher_is_better(rec["main_score_name"], rec)
         new, held = selection_score(rec), None if cur is None else selection_score(cur)
-        if cur is None or (new is not None and (held is None or (new > held if higher else new < held))):
+        if cur is None or scores.better(new, held, higher):
             best[rec["task"]] = rec
     return best

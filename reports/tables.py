@@ -15,12 +15,10 @@ import numpy as np
 import pandas as pd
 
 from probekit import scores
-from probekit.reports.records import RecordSet, load_records
+from probekit.reports.records import RecordSet, fusion_can, load_records, task_can, task_key
 
 RUN_COLUMNS = ["extractor", "dataset", "task", "fusion", "head", "timestep", "layer", "metric", "score",
                "eval_split", "n_train", "n_eval", "seeds", "learned nothing", "run"]
-SECONDARY = {"seg": ["pixel_acc"], "saliency": ["MAE", "Sm", "maxE"], "depth": ["AbsRel", "delta1", "RMSE_aligned"]}
-TASK_ORDER = {"seg": 0, "saliency": 1, "depth": 2}
 RANK_RULE = ("a row's cell for a task is its best record by validation score (a test score never chooses); "
              "`<task> rank` ranks the rows that have that task (1 = best); `rank` orders the rows that have the same "
              "tasks by their mean rank over them, counted among those rows only (- where no other row has the same "
@@ -34,7 +32,7 @@ def fusion_label(rec: dict[str, Any]) -> str:
 
     probe = rec.get("probe", {})
     fusion = probe.get("fusion") or ""
-    if fusion not in ("global", "spatial"):
+    if not fusion_can(fusion, "mixes_predictions"):
         return fusion
     level = (rec.get("config") or {}).get("fusion_level", "features")
     return fusion if level == resolve_fusion_level(fusion, probe.get("head", "")) else f"{fusion}-{level}"
@@ -64,7 +62,6 @@ def runs_frame(recset: RecordSet) -> pd.DataFrame:
 
 
 # -- leaderboard -------------------------------------------------------------------------------
-MAIN_METRICS = ("mIoU", "maxF", "RMSE")
 FLAG = " learned nothing"  # suffix of a score column's hidden flag: the cell's probe is no better than trivial
 FLAG_MARK = "†"
 FLAG_RULE = (f"{FLAG_MARK} learned nothing: the probe's validation score is at or below the trivial predictor's "
@@ -110,7 +107,7 @@ def _cells(recset: RecordSet, secondary: bool) -> tuple[list[dict[str, Any]], di
         row.update({col: rec["main_score"], f"{col} by": chooser, f"{col} std": rec.get("main_score_std"),
                     f"{col}{FLAG}": bool((rec.get("trivial") or {}).get("learned_nothing")),
                     f"{task} cell": _cell(rec.get("probe", {}))})
-        for m in SECONDARY.get(task, []) if secondary else []:
+        for m in task_can(task, "secondary_metrics", ()) if secondary else []:
             sub = _column(task, m, rec)
             units[sub] = scores.info(m, rec)["unit"]
             row[sub] = rec.get("metrics", {}).get(m)
@@ -159,7 +156,7 @@ def _order(frame: pd.DataFrame, sets: pd.Series) -> pd.Index:
     """Rows by dataset; within it rows with more tasks first, rows with the same tasks together, ranked ones by
     rank; otherwise in the order their records came."""
     keys = pd.DataFrame({"dataset": frame["dataset"].astype(str), "ntasks": -sets.map(len),
-                         "tasks": sets.map(lambda s: [TASK_ORDER.get(c.split(" ")[0], 9) for c in s]).map(tuple),
+                         "tasks": sets.map(lambda s: [task_key(c.split(" ")[0])[0] for c in s]).map(tuple),
                          "rank": frame["rank"].astype(float)}, index=frame.index)
     return keys.sort_values(["dataset", "ntasks", "tasks", "rank"], na_position="last", kind="stable").index
 
@@ -176,7 +173,7 @@ def leaderboard_frame(recset: RecordSet, secondary: bool = False) -> pd.DataFram
     frame = pd.DataFrame(rows)
     frame = frame.drop(columns=[c for c in frame.columns if c.endswith(" by")])
     score_cols = sorted((c for c in frame.columns if is_score(c)), key=_task_order)
-    main_cols = [c for c in score_cols if c.split(" ")[1] in MAIN_METRICS or not secondary]
+    main_cols = [c for c in score_cols if _is_main(c) or not secondary]
     ranks = task_ranks(frame, main_cols)
     for c in main_cols:
         frame[rank_column(c)] = ranks[c]
@@ -185,7 +182,7 @@ def leaderboard_frame(recset: RecordSet, secondary: bool = False) -> pd.DataFram
     frame["rank"] = set_ranks(frame, frame["mean rank"], sets)
     frame = frame.loc[_order(frame, sets)].reset_index(drop=True)
     shown = [col for c in score_cols for col in ([c, rank_column(c)] if c in main_cols else [c])]
-    cells = sorted((c for c in frame.columns if c.endswith(" cell")), key=lambda c: TASK_ORDER.get(c.split(" ")[0], 9))
+    cells = sorted((c for c in frame.columns if c.endswith(" cell")), key=lambda c: task_key(c.split(" ")[0])[0])
     hidden = [f"{c}{suffix}" for c in score_cols for suffix in (" std", FLAG) if f"{c}{suffix}" in frame.columns]
     out = frame[["rank", "dataset", "extractor", "fusion", "head", *shown, *cells, "mean rank", *hidden]]
     out.attrs["units"] = units
@@ -209,20 +206,22 @@ def _chooses(new: float | None, held: float | None, higher: bool) -> bool:
     """Whether a record with validation score ``new`` replaces the one holding a cell with ``held``. A record
     with a validation score beats one without; between two without, the first stays (a test score never
     chooses)."""
-    if new is None:
-        return False
-    if held is None:
-        return True
-    return new > held if higher else new < held
+    return scores.better(new, held, higher)
+
+
+def _is_main(col: str) -> bool:
+    """Whether a score column holds its task's main metric (as the task's class says)."""
+    task, metric = col.split(" ")[:2]
+    return metric == task_can(task, "main_metric")
 
 
 def _task_order(col: str) -> tuple:
     task, metric = col.split(" ")[:2]
-    return (TASK_ORDER.get(task, 9), task, 0 if metric in ("mIoU", "maxF", "RMSE") else 1, metric)
+    return (*task_key(task), 0 if _is_main(col) else 1, metric)
 
 
 def _cell(probe: dict[str, Any]) -> str:
-    if probe.get("fusion") != "single":
+    if not fusion_can(probe.get("fusion"), "reads_one_map"):
         return probe.get("fusion", "")
     t, layer = probe.get("timestep"), probe.get("layer")
     return f"t={t} L{layer}" if t is not None else f"L{layer}"

@@ -1,5 +1,5 @@
 """Bad input, case by case: each gets an error naming the file or sample and what is wrong, and work already
-done survives. (Foreign/truncated-header feature files: test_store; files that do not belong together:
+done survives. (Foreign/truncated-header feature files: test_feature_store; files that do not belong together:
 test_combined and test_cli; unknown extractor/dataset/head: test_cli and test_registry; paths escaping the
 data root: test_datasets_disk; pickled timm weights: test_extractors_timm.)"""
 

@@ -8,7 +8,7 @@ from helpers import make_tiny
 from probekit.datasets.shapeworld import ShapeWorld
 from probekit.errors import ProbekitError
 from probekit.extractors.diffusers_dit import DiffusersDiTExtractor
-from probekit.extractors.noise import NoiseSchedule, sample_noise
+from probekit.models.noise import NoiseSchedule, sample_noise
 from probekit.extractors.runner import extract_dataset
 from probekit.store import FeatureReader
 

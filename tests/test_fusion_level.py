@@ -144,7 +144,7 @@ def test_both_levels_train_record_themselves_and_an_older_record_is_the_feature_
     for level, expected in (("features", True), ("predictions", False)):
         cfg = ProbeConfig.build(fusion="global", epochs=15, lrs=[3e-2], fusion_level=level)
         with ProbeData(cfg, [files["train"]], [files["test"]], val_features=[files["val"]]) as data:
-            assert covers(old, cfg, data) is expected
+            assert covers(old, data.cfg, data) is expected
     # Own-loss weights: a record of one weight (``own_loss_weight``, and before that none: weight 1) answers a
     # request for that weight alone, not the default grid; the grid is chosen per seed and recorded.
     assert late["config"]["own_loss_weights"] == [1.0, 3.0]
@@ -156,7 +156,7 @@ def test_both_levels_train_record_themselves_and_an_older_record_is_the_feature_
         for weights, expected in (([1.0], True), ([3.0], False), (None, False)):
             cfg = ProbeConfig.build(fusion="global", epochs=15, lrs=[3e-2], own_loss_weights=weights)
             with ProbeData(cfg, [files["train"]], [files["test"]], val_features=[files["val"]]) as data:
-                assert covers(record, cfg, data) is expected, (record["config"].get("own_loss_weight"), weights)
+                assert covers(record, data.cfg, data) is expected, (record["config"].get("own_loss_weight"), weights)
     assert ProbeConfig.build(fusion="global", own_loss_weight=3).own_loss_weights == [3.0]  # the shorthand
     assert ProbeConfig.build(fusion="single").own_loss_weights is None  # no read-outs: nothing to weigh
     assert ProbeConfig.build(fusion="global", fusion_level="features").own_loss_weights is None

@@ -10,9 +10,9 @@ import math
 import numpy as np
 import pytest
 import torch
-from diffusers import DDPMScheduler
+from diffusers import DDPMScheduler, FlowMatchEulerDiscreteScheduler
 
-from probekit.extractors.noise import NoiseSchedule, sample_noise, sample_seed
+from probekit.models.noise import NoiseSchedule, sample_noise, sample_seed, static_shift
 
 FLOW = {"_class_name": "FlowMatchEulerDiscreteScheduler", "num_train_timesteps": 1000, "shift": 3.0}
 DDPM = {"_class_name": "DDPMScheduler", "num_train_timesteps": 1000, "beta_start": 0.0001, "beta_end": 0.02,
@@ -39,6 +39,39 @@ def test_a_dynamic_shift_is_the_schedulers_time_shift_at_mu(kind, shift_of):
     assert sched.sigma(0, 0.7) == 0.0 and sched.sigma(0) == 0.0  # the clean input needs no mu
     with pytest.raises(ValueError, match="needs mu"):
         sched.sigma(500)
+
+
+@pytest.mark.parametrize("kind", ["exponential", "linear"])
+def test_noise_levels_are_the_flow_schedulers_own_for_each_time_shift_type(kind):
+    """The noise level read from a scheduler config is the one diffusers' scheduler gives the same unshifted
+    sigma: statically shifted (float64 here, float32 there) or dynamically at mu with the config's time-shift
+    type (the scheduler itself: the same bits)."""
+    for shift in (1.0, 3.0, 6.93):
+        static_config = {**FLOW, "shift": shift, "time_shift_type": kind}
+        ours, theirs = NoiseSchedule.from_scheduler_config(static_config, "ddpm"), \
+            FlowMatchEulerDiscreteScheduler.from_config(static_config)
+        for t in (1, 50, 300, 500, 800, 999, 1000):
+            theirs.set_timesteps(sigmas=[t / 1000])
+            assert ours.sigma(t) == pytest.approx(float(theirs.sigmas[0]), rel=1e-6)
+        dynamic_config = {**static_config, "use_dynamic_shifting": True, "base_shift": 0.5, "max_shift": 1.15}
+        ours, theirs = NoiseSchedule.from_scheduler_config(dynamic_config, "ddpm"), \
+            FlowMatchEulerDiscreteScheduler.from_config(dynamic_config)
+        assert ours.time_shift_type == kind
+        for t in (1, 50, 300, 500, 800, 999, 1000):
+            for mu in (0.5, 0.9, 1.15, 2.0):
+                theirs.set_timesteps(sigmas=[t / 1000], mu=mu)
+                assert ours.sigma(t, mu) == float(theirs.sigmas[0])
+
+
+def test_training_and_extraction_shift_with_the_same_function():
+    """``static_shift`` on a float32 batch (training) is the scheduler's static shift of each sigma, in float32."""
+    u = torch.linspace(0.0, 1.0, 101)
+    reference = FlowMatchEulerDiscreteScheduler(shift=3.0)
+    reference.set_timesteps(sigmas=u.tolist())
+    assert static_shift(u, 3.0).dtype == torch.float32
+    torch.testing.assert_close(static_shift(u, 3.0), reference.sigmas[:-1], rtol=1e-6, atol=1e-7)
+    assert [NoiseSchedule("flow", shift=3.0).shifted(float(x)) for x in (0.1, 0.5)] == \
+        [static_shift(0.1, 3.0), static_shift(0.5, 3.0)]
 
 
 def test_flow_noise_mixes_the_clean_input_and_the_noise_at_sigma():

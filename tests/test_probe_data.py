@@ -471,3 +471,35 @@ def test_the_default_budget_on_a_gpu_is_a_third_of_its_free_memory_and_ram_is_ca
 
     monkeypatch.setattr(os, "sysconf", unknown)
     assert default_resident_bytes(torch.device("cpu")) == 2 << 30  # RAM unknown: taken as 8 GiB
+
+
+def test_the_config_given_is_left_as_given_and_the_resolved_one_is_the_datas(files, tmp_path):
+    """ProbeData resolves the keys and the dataset's depth crop into a copy (``data.cfg``), recorded as the run's
+    settings; the caller's config (reused for another run, say) keeps what it said."""
+    cropped = {s: _write(tmp_path / f"{s}.h5", s, n, seed, dataset={"eval_crop": [0.1, 0.9, 0.2, 0.8]})
+               for s, n, seed in (("train", 40, 0), ("val", 12, 1), ("test", 10, 2))}
+    cfg = ProbeConfig(task="depth", fusion="global", device="cpu", epochs=1)
+    with ProbeData(cfg, cropped["train"], cropped["test"], val_features=cropped["val"]) as data:
+        assert data.cfg.keys == KEYS and data.cfg.eval_crop == [0.1, 0.9, 0.2, 0.8]
+        assert data.cfg is not cfg
+    assert cfg.keys is None and cfg.eval_crop is None
+
+
+def test_streamed_and_resident_channel_statistics_agree_with_numpy(files):
+    """The per-channel mean and std that standardise fused maps, resident (chunks of 64 rows) and streamed (batch
+    by batch), against numpy over the training rows."""
+    from probekit.store import FeatureReader as Reader
+
+    stats = {}
+    for mode, budget in (("resident", None), ("streamed", 0)):
+        with _data(files, resident_bytes=budget) as data:
+            assert data.mode == mode
+            stats[mode] = data.channel_stats()
+            rows = data.train.rows
+    reader = Reader(files["train"])
+    for key in KEYS:
+        x = np.stack([np.asarray(reader.read(key, [int(r)]))[0] for r in rows]).astype(np.float64)
+        for mode in stats:
+            mean, std = stats[mode][key]
+            np.testing.assert_allclose(mean.numpy(), x.mean(axis=(0, 2, 3)), rtol=1e-5, atol=1e-6)
+            np.testing.assert_allclose(std.numpy(), x.std(axis=(0, 2, 3)), rtol=1e-4, atol=1e-6)

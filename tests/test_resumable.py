@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
+import fault_inject
 from probekit.cli import cli
 from probekit.errors import FeatureFileError
 from probekit.extractors.shards import parts_dir
@@ -69,9 +70,8 @@ def test_sigkill_in_the_writer_thread_resumes_to_the_uninterrupted_file(tmp_path
     out = tmp_path / "killed.h5"
     # The writer thread kills the process right after writing its 7th batch: shards 0-2 are committed, the
     # first batch of shard 3 is half a temporary file, and the model has run ahead of the writer.
-    env = {**os.environ, "PROBEKIT_FAULT_INJECT": "writer-batch:7"}
-    proc = subprocess.run([sys.executable, "-m", "probekit", *common, "-o", str(out)], env=env,
-                          capture_output=True, timeout=300)
+    argv, env = fault_inject.command("writer-batch:7", *common, "-o", out)
+    proc = subprocess.run(argv, env=env, capture_output=True, timeout=300)
     assert proc.returncode == -signal.SIGKILL, proc.stderr.decode()[-2000:]
     parts = parts_dir(out)
     assert sorted(p.name for p in parts.glob("shard-*.h5")) == [

@@ -4,14 +4,13 @@ resumes; a failing step is reported while the others go on; bad suite files get 
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 
 import pytest
 import yaml
 from click.testing import CliRunner
 
+import fault_inject
 from probekit.cli import cli
 from probekit.errors import ProbekitError
 from probekit.pipelines.suite import load_suite, parse_suite
@@ -93,9 +92,8 @@ def test_a_suite_killed_during_extraction_resumes(tmp_path):
                  combine=[])
     path = _write(tmp_path / "tiny.yaml", suite)
     out = tmp_path / "out"
-    env = {**os.environ, "PROBEKIT_FAULT_INJECT": "writer-batch:2", "HF_HUB_OFFLINE": "1"}
-    proc = subprocess.run([sys.executable, "-m", "probekit", "run", str(path), "--out", str(out), "-q"], env=env,
-                          capture_output=True, text=True, timeout=300)
+    argv, env = fault_inject.command("writer-batch:2", "run", path, "--out", out, "-q")
+    proc = subprocess.run(argv, env={**env, "HF_HUB_OFFLINE": "1"}, capture_output=True, text=True, timeout=300)
     assert proc.returncode == -9, proc.stderr[-2000:]  # killed in the middle of the first extraction
     parts = out / "features" / "tiny-mmdit-random" / "shapeworld" / "train.h5.parts"
     assert parts.is_dir() and not (out / "results").exists()

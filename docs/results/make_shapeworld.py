@@ -413,7 +413,7 @@ def splice_zeroshot(page: str, section: list[str]) -> str:
 def _noise_sentence() -> str:
     """How timesteps map to noise levels for the shipped model (its scheduler's shift)."""
     from probekit.backbone.model import shipped_shift
-    from probekit.extractors.noise import NoiseSchedule
+    from probekit.models.noise import NoiseSchedule
 
     k = shipped_shift()
     sched = NoiseSchedule(kind="flow", shift=k)

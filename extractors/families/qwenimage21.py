@@ -123,7 +123,7 @@ class QwenImage21Family(DiTFamily):
     def forward(self, x_t, sigma, t_int, cond, guidance):
         import torch
 
-        from probekit.extractors.hooks import StopForward
+        from probekit.models.hooks import StopForward
 
         lengths = cond["encoder_hidden_states_mask"].sum(dim=1)
         groups = [(int(n), (lengths == n).nonzero()[:, 0]) for n in torch.unique(lengths)]

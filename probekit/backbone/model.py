@@ -98,8 +98,8 @@ def load_denoiser(folder: str | Path):
     (safetensors only, eval mode, CPU)."""
     from diffusers import SD3Transformer2DModel
 
-    from probekit.extractors.loading import load_pretrained
-    from probekit.extractors.text_conditioning import TextConditioner
+    from probekit.models.loading import load_pretrained
+    from probekit.models.text_conditioning import TextConditioner
 
     folder = Path(folder)
     transformer = load_pretrained(SD3Transformer2DModel, folder / "transformer", "transformer").eval()

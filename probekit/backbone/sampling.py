@@ -20,9 +20,9 @@ class FlowSampler:
         from diffusers import FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel
 
         from probekit.devices import resolve_device
-        from probekit.extractors.loading import load_pretrained
+        from probekit.models.loading import load_pretrained
         from probekit.backbone.model import prediction_type
-        from probekit.extractors.text_conditioning import TextConditioner
+        from probekit.models.text_conditioning import TextConditioner
 
         folder = Path(folder)
         self.folder = folder

@@ -32,7 +32,8 @@ from probekit.backbone.cache import ImageCache, Rendered
 from probekit.datasets.shapeworld import ShapeWorld, checked_scene
 from probekit.backbone.model import (
     PREDICTIONS, SAMPLE, VELOCITY, build_models, load_denoiser, save_folder, scheduler_config)
-from probekit.extractors.text_conditioning import TextConditioner
+from probekit.models.noise import static_shift
+from probekit.models.text_conditioning import TextConditioner
 from probekit.provenance import base_provenance
 
 CHECKPOINT = "checkpoint.pt"
@@ -52,10 +53,6 @@ def _log_rows_up_to(path: Path, step: int) -> list[list[str]]:
 def images_to_tensor(images: list[np.ndarray]) -> torch.Tensor:
     """uint8 (H, W, 3) images -> float (B, 3, H, W) in [-1, 1], the model's pixel space."""
     return torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).float().div_(127.5).sub_(1.0)
-
-
-def shifted_sigmas(u: torch.Tensor, shift: float) -> torch.Tensor:
-    return shift * u / (1.0 + (shift - 1.0) * u)
 
 
 def flow_loss(transformer, conditioner: TextConditioner, x0: torch.Tensor, prompts: list[str], sigma: torch.Tensor,
@@ -275,7 +272,7 @@ def _train(out: Path, recipe: Recipe, run: _Training, source, image_size: int, s
 def _step(run: _Training, recipe: Recipe, step: int, x0, prompts, u, eps, dev: torch.device) -> torch.Tensor:
     """One optimiser step and the average's update; returns the loss, still on the device."""
     with torch.autocast(device_type=dev.type, dtype=torch.bfloat16, enabled=recipe.precision == "bf16"):
-        loss = flow_loss(run.forward, run.conditioner, x0, prompts, shifted_sigmas(u, recipe.shift), eps,
+        loss = flow_loss(run.forward, run.conditioner, x0, prompts, static_shift(u, recipe.shift), eps,
                          prediction=recipe.prediction, min_sigma=TRAIN_MIN_SIGMA).mean()
     run.optimizer.zero_grad(set_to_none=True)
     loss.backward()
@@ -365,7 +362,7 @@ def denoising_loss_per_timestep(folder: str | Path, timesteps=(50, 150, 250, 350
             gen = torch.Generator().manual_seed(seed * 100003 + start)
             x0 = images_to_tensor([s.image for s in samples])
             eps = torch.randn(x0.shape, generator=gen)
-            sigma = torch.full((len(samples),), float(shifted_sigmas(torch.tensor(t / 1000.0), shift)))
+            sigma = torch.full((len(samples),), float(static_shift(torch.tensor(t / 1000.0), shift)))
             total += float(flow_loss(transformer, conditioner, x0, [s.caption for s in samples], sigma, eps,
                                      prediction=prediction).sum())
         out[int(t)] = total / n

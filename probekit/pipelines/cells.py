@@ -191,7 +191,9 @@ class ExtractCell(Cell):
 
 
     def outputs(self) -> list[Path]:
-        return [self.out.with_name(self.out.name + ".parts")] if self.part else [self.out]
+        from probekit.store import parts_dir  # the feature format's own naming of a part's folder
+
+        return [parts_dir(self.out)] if self.part else [self.out]
 
     def settings(self) -> dict[str, Any]:
         ds = self.suite.datasets[self.dataset]
@@ -492,7 +494,12 @@ def best_keys(recs: list[dict], seeds: list[int]) -> list[str] | None:
     scored = [r for r in recs if selection_score(r, seeds) is not None]
     if not scored:
         return None
-    best = (max if scored[0]["higher_is_better"] else min)(scored, key=lambda r: selection_score(r, seeds))
+    from probekit.scores import better
+
+    best = scored[0]
+    for rec in scored[1:]:  # a tie keeps the first
+        if better(selection_score(rec, seeds), selection_score(best, seeds), scored[0]["higher_is_better"]):
+            best = rec
     return list(best["probe"]["feature_keys"])
 
 
@@ -506,11 +513,11 @@ def probe_state(suite: Suite, parts: list[str], ds_name: str, task: str, probe: 
     root = suite.results
     if not root.exists():
         return "pending", ""
-    from probekit.probes.config import ProbeConfig, probe_stem
+    from probekit.probes.config import ProbeConfig, fusion_class, probe_stem
     from probekit.probes.trainer import settings_differ
 
     head, fusion = probe.get("head", "linear"), probe.get("fusion", "single")
-    pattern = probe_stem(head, fusion, probe.get("fusion_level", "auto")) + ("-*" if fusion == "single" else "")
+    pattern = probe_stem(head, fusion, probe.get("fusion_level", "auto")) + ("-*" if fusion_class(fusion).reads_one_map else "")
     # not a glob over the label: labels may hold glob characters ([, *)
     folder_name = re.compile(r"\+".join(re.escape(p) + r"(\[[^\]]*\])?" for p in parts))
     paths = [path for folder in root.iterdir() if folder_name.fullmatch(folder.name)

@@ -43,7 +43,7 @@ PALETTE = [(34, 34, 34), (0, 114, 178), (230, 159, 0), (0, 158, 115), (213, 94, 
 def _shift_sigma(t: int, schedule: dict[str, Any]) -> float:
     """The noise level a head's feature file used for timestep t (its recorded schedule; the sampler's model
     shifts statically)."""
-    from probekit.extractors.noise import NoiseSchedule
+    from probekit.models.noise import NoiseSchedule
 
     return NoiseSchedule.from_description({"kind": "flow", "shift": 1.0, **schedule}).sigma(t)
 
@@ -160,7 +160,7 @@ class _Trajectory:
 
     def __init__(self, sampler, trained: list[TrainedProbe], snapped: dict[int, dict[str, Any]]):
         from probekit.extractors.families.sd3 import SD3Family
-        from probekit.extractors.hooks import SiteCapture
+        from probekit.models.hooks import SiteCapture
 
         self.sampler, self.snapped = sampler, snapped
         self.family = SD3Family(dict(sampler.transformer.config))
@@ -188,7 +188,7 @@ class _Trajectory:
 
     def maps(self, head: TrainedProbe, b: int) -> dict[str, Any]:
         """{key: (B, C, h, w)} of one head, from the guidance half whose conditioning it was trained on."""
-        from probekit.extractors.hooks import token_maps
+        from probekit.models.hooks import token_maps
 
         half = slice(0, b) if head.conditioning == "empty" else slice(b, 2 * b)  # [uncond, cond] batches
         grid = (self.sampler.size // self.family.patch,) * 2

@@ -215,10 +215,14 @@ def _would_fail(cell: ProbeCell, maps: list[str]) -> None:
     """What the probe would refuse, known from the maps the extractions will write."""
     if not maps:
         return
+    from probekit.probes.config import fusion_class
+
     fusion = cell.fusion
-    if fusion in ("global", "spatial") and len(maps) < 2:
-        raise ProbekitError(f"{fusion} fusion learns weights over several maps, and {cell.source} offers one "
-                            f"({maps[0]}); probe it with fusion: single")
+    cls = fusion_class(fusion)
+    if len(maps) < cls.min_maps:
+        offers = "one" if len(maps) == 1 else str(len(maps))
+        raise ProbekitError(f"{fusion} fusion {'learns weights over' if cls.learns_weights else 'fuses'} several "
+                            f"maps, and {cell.source} offers {offers} ({', '.join(maps)}); probe it with fusion: single")
     missing = [k for k in cell.probe.get("keys") or [] if k not in maps and not any(m.endswith("/" + k) for m in maps)]
     if missing:
         raise ProbekitError(f"{cell.source} will hold no map {missing[0]!r}; its maps: {', '.join(maps)}")

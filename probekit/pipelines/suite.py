@@ -147,7 +147,7 @@ def _check_probe_set(spec: dict, where: str, probe_sets: dict, source: str) -> N
 
 def _check_probe(probe: dict, before: list[dict], where: str, training: dict, source: str) -> None:
     """Names (fusion, head, tasks) and the probe's settings as `probekit probe` checks them, for every task."""
-    from probekit.probes.config import ProbeConfig
+    from probekit.probes.config import ProbeConfig, fusion_class
     from probekit.registries import FUSIONS, HEADS, TASKS
 
     for name, registry, default in (("fusion", FUSIONS, "single"), ("head", HEADS, "linear")):
@@ -164,7 +164,7 @@ def _check_probe(probe: dict, before: list[dict], where: str, training: dict, so
                                  **({"lrs": probe["lrs"]} if "lrs" in probe else {})})
         except (ProbekitError, TypeError, ValueError) as exc:
             raise ProbekitError(f"{source}: {where}: {exc}") from None
-    single = probe.get("fusion", "single") == "single"
+    single = fusion_class(probe.get("fusion", "single")).reads_one_map  # one run per map
     ways = sum(bool(probe.get(k)) for k in ("each_map", "best_map_of", "keys"))
     if single and ways != 1:
         raise ProbekitError(f"{source}: {where}: a single-map probe needs exactly one of each_map: true, "

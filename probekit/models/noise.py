@@ -27,6 +27,19 @@ def sample_noise(shape: tuple[int, ...], seed: int, index: int, draw: int) -> to
     return torch.randn(shape, generator=gen, dtype=torch.float32)
 
 
+def static_shift(u, shift: float):
+    """A flow model's static shift of an unshifted noise level ``u`` (a float, or a tensor of them, computed in its
+    dtype): ``k u / (1 + (k - 1) u)`` with ``k = shift``.
+
+    The one place probekit writes it: it is what ``FlowMatchEulerDiscreteScheduler.set_timesteps`` does to a sigma
+    without dynamic shifting (inline there; diffusers has no helper for it) and the flow sigmas of DPM-Solver /
+    UniPC (``flow_shift``). Extraction (``NoiseSchedule``) and training (``probekit.backbone.train``) both call
+    it. Dynamic shifting (``mu``, exponential or linear) is the scheduler's own ``time_shift``
+    (``NoiseSchedule.shifted``).
+    """
+    return shift * u / (1.0 + (shift - 1.0) * u)
+
+
 @dataclass
 class NoiseSchedule:
     """``kind`` is "flow" (x_t = (1-s) x0 + s eps) or "ddpm" (scheduler.add_noise).
@@ -58,7 +71,7 @@ class NoiseSchedule:
                        time_shift_type=config.get("time_shift_type", "exponential"), scheduler_class=name,
                        shift_terminal=config.get("shift_terminal"))
         if config.get("use_flow_sigmas") or config.get("prediction_type") == "flow_prediction":
-            # DPM-Solver / UniPC run as flow samplers (Sana, HiDream): sigma = k u / (1 + (k - 1) u), k = flow_shift
+            # DPM-Solver / UniPC run as flow samplers (Sana, HiDream): sigma = static_shift(u, flow_shift)
             return cls(kind="flow", shift=float(config.get("flow_shift", 1.0)), scheduler_class=name)
         return cls(kind="ddpm", scheduler_class=name,
                    ddpm_config={k: v for k, v in config.items() if not k.startswith("_")})
@@ -77,7 +90,8 @@ class NoiseSchedule:
 
     def shifted(self, u: float, mu: float | None = None) -> float:
         """The scheduler's shift applied to an unshifted noise level u in [0, 1] (what its ``set_timesteps``
-        does to a sigma it is given)."""
+        does to a sigma it is given): ``static_shift`` or, with dynamic shifting, the scheduler's own
+        ``time_shift`` at ``mu`` with the folder's ``time_shift_type`` (exponential or linear)."""
         if u == 0.0:
             return 0.0
         if self.dynamic:
@@ -86,8 +100,7 @@ class NoiseSchedule:
             sched = self._flow_scheduler
             sched.set_timesteps(sigmas=[u], mu=float(mu))
             return float(sched.sigmas[0])
-        k = self.shift
-        return k * u / (1.0 + (k - 1.0) * u)
+        return static_shift(u, self.shift)
 
     @functools.cached_property
     def _flow_scheduler(self):

@@ -26,7 +26,7 @@ class TextConditioner(torch.nn.Module):
     def from_folder(cls, root: str | Path, dtype: torch.dtype = torch.float32) -> "TextConditioner":
         from transformers import AutoModel, AutoTokenizer
 
-        from probekit.extractors.loading import load_pretrained
+        from probekit.models.loading import load_pretrained
 
         root = Path(root)
         tokenizer = load_pretrained(AutoTokenizer, root / "tokenizer", "tokenizer")
