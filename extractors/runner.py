@@ -391,22 +391,7 @@ def _extract(extractor, dataset, run: ExtractionRun, state: str, first, referenc
     projection = _projection(extractor, dataset, first, reference.get("split"), run, storage, source, raw_shapes,
                              batch_size, workers, echo)
     reducer = Reducer(storage, projection)
-    provenance = {
-        **base_provenance(),
-        "stage": "extract",
-        "extractor": extractor.config(),
-        "weights": extractor.weights_identity(),
-        "dataset": reference,
-        "storage": reducer.describe(),
-        "run": {"limit": limit, "batch_size": batch_size, "shard_size": run.shard_size, "on_error": on_error,
-                "world_size": workers.world_size, **(run_params or {})},
-        "notes": extractor.notes(),
-    }
-    attrs = {
-        "extractor": extractor.name, "timesteps": extractor.timesteps, "layers": extractor.layers,
-        "seed": extractor.config().get("seed"), "ensemble": extractor.config().get("ensemble"),
-        "dataset": reference, "provenance": provenance, "storage": reducer.describe(),
-    }
+    attrs = _file_attrs(extractor, reference, reducer, run, limit, batch_size, on_error, workers, run_params)
     run.discard_temporaries(mine)
     pending = [s for s in mine if not run.is_done(s)]
     if state == "resumed" and workers.is_main:
@@ -455,6 +440,33 @@ def _extract(extractor, dataset, run: ExtractionRun, state: str, first, referenc
         raise
     finally:
         bar.close()
+    return _finish(run, writer, workers, total, echo)
+
+
+def _file_attrs(extractor, reference, reducer: Reducer, run: ExtractionRun, limit, batch_size, on_error,
+                workers: Workers, run_params) -> dict[str, Any]:
+    """The attributes every shard (and the index) carries: what was extracted, how, and its provenance."""
+    provenance = {
+        **base_provenance(),
+        "stage": "extract",
+        "extractor": extractor.config(),
+        "weights": extractor.weights_identity(),
+        "dataset": reference,
+        "storage": reducer.describe(),
+        "run": {"limit": limit, "batch_size": batch_size, "shard_size": run.shard_size, "on_error": on_error,
+                "world_size": workers.world_size, **(run_params or {})},
+        "notes": extractor.notes(),
+    }
+    return {
+        "extractor": extractor.name, "timesteps": extractor.timesteps, "layers": extractor.layers,
+        "seed": extractor.config().get("seed"), "ensemble": extractor.config().get("ensemble"),
+        "dataset": reference, "provenance": provenance, "storage": reducer.describe(),
+    }
+
+
+def _finish(run: ExtractionRun, writer: BackgroundWriter, workers: Workers, total: int, echo) -> Path:
+    """After this process's shards are committed: say what was skipped, wait for the other ranks, and index the
+    shards (rank 0 of a distributed run, or a whole run); a ``--part`` job leaves indexing to ``probekit merge``."""
     if writer.skipped:
         echo(f"skipped {len(writer.skipped)} of {total} samples (their ids and reasons are in the file's "
              f"'skipped' attribute); first: {writer.skipped[0]['id']}: {writer.skipped[0]['error']}")
