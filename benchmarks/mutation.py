@@ -16,7 +16,7 @@ test that fails. ``--report`` rewrites the generated part of docs/mutation.md, w
 remains has the sentence (``benchmarks/mutation_equivalent.json``) that says why it is equivalent.
 
 The text of error messages is not mutated (``do_not_mutate_patterns``: lines starting a ``raise`` statement):
-a changed sentence corrupts no result, and tests/test_bad_input_table.py checks the words a message must hold.
+a changed sentence corrupts no result, and tests/test_bad_commands.py checks the words a message must hold.
 Slow (an hour or more on 2 cores), so it is not part of CI; run it before changing one of these modules.
 """
 
@@ -46,7 +46,7 @@ MODULES: dict[str, list[str]] = {
     "probes/data.py": ["tests/test_probe_data.py",
                        "tests/test_probes.py::test_validation_defaults_to_a_seeded_slice_of_train_disjoint_from_the_"
                        "rows_that_train", "tests/test_probes.py::test_train_limit_trains_on_the_first_rows_only"],
-    "probes/tasks.py": ["tests/test_tasks.py", "tests/test_depth_loss.py"],
+    "probes/tasks.py": ["tests/test_tasks.py", "tests/test_depth_loss.py", "tests/test_trivial.py"],
     "probes/zeroshot.py": ["tests/test_zeroshot.py"],
     "probes/metrics.py": ["tests/test_metrics.py"],
     "probes/metrics_depth.py": ["tests/test_metrics_depth.py"],

@@ -253,17 +253,69 @@ def extract_dataset(extractor: Extractor, dataset, out: str | os.PathLike, *, li
                     on_error: str = "raise", workers: Workers | None = None, echo=None,
                     storage: StorageOptions | None = None, dry_run: bool = False, queue_depth: int = 4,
                     on_progress=None):
-    """Extract features for the first ``limit`` samples of ``dataset`` into ``out`` (HDF5), resumably.
+    """Extract features for the first ``limit`` samples of ``dataset`` into ``out`` (HDF5), resumably:
+    ``plan_extraction`` then ``run_extraction``.
 
     ``on_error="skip"`` leaves out samples that fail to load or check, or whose maps are not finite, recording
     their ids and errors in the file's ``skipped`` attribute. ``workers`` splits the shards: torchrun ranks
     (rank 0 writes the index after a barrier) or independent ``--part I/N`` jobs (indexed afterwards by
     ``merge_parts``). ``storage`` reduces what is stored. ``on_progress(n)`` is called as samples are done (for
-    a progress display over several runs). Returns ``out``, the parts directory when this worker did not write the
-    index, or, with ``dry_run``, the plan (nothing is written).
+    a progress display over several runs). Returns ``out``, or the parts directory when this worker did not
+    write the index; with ``dry_run``, the plan, printed in full, after the checks the real run would make
+    (nothing is written).
     """
-    workers = workers or Workers()
     echo = echo or (lambda msg: None)
+    job = plan_extraction(extractor, dataset, out, limit=limit, batch_size=batch_size, overwrite=overwrite,
+                          shard_size=shard_size, on_error=on_error, workers=workers, storage=storage,
+                          allow_pending_projection=dry_run)
+    if not dry_run:
+        return run_extraction(job, progress=progress, run_params=run_params, echo=echo, queue_depth=queue_depth,
+                              on_progress=on_progress)
+    if job.workers.is_main:
+        for line in job.plan.lines(free_bytes(job.out.parent), verbose=True) + extractor.memory_plan():
+            echo(line)
+    return _dry_run(job.plan, job.run, job.storage, overwrite, job.projection_pending, echo)
+
+
+@dataclass
+class Extraction:
+    """One extraction as decided before any work (``plan_extraction``) and carried out by ``run_extraction``:
+    what it stores and how much of it is done (``plan``), its shard folder (``run``), and what the work reads."""
+
+    extractor: Extractor
+    dataset: Any
+    plan: ExtractionPlan
+    run: ExtractionRun
+    first: Any  # the first sample: its image size set the map shapes
+    reference: dict[str, Any]  # the dataset's description, recorded in the file
+    storage: StorageOptions
+    source: Projection | None  # the channel projection taken from another file (--projection-from)
+    raw_shapes: dict[str, tuple[int, ...]]
+    limit: int | None
+    batch_size: int
+    overwrite: bool
+    on_error: str
+    workers: Workers
+    projection_pending: bool = False  # a dry run's --projection-from file that is not extracted yet
+
+    @property
+    def out(self) -> Path:
+        return self.run.out
+
+    @property
+    def finished(self) -> bool:
+        return bool(self.plan.finished)
+
+
+def plan_extraction(extractor: Extractor, dataset, out: str | os.PathLike, *, limit: int | None = None,
+                    batch_size: int = 8, overwrite: bool = False, shard_size: int | None = None,
+                    on_error: str = "raise", workers: Workers | None = None, storage: StorageOptions | None = None,
+                    allow_pending_projection: bool = False) -> Extraction:
+    """Decide an extraction without writing anything: check the arguments, read the first sample, size the maps
+    and shards, fingerprint the run, and find what an earlier run already finished (``plan.finished``,
+    ``plan.shards_done``). ``allow_pending_projection``: a ``--projection-from`` file that does not exist yet is
+    noted (a dry run of val/test before train), not refused."""
+    workers = workers or Workers()
     storage = storage or StorageOptions()
     _check_arguments(batch_size, shard_size, limit, on_error)
     n = len(dataset) if limit is None else min(int(limit), len(dataset))
@@ -273,7 +325,8 @@ def extract_dataset(extractor: Extractor, dataset, out: str | os.PathLike, *, li
     reference = dataset.reference()
     first = _first_sample(dataset, n, on_error)
     raw_shapes = extractor.feature_shapes(tuple(first.image.shape[:2]))
-    pending = dry_run and storage.projection_from is not None and not Path(storage.projection_from).exists()
+    pending = (allow_pending_projection and storage.projection_from is not None
+               and not Path(storage.projection_from).exists())
     source = None
     if storage.projection_from is not None and not pending:
         source = Projection.from_feature_file(storage.projection_from, list(raw_shapes),
@@ -283,31 +336,40 @@ def extract_dataset(extractor: Extractor, dataset, out: str | os.PathLike, *, li
     run = ExtractionRun(out, run_fingerprint(extractor, reference, n, _storage_fingerprint(storage, source)), n,
                         plan.shard_size)
     plan.finished = not overwrite and not pending and run.finished_output()
-    if plan.finished and not dry_run:  # said once, without a plan of work that will not happen
-        if workers.is_main:
-            echo(f"{out} is already complete with these settings; nothing to do (--overwrite to redo it)")
-        return out
     if plan.finished:
         plan.shards_done = plan.num_shards
     elif not overwrite and not out.exists() and run.resumable():
         plan.shards_done = len(run.shards) - len(run.missing())
-    free = free_bytes(out.parent)
+    return Extraction(extractor, dataset, plan, run, first, reference, storage, source, raw_shapes, limit,
+                      batch_size, overwrite, on_error, workers, pending)
+
+
+def run_extraction(job: Extraction, *, progress: bool = True, run_params: dict[str, Any] | None = None, echo=None,
+                   queue_depth: int = 4, on_progress=None) -> Path:
+    """Carry out a planned extraction: print its plan, check the free space, hold the output's lock, then
+    extract every shard not yet done and index them. A finished one is said once and left as it is."""
+    echo = echo or (lambda msg: None)
+    plan, run, workers = job.plan, job.run, job.workers
+    if job.finished:  # said once, without a plan of work that will not happen
+        if workers.is_main:
+            echo(f"{job.out} is already complete with these settings; nothing to do (--overwrite to redo it)")
+        return job.out
+    free = free_bytes(job.out.parent)
     if workers.is_main:
-        for line in plan.lines(free, verbose=dry_run) + (extractor.memory_plan() if dry_run else []):
+        for line in plan.lines(free, verbose=False):
             echo(line)
-    if dry_run:
-        return _dry_run(plan, run, storage, overwrite, pending, echo)
     plan.check_space(free)
     distributed_jobs = workers.world_size > 1 and not workers.distributed
-    if distributed_jobs and overwrite:
+    if distributed_jobs and job.overwrite:
         raise ProbekitError("--overwrite cannot be combined with --part: remove the output and its .parts "
                             "directory first, then start the parts")
     part = f"-part-{workers.rank}-of-{workers.world_size}" if workers.world_size > 1 else ""
     with run.lock(part):
-        return _prepared_run(run, workers, overwrite, distributed_jobs, echo,
-                             lambda state: _extract(extractor, dataset, run, state, first, reference, storage, source,
-                                                    raw_shapes, limit, batch_size, progress, run_params, on_error,
-                                                    workers, echo, queue_depth, on_progress))
+        return _prepared_run(run, workers, job.overwrite, distributed_jobs, echo,
+                             lambda state: _extract(job.extractor, job.dataset, run, state, job.first,
+                                                    job.reference, job.storage, job.source,
+                                                    job.raw_shapes, job.limit, job.batch_size, progress, run_params,
+                                                    job.on_error, workers, echo, queue_depth, on_progress))
 
 
 def _check_arguments(batch_size: int, shard_size: int | None, limit: int | None, on_error: str) -> None:

@@ -153,12 +153,13 @@ class ProbeConfig:
         self.own_loss_weights = self._checked_own_loss_weights()
         if self.depth_output not in ("bins", "regression"):
             raise ProbekitError(f"--depth-output must be bins or regression, got {self.depth_output!r}")
-        if self.task != "depth":
-            self.depth_loss = None  # no depth loss to speak of (and none recorded that means nothing)
-        elif (self.depth_loss or DEPTH_LOSSES[0]) not in DEPTH_LOSSES:
-            raise ProbekitError(f"--depth-loss must be one of {', '.join(DEPTH_LOSSES)}, got {self.depth_loss!r}")
+        losses = TASKS.get(self.task).load().losses  # the task's loss choices (depth's); none for the others
+        if not losses:
+            self.depth_loss = None  # no loss to choose (and none recorded that means nothing)
+        elif (self.depth_loss or losses[0]) not in losses:
+            raise ProbekitError(f"--depth-loss must be one of {', '.join(losses)}, got {self.depth_loss!r}")
         else:
-            self.depth_loss = self.depth_loss or DEPTH_LOSSES[0]
+            self.depth_loss = self.depth_loss or losses[0]
 
     def _resolved_fusion_level(self) -> str:
         return resolve_fusion_level(self.fusion, self.head, self.fusion_level)

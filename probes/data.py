@@ -242,7 +242,6 @@ class ProbeData:
                                 "--eval-guidance (and --val-guidance with --val-features)")
         if val_features is not None and guidance is not None and val_guidance is None:
             raise ProbekitError("--val-features with --guidance needs --val-guidance too")
-        self.cfg = cfg
         with_guidance = (lambda f, g: _paths(f) + _paths(g)) if guidance is not None else (lambda f, g: f)
         self.paths = {"train": _paths(train_features), "eval": _paths(eval_features),
                       "val": _paths(val_features) if val_features is not None else None}
@@ -270,7 +269,7 @@ class ProbeData:
             check_compatible(val, evaluation, self.all_keys, cfg.cross_dataset)
         self.reference = train.dataset
         crop = cfg.eval_crop
-        if crop is None and cfg.task == "depth" and evaluation.dataset.get("eval_crop"):
+        if crop is None and tasks.get(cfg.task).load().dataset_eval_crop and evaluation.dataset.get("eval_crop"):
             crop = list(evaluation.dataset["eval_crop"])  # the dataset's protocol (e.g. NYU's Eigen crop)
         # The settings as resolved against these files (the keys read, the dataset's crop), recorded as the run's:
         # a copy, so the config the caller gave stays as given.

@@ -39,7 +39,10 @@ class Task:
       ``secondary_metrics`` (the leaderboard's extra columns);
     - ``metric_info``: direction and unit of the metrics ``probekit.scores`` does not know;
     - ``higher_is_better``: its main metric's direction, from ``metrics_info`` (never written twice);
-    - ``label_kind``: how figures draw its labels: "classes", "mask" (0..1) or "values".
+    - ``label_kind``: how figures draw its labels: "classes", "mask" (0..1) or "values";
+    - ``losses``: the training losses ``--depth-loss`` chooses among, the first the default (empty: one loss);
+    - ``dataset_eval_crop``: whether it scores inside the dataset's evaluation crop (NYU's Eigen crop) unless
+      ``--eval-crop`` says otherwise.
     """
 
     name = ""
@@ -51,6 +54,8 @@ class Task:
     secondary_metrics: tuple[str, ...] = ()
     metric_info: dict[str, dict[str, Any]] = {}
     label_kind = "values"
+    losses: tuple[str, ...] = ()
+    dataset_eval_crop = False
 
     @classmethod
     def metric_names(cls) -> tuple[str, ...]:
@@ -199,6 +204,8 @@ class DepthTask(Task):
     order = 2
     main_metric = "RMSE"
     secondary_metrics = ("AbsRel", "delta1", "RMSE_aligned")
+    losses = DEPTH_LOSSES
+    dataset_eval_crop = True
 
     def __init__(self, reference: dict[str, Any], depth_output: str = "bins", bins: int = 256,
                  silog_lambda: float = 0.85, crop: tuple[float, float, float, float] | None = None,

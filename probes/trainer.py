@@ -106,7 +106,9 @@ def recorded_setting(config: dict[str, Any], name: str) -> Any:
         level = config.get("fusion_level", SETTING_BEFORE["fusion_level"])
         return [float(config.get("own_loss_weight", 1.0))] if level == "predictions" else None
     if name == "depth_loss" and name not in config:  # before the choice, depth probes trained on SigLoss alone
-        return "silog" if config.get("task") == "depth" else None
+        from probekit.registries import TASKS, capability
+
+        return "silog" if capability(TASKS, config.get("task"), "losses") else None
     return config.get(name, SETTING_BEFORE.get(name))
 
 

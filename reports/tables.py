@@ -210,9 +210,11 @@ def _chooses(new: float | None, held: float | None, higher: bool) -> bool:
 
 
 def _is_main(col: str) -> bool:
-    """Whether a score column holds its task's main metric (as the task's class says)."""
+    """Whether a score column holds its task's main metric (as the task's class says; a task not registered has
+    no secondary metrics to show, so its one column is its records' main metric)."""
     task, metric = col.split(" ")[:2]
-    return metric == task_can(task, "main_metric")
+    main = task_can(task, "main_metric")
+    return main is None or metric == main
 
 
 def _task_order(col: str) -> tuple:

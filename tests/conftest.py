@@ -18,15 +18,30 @@ def _isolated_cache(tmp_path_factory):
     yield
 
 
+class _TinyModels(dict):
+    """Folders of tiny saved models, each built the first time a test asks for it (a test of FLUX builds no
+    PixArt): "sd3", "flux", "pixart", "dit" (pixel space) and "sd3-vae" (SD3 with a VAE)."""
+
+    NAMES = ("sd3", "flux", "pixart", "dit", "sd3-vae")
+
+    def __init__(self, root):
+        super().__init__()
+        self.root = root
+
+    def __missing__(self, name: str):
+        from helpers import make_tiny
+
+        if name not in self.NAMES:
+            raise KeyError(f"no tiny model {name!r}; there are {', '.join(self.NAMES)}")
+        family, vae = (name.removesuffix("-vae"), name.endswith("-vae"))
+        self[name] = make_tiny(family, self.root / name, vae=vae) if vae else make_tiny(family, self.root / name)
+        return self[name]
+
+
 @pytest.fixture(scope="session")
 def tiny_models(tmp_path_factory):
-    """{name: folder} for tiny SD3 / FLUX / PixArt / DiT (pixel space) and SD3 + VAE."""
-    from helpers import make_tiny
-
-    root = tmp_path_factory.mktemp("tiny-models")
-    out = {fam: make_tiny(fam, root / fam) for fam in ("sd3", "flux", "pixart", "dit")}
-    out["sd3-vae"] = make_tiny("sd3", root / "sd3-vae", vae=True)
-    return out
+    """{name: folder} of tiny saved models, built on first use (see _TinyModels)."""
+    return _TinyModels(tmp_path_factory.mktemp("tiny-models"))
 
 
 def pytest_addoption(parser):

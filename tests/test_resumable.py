@@ -181,3 +181,28 @@ def test_torchrun_two_cpu_ranks_equal_one_process(tmp_path):
     assert_same_file(tmp_path / "one.h5", out, same_run_settings=False)
     with FeatureReader(out) as r:
         assert r.provenance["run"]["world_size"] == 2
+
+
+def test_a_planned_extraction_writes_nothing_until_run_and_runs_to_the_same_file(tmp_path):
+    """plan_extraction decides (shapes, shards, what is done) and writes nothing; run_extraction of that plan
+    writes the file extract_dataset writes; planned again, the finished output is seen as finished."""
+    from probekit.api import build_extractor
+    from probekit.datasets import load_dataset
+    from probekit.extractors.runner import extract_dataset, plan_extraction, run_extraction
+
+    ex = build_extractor("tiny-mmdit-random", timesteps=[100], layers=[0], seed=0, device="cpu")
+    ds = load_dataset("shapeworld", "val")
+    job = plan_extraction(ex, ds, tmp_path / "a.h5", limit=6, batch_size=2, shard_size=4)
+    assert list(tmp_path.iterdir()) == []
+    assert (job.plan.num_samples, job.plan.shard_size, job.plan.num_shards, job.plan.shards_done) == (6, 4, 2, 0)
+    assert not job.finished
+    said = []
+    assert run_extraction(job, progress=False, echo=said.append) == tmp_path / "a.h5"
+    extract_dataset(ex, ds, tmp_path / "b.h5", limit=6, batch_size=2, shard_size=4, progress=False)
+    assert_same_file(tmp_path / "a.h5", tmp_path / "b.h5")
+    again = plan_extraction(ex, ds, tmp_path / "a.h5", limit=6, batch_size=2, shard_size=4)
+    assert again.finished and again.plan.shards_done == 2
+    said.clear()
+    assert run_extraction(again, echo=said.append) == tmp_path / "a.h5"
+    assert said == [f"{tmp_path / 'a.h5'} is already complete with these settings; nothing to do (--overwrite to "
+                    "redo it)"]

@@ -295,6 +295,9 @@ def test_a_task_probekit_does_not_know_follows_the_known_ones(tmp_path):
     assert [c for c in board.columns if c.endswith(" cell")] == ["seg cell", "depth cell", "normals cell"]
     assert board["extractor"].tolist() == ["c", "a", "b"]
     assert board.set_index("extractor")["normals rank"].dropna().to_dict() == {"a": 1, "b": 2}
+    wide = leaderboard_frame(load_records([root]), secondary=True)  # no secondary metrics known for it: none shown
+    shown = [c for c in wide.columns if c.startswith("normals ") and not c.endswith((" std", " learned nothing"))]
+    assert shown == ["normals angle error ↓", "normals rank", "normals cell"]
 
 
 def test_an_empty_cell_of_the_html_table_sorts_as_empty(results):

@@ -158,3 +158,20 @@ def test_saliency_target_loss_and_prediction_by_hand():
                  for i, l in enumerate(per_image)]
     torch.testing.assert_close(task.loss(batch, targets), bce + sum(iou_terms) / 2)
     assert task.config() == {"loss": "BCE + soft IoU"}
+
+
+def test_a_task_says_its_direction_on_the_class_and_its_own_metrics_info():
+    """``higher_is_better`` is read from the class itself (reports ask the registered class, not an instance)
+    and follows the main metric; a metric only the task knows is described by the task's ``metric_info``."""
+    from probekit.probes.tasks import Task
+
+    assert SegmentationTask.higher_is_better is True and SaliencyTask.higher_is_better is True
+    assert DepthTask.higher_is_better is False
+
+    class Hits(Task):
+        name, main_metric, metrics = "hits-task", "hits", ("hits",)
+        metric_info = {"hits": {"higher_is_better": False, "unit": "count"}}
+
+    assert Hits.info("hits") == {"higher_is_better": False, "unit": "count"}
+    assert Hits.metrics_info() == {"hits": {"higher_is_better": False, "unit": "count"}}
+    assert Hits.higher_is_better is False and Hits().higher_is_better is False

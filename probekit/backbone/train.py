@@ -79,7 +79,10 @@ def _batch(source, image_size: int, step: int, batch_size: int, caption_dropout:
     start = step * batch_size
     items = [source.item((start + i) % len(source)) for i in range(batch_size)]
     prompts = ["" if rng.random() < caption_dropout else caption for _, caption in items]
-    u = torch.from_numpy(1.0 / (1.0 + np.exp(-rng.normal(0.0, 1.0, batch_size)))).float()  # logit-normal
+    # logit-normal u, as diffusers' compute_density_for_timestep_sampling("logit_normal", mean 0, std 1) draws it,
+    # but from this step's numpy generator: the batch stays a pure function of (seed, step) in any loader worker,
+    # and the shipped recipe reproduces its weights (a torch generator would draw other numbers)
+    u = torch.from_numpy(1.0 / (1.0 + np.exp(-rng.normal(0.0, 1.0, batch_size)))).float()
     eps = torch.from_numpy(rng.standard_normal((batch_size, 3, image_size, image_size))).float()
     return images_to_tensor([image for image, _ in items]), prompts, u, eps
 

@@ -226,16 +226,18 @@ class ExtractCell(Cell):
         return ds, extract_plan(build_extractor_of(self.suite, self.label_, ctx), ds, self.out, kwargs)
 
     def run(self, ctx: CellContext) -> dict[str, Any]:
-        from probekit.extractors.runner import extract_dataset
+        from probekit.extractors.runner import plan_extraction, run_extraction
 
         ds, kwargs = self._kwargs(ctx)
         model = build_extractor_of(self.suite, self.label_, ctx)
         for note in model.notes():
             ctx.echo(f"note: {note}")
-        if not ctx.overwrite and not self.part and extract_plan(model, ds, self.out, {**kwargs, "echo": lambda _: None}).finished:
+        planned = {k: v for k, v in kwargs.items() if k not in ("progress", "echo")}
+        job = plan_extraction(model, ds, self.out, **planned)
+        if not ctx.overwrite and not self.part and job.finished:
             ctx.echo(f"{self.out} is already complete with these settings")
             return {"notes": model.notes(), "reused": True}
-        extract_dataset(model, ds, self.out, on_progress=ctx.tick, **kwargs)
+        run_extraction(job, progress=kwargs["progress"], echo=kwargs["echo"], on_progress=ctx.tick)
         return {"notes": model.notes()}
 
 
