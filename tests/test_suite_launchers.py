@@ -157,6 +157,22 @@ def test_cell_states_done_then_stale_after_a_setting_changes_and_pending_after_r
     p = plan(parse_suite(changed, str(path), out=out))
     assert p.cells["extract/tiny-mmdit-random/shapeworld/eval"].state()[0] == "stale"
     assert p.to_run() == list(p.cells)
+    # an each-map cell interrupted after some of its maps (records there, no stamp of its own): not done, and a
+    # rerun completes it and chooses among every map, not only those probed before the interruption
+    cut = tmp_path / "cut"
+    shutil.copytree(out, cut)
+    each = "probe/tiny-mmdit-random/shapeworld/seg/linear-single/each-map"
+    (cut / "cells" / Path(each) / "state.json").unlink()
+    shutil.rmtree(cut / "results" / "tiny-mmdit-random" / "shapeworld" / "seg" / "linear-single-t100-l2")
+    p = plan(parse_suite(yaml.safe_load(path.read_text()), str(path), out=cut))
+    assert p.cells[each].state() == ("stale", "an interrupted run of it left some maps unprobed: the run "
+                                              "completes them")
+    res = _run(path, "--out", cut)
+    assert res.exit_code == 0, res.output
+    assert (cut / "results" / "tiny-mmdit-random" / "shapeworld" / "seg" / "linear-single-t100-l2").is_dir()
+    choice = json.loads((cut / "cells" / "choose" / "tiny-mmdit-random" / "shapeworld" / "seg" / "choice.json")
+                        .read_text())
+    assert choice["among"] == 2
     # a copy without the eval features: that cell and what follows it are pending, the train split is not
     copy = tmp_path / "copy"
     shutil.copytree(out, copy)

@@ -407,7 +407,13 @@ class ProbeCell(Cell):
         return {role: paths[0] if len(paths) == 1 else paths for role, paths in files.items()}
 
     def state(self) -> tuple[str, str]:
-        return probe_state(self.suite, self.parts, self.dataset, self.task, self.probe, self.seeds)
+        state, why = probe_state(self.suite, self.parts, self.dataset, self.task, self.probe, self.seeds)
+        stamp = self.stamp() or {}
+        if state == "done" and self.probe.get("each_map") and stamp.get("status") != "done":
+            # one map's record makes probe_state say done; the cell is done when every map's is, which only its
+            # own stamp says (and the choice of the best map reads the runs listed there)
+            return "stale", "an interrupted run of it left some maps unprobed: the run completes them"
+        return state, why
 
     def run(self, ctx: CellContext) -> dict[str, Any]:
         from probekit.probes.trainer import train_probe
