@@ -30,12 +30,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from probekit.dtypes import DEFAULT_STORED_DTYPE, STORED_DTYPES
 from probekit.errors import FeatureFileError, ProbekitError
 from probekit.store import FEATURE_DTYPES, FeatureReader
 
 PROJECTIONS = ("pca", "random")  # --drop-massive makes the third kind, a channel selection
-TORCH_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
-_SHORT_DTYPE = {"float16": "fp16", "bfloat16": "bf16", "float32": "fp32"}
+TORCH_DTYPES = dict(zip(STORED_DTYPES, (torch.float16, torch.bfloat16, torch.float32), strict=True))
+_SHORT_DTYPE = dict(zip(STORED_DTYPES, ("fp16", "bf16", "fp32"), strict=True))  # in storage labels
 
 
 @dataclass(frozen=True)
@@ -45,7 +46,7 @@ class StorageOptions:
     projection: str = "pca"
     projection_from: str | None = None
     fit_samples: int = 64
-    dtype: str = "float16"
+    dtype: str = DEFAULT_STORED_DTYPE
     seed: int = 0
     drop_massive: int | None = None
 

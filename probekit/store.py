@@ -33,6 +33,7 @@ from typing import Any
 import h5py
 import numpy as np
 
+from probekit.dtypes import STORED_DTYPES
 from probekit.errors import FeatureFileError
 from probekit.keys import feature_key, parse_key  # noqa: F401  (re-exported: the store's key vocabulary)
 
@@ -44,7 +45,8 @@ FORMAT_ATTRS = frozenset({"format", "format_version", "complete", "num_samples",
 PARTS_SUFFIX = ".parts"  # OUT's shards live in the folder OUT.parts/ beside it
 SHARD_GLOB = "shard-*.h5"
 # Stored dtype of each storage choice; bfloat16 has no HDF5 type and is kept as its raw 16-bit pattern.
-FEATURE_DTYPES = {"float16": np.float16, "bfloat16": np.uint16, "float32": np.float32}
+# bfloat16 has no numpy type: its bits are stored as uint16 (and marked as such)
+FEATURE_DTYPES = dict(zip(STORED_DTYPES, (np.float16, np.uint16, np.float32), strict=True))
 DEFAULT_FEATURE_DTYPE = "float16"
 LABEL_DTYPES = {"seg": np.uint8, "depth": np.float32, "saliency": np.uint8}
 THUMBNAIL_SIZE = 128

@@ -9,7 +9,7 @@ rate of their own, and several seeds when a claim needs a spread.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 from probekit.errors import ProbekitError
@@ -73,6 +73,11 @@ def probe_stem(head: str, fusion: str, level: str = "auto") -> str:
     return stem if resolved == resolve_fusion_level(fusion, head) else f"{stem}-{resolved}"
 
 
+# A field so marked does not change what a probe learns (where and how fast it runs), or is compared on its own
+# (the seeds): an existing run of the same settings answers a request that differs only there.
+NOT_A_SETTING = {"setting": False}
+
+
 @dataclass
 class ProbeConfig:
     task: str = "seg"
@@ -84,8 +89,8 @@ class ProbeConfig:
     lrs: list[float] = field(default_factory=lambda: list(DEFAULT_LRS))
     fusion_lr: float = DEFAULT_FUSION_LR  # the fusion weights' own rate (constant, no weight decay)
     weight_decay: float = 1e-4
-    seeds: list[int] = field(default_factory=lambda: [0])
-    device: str = "auto"
+    seeds: list[int] = field(default_factory=lambda: [0], metadata=NOT_A_SETTING)  # compared on their own
+    device: str = field(default="auto", metadata=NOT_A_SETTING)
     fusion_dim: int | None = None  # width of the fused maps; None: the maps' own (see probes/fusion.py)
     # What global and spatial fusion weight: each map's own prediction ("predictions": one read-out per map,
     # each also trained on its own loss) or the maps themselves, read by one head ("features"). "auto":
@@ -97,16 +102,17 @@ class ProbeConfig:
     own_loss_weights: list[float] | None = field(default_factory=lambda: list(DEFAULT_OWN_LOSS_WEIGHTS))
     depth_output: str = "bins"
     depth_loss: str | None = DEPTH_LOSSES[0]  # None for the other tasks (recorded as such)
-    val_fraction: float = 0.15  # of the training file, when no validation file is given
+    # of the training file, when no validation file is given (no command changes it; runs recorded it as the rows)
+    val_fraction: float = field(default=0.15, metadata=NOT_A_SETTING)
     cross_dataset: bool = False  # allow train and eval features from different datasets with the same classes
     train_limit: int | None = None  # train on the first N training rows only (learning curves)
     eval_crop: list[float] | None = None  # depth: (top, bottom, left, right) fractions kept for evaluation
     # Features are held in memory (on the device) when they fit in this many bytes, else streamed from the
     # file batch by batch (None: a quarter of the RAM, capped at 8 GiB; on a GPU, a third of its free memory).
-    resident_bytes: int | None = None
+    resident_bytes: int | None = field(default=None, metadata=NOT_A_SETTING)
     # Minibatches read ahead on a background thread when streaming (None: 2 on a GPU, 0 on a CPU, where the
     # reader thread competes with torch for the cores). Never changes results.
-    prefetch: int | None = None
+    prefetch: int | None = field(default=None, metadata=NOT_A_SETTING)
 
     def __post_init__(self) -> None:
         self.validate()
@@ -207,3 +213,9 @@ class ProbeConfig:
         out = asdict(self)
         out["seed"] = self.seed
         return out
+
+
+def probe_settings() -> tuple[str, ...]:
+    """The settings that decide what a probe learns, in the config's order: every field of ``ProbeConfig`` but
+    those marked ``NOT_A_SETTING``. A record made with the same ones (and the seeds asked) answers a request."""
+    return tuple(f.name for f in fields(ProbeConfig) if f.metadata.get("setting", True))

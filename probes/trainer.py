@@ -20,7 +20,7 @@ import torch
 from probekit import scores
 from probekit.errors import ProbekitError
 from probekit.keys import FeatureKey
-from probekit.probes.config import ProbeConfig, fusion_class, probe_stem
+from probekit.probes.config import ProbeConfig, fusion_class, probe_settings, probe_stem
 from probekit.probes.data import ProbeData, resolve_keys, storage_label  # noqa: F401  (resolve_keys: public API)
 from probekit.probes.fit import Diverged, NonFinitePredictions, evaluate, train_trials
 from probekit.probes.model import Probe
@@ -91,9 +91,7 @@ def train_probe(train_features: PathOrPaths, eval_features: PathOrPaths, *, val_
         return _record(data, cfg, seeds, name, extractor, run_dir, started, trivial)
 
 
-SETTINGS = ("task", "fusion", "head", "keys", "epochs", "batch_size", "lrs", "fusion_lr", "weight_decay", "fusion_dim",
-            "depth_output", "train_limit", "eval_crop", "cross_dataset", "fusion_level", "own_loss_weights",
-            "depth_loss")
+SETTINGS = probe_settings()
 # Settings that records made before they existed hold implicitly: their value then.
 SETTING_BEFORE = {"fusion_level": "features"}
 

@@ -48,6 +48,7 @@ def suite(args) -> dict:
                                     "eval": {"split": "test", "limit": args.n_test}}},
         "extractors": {label: {**common, **options} for label, options in SITES.items()},
         "probe_sets": {"sites": probes},
+        **({"launcher": {"jobs": args.jobs}} if args.jobs > 1 else {}),
     }
 
 
@@ -189,6 +190,7 @@ def main() -> None:
     ap.add_argument("--n-test", type=int, default=300)
     ap.add_argument("--epochs", type=int, default=20)
     ap.add_argument("--out", type=Path, default=HERE / "sites.md")
+    ap.add_argument("--jobs", type=int, default=1, help="worker processes (each with its share of the threads)")
     ap.add_argument("--render-only", action="store_true",
                     help="write the page from the cells finished so far, without running the suite")
     args = ap.parse_args()

@@ -6,6 +6,8 @@ import sys
 
 import click
 
+from probekit.dtypes import DEFAULT_STORED_DTYPE, STORED_DTYPES
+
 from probekit.cli import options as opt
 from probekit.extractors.dit_family import SITE_MEANINGS  # imports no torch
 
@@ -68,7 +70,7 @@ from probekit.extractors.dit_family import SITE_MEANINGS  # imports no torch
                    "first --fit-samples images; the file names them; val/test reuse them with --projection-from.")
 @click.option("--fit-samples", type=opt.POSITIVE, default=64, show_default=True,
               help="Images whose tokens fit the PCA projection (or find the massive channels).")
-@click.option("--store-dtype", type=click.Choice(["float16", "bfloat16", "float32"]), default="float16",
+@click.option("--store-dtype", type=click.Choice(STORED_DTYPES), default=DEFAULT_STORED_DTYPE,
               show_default=True, help="Stored precision; bfloat16 keeps float32's range (float16 overflows above "
                                       "65,504).")
 @click.option("--dry-run", is_flag=True, help="Print the plan (maps, shapes, bytes, shards, free space) and exit.")

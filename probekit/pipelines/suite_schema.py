@@ -17,8 +17,10 @@ from typing import Annotated, Any, Literal, Union, get_args, get_origin
 import yaml
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 
+from probekit.dtypes import STORED_DTYPES
 from probekit.errors import ProbekitError
 from probekit.extractors.dit_family import SITE_MEANINGS
+from probekit.probes.config import DEPTH_LOSSES
 
 Lines = dict[tuple, int]
 
@@ -130,7 +132,7 @@ class Training(_Strict):
     weight_decay: Fraction = None  # type: ignore[assignment]
     own_loss_weights: Weights = None  # type: ignore[assignment]
     own_loss_weight: Fraction = None  # type: ignore[assignment]
-    depth_loss: Literal["silog+rmse", "silog"] = None  # type: ignore[assignment]
+    depth_loss: Literal[DEPTH_LOSSES] = None  # type: ignore[assignment,valid-type]
     device: Device = None  # type: ignore[assignment]
 
 
@@ -169,7 +171,7 @@ class Extractor(_Strict):
     channels: Positive = None  # type: ignore[assignment]
     projection: Literal["pca", "random"] = None  # type: ignore[assignment]
     fit_samples: Positive = None  # type: ignore[assignment]
-    store_dtype: Literal["float16", "bfloat16", "float32"] = None  # type: ignore[assignment]
+    store_dtype: Literal[STORED_DTYPES] = None  # type: ignore[assignment,valid-type]
     drop_massive: Positive = None  # type: ignore[assignment]
     probes: Name = None  # type: ignore[assignment]
 
